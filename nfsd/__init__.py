@@ -1,0 +1,1 @@
+"""Realize: a household file system served over NFSv3."""

@@ -1,0 +1,403 @@
+"""The control command `realize`: serve, init, area add, start, stop, status, mount-cmd.
+
+State lives in a state directory: `config.json` (areas and export options), `db/` (RocksDB),
+and while a server runs `server.json` (pid and ports), `server.pid` and `server.log`.
+`realize serve DIR` needs no configuration: it exports DIR, keeping its state in DIR/.realize.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from nfsd.exports import NOBODY, ExportOptions
+from nfsd.server import Server, ServerConfig, mount_commands
+
+ENV_STATE_DIR = "REALIZE_STATE_DIR"
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked; printed without a traceback."""
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get(ENV_STATE_DIR) or Path.home() / ".realize")
+
+
+def _area_name(name: str) -> str:
+    if not name or "/" in name or name in (".", "..") or len(name.encode()) > 255:
+        raise UsageError(f"invalid area name {name!r}: use a plain name like 'photos'")
+    return name
+
+
+# ---- configuration file ----
+
+
+def load_config(state_dir: Path) -> dict:
+    path = state_dir / "config.json"
+    if not path.exists():
+        raise UsageError(f"{state_dir} is not initialised: run 'realize init' first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path} is damaged: {e}") from None
+
+
+def save_config(state_dir: Path, config: dict) -> None:
+    path = state_dir / "config.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def add_server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bind", default=None, help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None,
+                   help="NFS and MOUNT port (default 2049 as root, else 20490; 0: any)")
+    p.add_argument("--mount-port", type=int, default=None, help="separate MOUNT port")
+    p.add_argument("--portmap", choices=["auto", "on", "off"], default=None,
+                   help="serve the portmapper on port 111 (auto: when allowed)")
+    p.add_argument("--read-only", action="store_true", default=None)
+    p.add_argument("--allow", action="append", default=None, metavar="NETWORK",
+                   help="client network allowed to mount, e.g. 192.168.1.0/24 (repeatable)")
+    p.add_argument("--anon-uid", type=int, default=None)
+    p.add_argument("--anon-gid", type=int, default=None)
+    p.add_argument("--root-squash", action="store_true", default=None,
+                   help="map client root to the anonymous user")
+    p.add_argument("--all-squash", action="store_true", default=None,
+                   help="map every client user to the anonymous user")
+
+
+SERVER_KEYS = ("bind", "port", "mount_port", "portmap", "read_only", "allow", "anon_uid",
+               "anon_gid", "root_squash", "all_squash")
+
+
+def merged_options(saved: dict, args: argparse.Namespace) -> dict:
+    options = dict(saved)
+    for key in SERVER_KEYS:
+        value = getattr(args, key, None)
+        if value is not None:
+            options[key] = value
+    return options
+
+
+def server_config(state_dir: Path, areas: dict[str, str], options: dict) -> ServerConfig:
+    try:
+        allowed = [ipaddress.ip_network(n, strict=False) for n in options.get("allow") or []]
+    except ValueError as e:
+        raise UsageError(f"--allow: {e}") from None
+    export_options = ExportOptions(
+        read_only=bool(options.get("read_only")),
+        allowed=allowed,
+        anon_uid=options.get("anon_uid", NOBODY) or NOBODY,
+        anon_gid=options.get("anon_gid", NOBODY) or NOBODY,
+        root_squash=bool(options.get("root_squash")),
+        all_squash=bool(options.get("all_squash")),
+    )
+    return ServerConfig(
+        state_dir=state_dir,
+        areas=areas,
+        bind=options.get("bind") or "127.0.0.1",
+        port=options.get("port"),
+        mount_port=options.get("mount_port"),
+        portmap=options.get("portmap") or "auto",
+        options=export_options,
+    )
+
+
+# ---- running in the foreground ----
+
+
+def run_foreground(config: ServerConfig, announce: bool = True) -> int:
+    server = Server(config)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            running = await nursery.start(server.run)
+            if announce:
+                host = "localhost" if config.bind in ("127.0.0.1", "::1") else config.bind
+                print(f"realize: serving {', '.join(running.exports)} on {config.bind} "
+                      f"(nfs port {running.nfs_port}, mount port {running.mount_port}, "
+                      f"portmapper {'on 111' if running.portmap_port else 'not served'})")
+                commands = mount_commands(host, running.exports, running.nfs_port,
+                                          running.mount_port, running.portmap_port is not None)
+                for os_name, lines in commands.items():
+                    print(f"  {os_name}:")
+                    for line in lines:
+                        print(f"    {line}")
+                print("realize: ready (Ctrl-C stops)", flush=True)
+
+    try:
+        trio.run(main)
+    except OSError as e:
+        raise UsageError(f"cannot serve: {e.strerror or e} ({config.bind}:{config.port})") from e
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    directory = Path(args.directory).resolve()
+    if not directory.is_dir():
+        raise UsageError(f"{args.directory} is not a directory")
+    state_dir = Path(args.state_dir).resolve() if args.state_dir else directory / ".realize"
+    name = _area_name(args.name or directory.name or "root")
+    options = merged_options({}, args)
+    return run_foreground(server_config(state_dir, {name: str(directory)}, options))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Serve what the state directory's configuration says (what `start` runs)."""
+    state_dir = Path(args.state_dir).resolve()
+    config = load_config(state_dir)
+    if not config.get("areas"):
+        raise UsageError("no areas configured: add one with 'realize area add NAME DIR'")
+    options = merged_options(config.get("server", {}), args)
+    return run_foreground(server_config(state_dir, config["areas"], options))
+
+
+# ---- configuration commands ----
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir).resolve()
+    if (state_dir / "config.json").exists():
+        print(f"realize: {state_dir} is already initialised")
+        return 0
+    state_dir.mkdir(parents=True, exist_ok=True)
+    save_config(state_dir, {"areas": {}, "server": merged_options({}, args)})
+    print(f"realize: initialised {state_dir}")
+    return 0
+
+
+def cmd_area_add(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir).resolve()
+    config = load_config(state_dir)
+    name = _area_name(args.name)
+    directory = Path(args.directory).resolve()
+    if not directory.is_dir():
+        raise UsageError(f"{args.directory} is not a directory")
+    if name in config["areas"]:
+        raise UsageError(f"area {name} exists already ({config['areas'][name]})")
+    config["areas"][name] = str(directory)
+    save_config(state_dir, config)
+    print(f"realize: area {name} is {directory}")
+    if _running(state_dir):
+        print("realize: restart the server (realize stop; realize start) to export it")
+    return 0
+
+
+def cmd_area_list(args: argparse.Namespace) -> int:
+    config = load_config(Path(args.state_dir).resolve())
+    for name, directory in sorted(config["areas"].items()):
+        print(f"{name}\t{directory}")
+    return 0
+
+
+# ---- the daemon ----
+
+
+def _runtime(state_dir: Path) -> dict | None:
+    try:
+        return json.loads((state_dir / "server.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _pid(state_dir: Path) -> int | None:
+    try:
+        pid = int((state_dir / "server.pid").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return pid
+
+
+def _running(state_dir: Path) -> bool:
+    return _pid(state_dir) is not None
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir).resolve()
+    config = load_config(state_dir)
+    if not config.get("areas"):
+        raise UsageError("no areas configured: add one with 'realize area add NAME DIR'")
+    if _running(state_dir):
+        raise UsageError(f"a server is already running (pid {_pid(state_dir)})")
+    (state_dir / "server.json").unlink(missing_ok=True)
+    command = [sys.executable, "-m", "nfsd.cli", "--state-dir", str(state_dir), "run"]
+    for key in SERVER_KEYS:
+        value = getattr(args, key, None)
+        if value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            command.append(flag)
+        elif isinstance(value, list):
+            for item in value:
+                command += [flag, str(item)]
+        else:
+            command += [flag, str(value)]
+    log_path = state_dir / "server.log"
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    (state_dir / "server.pid").write_text(f"{process.pid}\n")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        runtime = _runtime(state_dir)
+        if runtime is not None and runtime.get("pid") == process.pid:
+            print(f"realize: started (pid {process.pid}, nfs port {runtime['nfs_port']}); "
+                  f"log in {log_path}")
+            return 0
+        if process.poll() is not None:
+            (state_dir / "server.pid").unlink(missing_ok=True)
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            raise UsageError("the server did not start:\n  " + "\n  ".join(tail))
+        time.sleep(0.1)
+    raise UsageError(f"the server did not become ready in 30 s; see {log_path}")
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir).resolve()
+    pid = _pid(state_dir)
+    if pid is None:
+        print("realize: no server is running")
+        (state_dir / "server.pid").unlink(missing_ok=True)
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise UsageError(f"server (pid {pid}) did not stop within 20 s")
+    (state_dir / "server.pid").unlink(missing_ok=True)
+    print(f"realize: stopped (pid {pid})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir).resolve()
+    config = load_config(state_dir)
+    pid = _pid(state_dir)
+    runtime = _runtime(state_dir) if pid else None
+    if runtime is None:
+        print("server:  not running")
+    else:
+        portmap = runtime["portmap_port"] or "not served"
+        print(f"server:  running, pid {runtime['pid']}, {runtime['bind']} nfs port "
+              f"{runtime['nfs_port']}, mount port {runtime['mount_port']}, portmapper {portmap}")
+        print(f"clients: {runtime['connections']} connections, {runtime['calls']} calls")
+    print(f"state:   {state_dir}")
+    print("areas:")
+    width = max([len(n) for n in config["areas"]] + [4])
+    for name, directory in sorted(config["areas"].items()):
+        print(f"  {name:<{width}}  {directory}")
+    if not config["areas"]:
+        print("  (none: realize area add NAME DIR)")
+    return 0
+
+
+def cmd_mount_cmd(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir).resolve()
+    config = load_config(state_dir)
+    runtime = _runtime(state_dir) if _running(state_dir) else None
+    saved = config.get("server", {})
+    if runtime is not None:
+        nfs_port, mount_port = runtime["nfs_port"], runtime["mount_port"]
+        portmap = runtime["portmap_port"] is not None
+        bind = runtime["bind"]
+    else:
+        nfs_port = saved.get("port") or (2049 if os.geteuid() == 0 else 20490)
+        mount_port = saved.get("mount_port") or nfs_port
+        portmap = os.geteuid() == 0 and saved.get("portmap", "auto") != "off"
+        bind = saved.get("bind") or "127.0.0.1"
+    host = args.host or ("localhost" if bind in ("127.0.0.1", "::1", "0.0.0.0") else bind)
+    exports = ["/" + name for name in sorted(config["areas"])] or ["/"]
+    commands = mount_commands(host, exports, nfs_port, mount_port, portmap)
+    for line in commands[args.os]:
+        print(line)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="realize", description=__doc__.split("\n")[0])
+    parser.add_argument("--state-dir", default=None,
+                        help=f"state directory (default ${ENV_STATE_DIR} or ~/.realize)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="export one directory in the foreground, no setup needed")
+    p.add_argument("directory")
+    p.add_argument("--name", help="export name (default: the directory's name)")
+    add_server_options(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("init", help="create a state directory")
+    add_server_options(p)
+    p.set_defaults(func=cmd_init)
+
+    area = sub.add_parser("area", help="manage areas").add_subparsers(
+        dest="area_command", required=True, metavar="ACTION")
+    p = area.add_parser("add", help="add an area: a local directory exported as /NAME")
+    p.add_argument("name")
+    p.add_argument("directory")
+    p.set_defaults(func=cmd_area_add)
+    p = area.add_parser("list", help="list the areas")
+    p.set_defaults(func=cmd_area_list)
+
+    p = sub.add_parser("start", help="start the server in the background")
+    add_server_options(p)
+    p.set_defaults(func=cmd_start)
+    p = sub.add_parser("run", help="serve the configured areas in the foreground")
+    add_server_options(p)
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("stop", help="stop the background server")
+    p.set_defaults(func=cmd_stop)
+    p = sub.add_parser("status", help="show the server, its clients and areas")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("mount-cmd", help="print the commands that mount the areas")
+    p.add_argument("--os", choices=["linux", "macos", "windows"], default="linux")
+    p.add_argument("--host", help="the name clients reach this machine by")
+    p.set_defaults(func=cmd_mount_cmd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.state_dir is None and args.command != "serve":
+        args.state_dir = str(default_state_dir())
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"realize: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""FSSTAT, FSINFO and PATHCONF: what the file system is and how big it is."""
+
+from __future__ import annotations
+
+from nfsd.nfs3.common import MAX_IO, Nfs3State
+from nfsd.rpc.dispatch import CallContext
+from nfsd.vfs.errors import FsError
+from xdr.codec import Arm
+from xdr.nfs3 import (
+    FSF3_CANSETTIME,
+    FSF3_HOMOGENEOUS,
+    FSF3_LINK,
+    FSF3_SYMLINK,
+    FSINFO3args,
+    FSINFO3resfail,
+    FSINFO3resok,
+    FSSTAT3args,
+    FSSTAT3resfail,
+    FSSTAT3resok,
+    PATHCONF3args,
+    PATHCONF3resfail,
+    PATHCONF3resok,
+    nfsstat3,
+    nfstime3,
+)
+
+OK = nfsstat3.NFS3_OK
+# Directory reads of 64 KiB: smaller ones multiply round trips for large directories.
+DTPREF = 64 * 1024
+MAX_FILE_SIZE = 2**63 - 1
+
+
+async def fsstat(s: Nfs3State, ctx: CallContext, args: FSSTAT3args) -> Arm:
+    try:
+        target = s.resolve(ctx, args.fsroot)
+        st = s.tree.fsstat(target.fid)
+        return Arm(OK, FSSTAT3resok(
+            s.post_op(target.fid), st.total_bytes, st.free_bytes, st.avail_bytes,
+            st.total_files, st.free_files, st.avail_files, 0,
+        ))
+    except FsError as e:
+        return Arm(e.status, FSSTAT3resfail(None))
+
+
+async def fsinfo(s: Nfs3State, ctx: CallContext, args: FSINFO3args) -> Arm:
+    try:
+        target = s.resolve(ctx, args.fsroot)
+        return Arm(OK, FSINFO3resok(
+            s.post_op(target.fid),
+            rtmax=MAX_IO, rtpref=MAX_IO, rtmult=4096,
+            wtmax=MAX_IO, wtpref=MAX_IO, wtmult=4096,
+            dtpref=DTPREF,
+            maxfilesize=MAX_FILE_SIZE,
+            time_delta=nfstime3(0, 1),
+            properties=FSF3_LINK | FSF3_SYMLINK | FSF3_HOMOGENEOUS | FSF3_CANSETTIME,
+        ))
+    except FsError as e:
+        return Arm(e.status, FSINFO3resfail(None))
+
+
+async def pathconf(s: Nfs3State, ctx: CallContext, args: PATHCONF3args) -> Arm:
+    try:
+        target = s.resolve(ctx, args.object)
+        return Arm(OK, PATHCONF3resok(
+            s.post_op(target.fid), linkmax=65000, name_max=255, no_trunc=True,
+            chown_restricted=True, case_insensitive=False, case_preserving=True,
+        ))
+    except FsError as e:
+        return Arm(e.status, PATHCONF3resfail(None))

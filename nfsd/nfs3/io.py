@@ -1,0 +1,75 @@
+"""READ, WRITE and COMMIT."""
+
+from __future__ import annotations
+
+from nfsd.nfs3.common import MAX_IO, Nfs3State, require
+from nfsd.rpc.dispatch import CallContext
+from nfsd.vfs.errors import FsError
+from xdr.codec import Arm
+from xdr.nfs3 import (
+    COMMIT3args,
+    COMMIT3resfail,
+    COMMIT3resok,
+    READ3args,
+    READ3resfail,
+    READ3resok,
+    WRITE3args,
+    WRITE3resfail,
+    WRITE3resok,
+    ftype3,
+    nfsstat3,
+)
+
+OK = nfsstat3.NFS3_OK
+
+
+def _regular(attr) -> None:
+    if attr.kind == ftype3.NF3DIR:
+        raise FsError(nfsstat3.NFS3ERR_ISDIR)
+    if attr.kind != ftype3.NF3REG:
+        raise FsError(nfsstat3.NFS3ERR_INVAL)
+
+
+async def read(s: Nfs3State, ctx: CallContext, args: READ3args) -> Arm:
+    fid = None
+    try:
+        target = s.resolve(ctx, args.file)
+        fid = target.fid
+        attr = s.tree.getattr(fid)
+        _regular(attr)
+        require(attr, target.user, 0o4, owner_override=True)
+        data, eof = await s.tree.read(fid, args.offset, min(args.count, MAX_IO))
+        return Arm(OK, READ3resok(s.post_op(fid), len(data), eof, data))
+    except FsError as e:
+        return Arm(e.status, READ3resfail(None if fid is None else s.post_op(fid)))
+
+
+async def write(s: Nfs3State, ctx: CallContext, args: WRITE3args) -> Arm:
+    before = None
+    fid = None
+    try:
+        target = s.resolve(ctx, args.file)
+        fid = target.fid
+        before = s.tree.getattr(fid)
+        s.writable(target)
+        _regular(before)
+        require(before, target.user, 0o2, owner_override=True)
+        data = args.data[: args.count] if args.count < len(args.data) else args.data
+        committed = await s.tree.write(fid, args.offset, data, args.stable)
+        return Arm(OK, WRITE3resok(s.wcc(before, fid), len(data), committed, s.write_verf))
+    except FsError as e:
+        return Arm(e.status, WRITE3resfail(s.wcc(before, fid)))
+
+
+async def commit(s: Nfs3State, ctx: CallContext, args: COMMIT3args) -> Arm:
+    before = None
+    fid = None
+    try:
+        target = s.resolve(ctx, args.file)
+        fid = target.fid
+        before = s.tree.getattr(fid)
+        _regular(before)
+        await s.tree.commit(fid)
+        return Arm(OK, COMMIT3resok(s.wcc(before, fid), s.write_verf))
+    except FsError as e:
+        return Arm(e.status, COMMIT3resfail(s.wcc(before, fid)))

@@ -1,0 +1,144 @@
+"""LOOKUP, READLINK, READDIR and READDIRPLUS: finding names.
+
+Directory replies are filled up to the client's `count` (READDIR) or `dircount`/`maxcount`
+(READDIRPLUS) by the exact XDR sizes of what they hold. Cookies come from the tree and stay
+valid whatever happens to the directory, so the cookie verifier is never checked and
+NFS3ERR_BAD_COOKIE is never answered (macOS resumes with old verifiers).
+"""
+
+from __future__ import annotations
+
+from nfsd.nfs3.common import MAX_IO, Nfs3State, Target, require
+from nfsd.rpc.dispatch import CallContext
+from nfsd.vfs.errors import FsError
+from xdr.codec import Arm
+from xdr.nfs3 import (
+    LOOKUP3args,
+    LOOKUP3resfail,
+    LOOKUP3resok,
+    READDIR3args,
+    READDIR3resfail,
+    READDIR3resok,
+    READDIRPLUS3args,
+    READDIRPLUS3resfail,
+    READDIRPLUS3resok,
+    READLINK3args,
+    READLINK3resfail,
+    READLINK3resok,
+    dirlist3,
+    dirlistplus3,
+    entry3,
+    entryplus3,
+    ftype3,
+    nfsstat3,
+)
+
+OK = nfsstat3.NFS3_OK
+COOKIEVERF = b"\0" * 8
+
+# XDR sizes: status, post_op_attr with fattr3, cookieverf, end of list, eof.
+_READDIR_FIXED = 4 + (4 + 84) + 8 + 4 + 4
+# An entry: value-follows, fileid, name length + padded name, cookie.
+_ENTRY_FIXED = 4 + 8 + 4 + 8
+# READDIRPLUS adds post_op_attr (4 + 84) and post_op_fh3 (4 + 4 + handle).
+_PLUS_EXTRA = (4 + 84) + (4 + 4)
+
+
+def _padded(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def _dir_target(s: Nfs3State, ctx: CallContext, fh) -> tuple[Target, object]:
+    target = s.resolve(ctx, fh)
+    attr = s.tree.getattr(target.fid)
+    if attr.kind != ftype3.NF3DIR:
+        raise FsError(nfsstat3.NFS3ERR_NOTDIR)
+    return target, attr
+
+
+async def lookup(s: Nfs3State, ctx: CallContext, args: LOOKUP3args) -> Arm:
+    dir_fid = None
+    try:
+        target, dir_attr = _dir_target(s, ctx, args.what.dir)
+        dir_fid = target.fid
+        require(dir_attr, target.user, 0o1)
+        name = args.what.name
+        if name == b".." and dir_fid == s.export_root(target.export):
+            fid = dir_fid  # never above the export's root
+        else:
+            fid = s.tree.lookup(dir_fid, name)
+        return Arm(OK, LOOKUP3resok(s.handle(target, fid), s.post_op(fid), s.fattr(dir_attr)))
+    except FsError as e:
+        return Arm(e.status, LOOKUP3resfail(None if dir_fid is None else s.post_op(dir_fid)))
+
+
+async def readlink(s: Nfs3State, ctx: CallContext, args: READLINK3args) -> Arm:
+    fid = None
+    try:
+        target = s.resolve(ctx, args.symlink)
+        fid = target.fid
+        return Arm(OK, READLINK3resok(s.post_op(fid), s.tree.readlink(fid)))
+    except FsError as e:
+        return Arm(e.status, READLINK3resfail(None if fid is None else s.post_op(fid)))
+
+
+def _entries(s: Nfs3State, target: Target, cookie: int):
+    at_export_root = target.fid == s.export_root(target.export)
+    for entry in s.tree.readdir(target.fid, cookie):
+        if entry.name == b".." and at_export_root:
+            entry.fileid = target.fid
+        yield entry
+
+
+async def readdir(s: Nfs3State, ctx: CallContext, args: READDIR3args) -> Arm:
+    dir_fid = None
+    try:
+        target, dir_attr = _dir_target(s, ctx, args.dir)
+        dir_fid = target.fid
+        require(dir_attr, target.user, 0o4)
+        budget = min(args.count, MAX_IO) - _READDIR_FIXED
+        entries: list[entry3] = []
+        eof = True
+        for entry in _entries(s, target, args.cookie):
+            size = _ENTRY_FIXED + _padded(len(entry.name))
+            if size > budget:
+                eof = False
+                break
+            budget -= size
+            entries.append(entry3(entry.fileid, entry.name, entry.cookie))
+        if not entries and not eof:
+            raise FsError(nfsstat3.NFS3ERR_TOOSMALL)
+        return Arm(OK, READDIR3resok(s.fattr(dir_attr), COOKIEVERF, dirlist3(entries, eof)))
+    except FsError as e:
+        return Arm(e.status, READDIR3resfail(None if dir_fid is None else s.post_op(dir_fid)))
+
+
+async def readdirplus(s: Nfs3State, ctx: CallContext, args: READDIRPLUS3args) -> Arm:
+    dir_fid = None
+    try:
+        target, dir_attr = _dir_target(s, ctx, args.dir)
+        dir_fid = target.fid
+        require(dir_attr, target.user, 0o4)
+        budget = min(args.maxcount, MAX_IO) - _READDIR_FIXED
+        dir_budget = args.dircount
+        entries: list[entryplus3] = []
+        eof = True
+        for entry in _entries(s, target, args.cookie):
+            handle = s.handle(target, entry.fileid)
+            info = _ENTRY_FIXED + _padded(len(entry.name))
+            size = info + _PLUS_EXTRA + _padded(len(handle.data))
+            if size > budget or (entries and info > dir_budget):
+                eof = False
+                break
+            budget -= size
+            dir_budget -= info
+            attrs = s.post_op(entry.fileid)
+            entries.append(entryplus3(entry.fileid, entry.name, entry.cookie, attrs,
+                                      handle if attrs is not None else None))
+        if not entries and not eof:
+            raise FsError(nfsstat3.NFS3ERR_TOOSMALL)
+        return Arm(OK, READDIRPLUS3resok(s.fattr(dir_attr), COOKIEVERF,
+                                         dirlistplus3(entries, eof)))
+    except FsError as e:
+        return Arm(e.status,
+                   READDIRPLUS3resfail(None if dir_fid is None else s.post_op(dir_fid)))

@@ -1,0 +1,1 @@
+"""ONC RPC machinery: record marking, dispatch, duplicate-request cache, transports, client."""

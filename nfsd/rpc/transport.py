@@ -1,0 +1,189 @@
+"""trio transports for ONC RPC: TCP with record marking, and UDP datagrams.
+
+One task per TCP connection reads records and hands each call to its own task, so slow calls
+do not hold up fast ones and replies go out in completion order. Limits keep memory bounded
+whatever a client sends: a record size bound, calls in flight per connection and in total, a
+connection cap, and timeouts for records that trickle in and connections that never call.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+
+import trio
+
+from nfsd.rpc.dispatch import Dispatcher, Reply
+from nfsd.rpc.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge, frame
+
+log = logging.getLogger("realize.rpc")
+
+UDP_MAX_DATAGRAM = 65507
+
+
+@dataclass
+class Limits:
+    max_record: int = DEFAULT_MAX_RECORD
+    max_connections: int = 512
+    inflight_per_connection: int = 64
+    inflight_total: int = 256
+    partial_record_timeout: float = 30.0  # a record must complete within this
+    first_call_timeout: float = 60.0  # a new connection must send a call within this
+    idle_timeout: float = 1800.0  # an established connection with no traffic is closed
+
+
+class RpcServer:
+    """Serves one Dispatcher over any number of TCP listeners and UDP sockets."""
+
+    def __init__(self, dispatcher: Dispatcher, limits: Limits | None = None) -> None:
+        self.dispatcher = dispatcher
+        self.limits = limits or Limits()
+        self.connections = 0
+        self._inflight = trio.CapacityLimiter(self.limits.inflight_total)
+
+    # ---- TCP ----
+
+    async def serve_tcp(
+        self, listener: trio.SocketListener, *, task_status=trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            while True:
+                stream = await listener.accept()
+                nursery.start_soon(self._connection, stream)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        try:
+            peer = stream.socket.getpeername()[:2]
+            local = stream.socket.getsockname()[0]
+        except OSError:
+            await stream.aclose()
+            return
+        if self.connections >= self.limits.max_connections:
+            self.dispatcher.bad_input.warn("connection refused", peer[0], "too many connections")
+            await stream.aclose()
+            return
+        self.connections += 1
+        try:
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+            await self._read_calls(stream, peer, local)
+        finally:
+            self.connections -= 1
+            await stream.aclose()
+
+    async def _read_calls(
+        self, stream: trio.SocketStream, peer: tuple[str, int], local: str
+    ) -> None:
+        limits = self.limits
+        reader = RecordReader(limits.max_record)
+        send_lock = trio.Lock()
+        per_connection = trio.Semaphore(limits.inflight_per_connection)
+        established = False
+        async with trio.open_nursery() as nursery:
+            while True:
+                if reader.partial:
+                    timeout = limits.partial_record_timeout
+                elif established:
+                    timeout = limits.idle_timeout
+                else:
+                    timeout = limits.first_call_timeout
+                data = b""
+                with trio.move_on_after(timeout) as waited:
+                    try:
+                        data = await stream.receive_some(1 << 18)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = b""
+                if waited.cancelled_caught:
+                    if reader.partial or not established:
+                        self.dispatcher.bad_input.warn(
+                            "connection closed", peer[0], "no complete call in time"
+                        )
+                    break
+                if not data:
+                    break
+                try:
+                    records = reader.feed(data)
+                except RecordTooLarge as e:
+                    self.dispatcher.bad_input.warn("connection closed", peer[0], str(e))
+                    break
+                for record in records:
+                    established = True
+                    await per_connection.acquire()
+                    await self._inflight.acquire_on_behalf_of(record)
+                    nursery.start_soon(
+                        self._tcp_call, stream, send_lock, per_connection, record, peer, local
+                    )
+
+    async def _tcp_call(
+        self,
+        stream: trio.SocketStream,
+        send_lock: trio.Lock,
+        per_connection: trio.Semaphore,
+        record: bytes,
+        peer: tuple[str, int],
+        local: str,
+    ) -> None:
+        try:
+            reply = await self.dispatcher.handle(record, peer, "tcp", local)
+            if reply is not None:
+                async with send_lock:
+                    await send_reply(stream, reply)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away; its calls have nobody to answer
+        finally:
+            self._inflight.release_on_behalf_of(record)
+            per_connection.release()
+
+    # ---- UDP ----
+
+    async def serve_udp(
+        self, sock: trio.socket.SocketType, *, task_status=trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            while True:
+                data, addr = await sock.recvfrom(1 << 16)
+                if self._inflight.available_tokens == 0:
+                    continue  # overloaded: UDP clients retransmit
+                await self._inflight.acquire_on_behalf_of(data)
+                nursery.start_soon(self._udp_call, sock, data, addr[:2])
+
+    async def _udp_call(
+        self, sock: trio.socket.SocketType, data: bytes, addr: tuple[str, int]
+    ) -> None:
+        try:
+            local = sock.getsockname()[0]
+            reply = await self.dispatcher.handle(
+                data, addr, "udp", None if local in ("0.0.0.0", "::") else local
+            )
+            if reply is None:
+                return
+            payload = b"".join(reply)
+            if len(payload) > UDP_MAX_DATAGRAM:
+                self.dispatcher.bad_input.warn("reply dropped", addr[0], "too large for UDP")
+                return
+            try:
+                await sock.sendto(payload, addr)
+            except OSError as e:
+                log.debug("udp send to %s failed: %s", addr, e)
+        finally:
+            self._inflight.release_on_behalf_of(data)
+
+
+async def send_reply(stream: trio.SocketStream, reply: Reply) -> None:
+    parts = frame(reply)
+    if sum(len(p) for p in parts) > 1 << 16 and len(parts) > 2:
+        # Large replies (READ data) go out as separate buffers rather than one joined copy.
+        for part in parts:
+            await stream.send_all(part)
+    else:
+        await stream.send_all(b"".join(parts))
+
+
+async def open_udp_socket(host: str, port: int) -> trio.socket.SocketType:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    await sock.bind((host, port))
+    return sock

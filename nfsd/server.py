@@ -1,0 +1,275 @@
+"""Assembles and runs one server: store, tree, exports, the NFS, MOUNT and portmapper programs,
+and their TCP and UDP listeners.
+
+NFS and MOUNT share one port by default. Port 111 is served (portmapper only) when the
+process may bind it; otherwise the programs are registered with a portmapper already running
+there, if any. Runtime facts (pid, ports) go to `server.json` in the state directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import secrets
+import signal
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from nfsd.exports import ROOT_EXPORT_ID, Export, ExportOptions, Exports
+from nfsd.mount import MountService
+from nfsd.nfs3.common import Nfs3State
+from nfsd.nfs3.program import nfs_program
+from nfsd.portmap import Portmapper, Registration
+from nfsd.rpc.client import encode_args, udp_call
+from nfsd.rpc.dispatch import Dispatcher
+from nfsd.rpc.transport import RpcServer, open_udp_socket
+from nfsd.store.db import Store
+from nfsd.vfs.handles import HandleCodec
+from nfsd.vfs.real import RealTree
+from xdr.mount import MOUNT_PROGRAM, MOUNT_V1, MOUNT_V3
+from xdr.nfs3 import NFS_PROGRAM, NFS_V3
+from xdr.portmap import IPPROTO_TCP, IPPROTO_UDP, PMAP_PORT, PMAP_PROG, PMAPPROC, mapping
+
+log = logging.getLogger("realize.server")
+
+DEFAULT_PORT = 2049
+DEFAULT_UNPRIVILEGED_PORT = 20490
+
+
+@dataclass
+class ServerConfig:
+    state_dir: Path
+    areas: dict[str, str]
+    bind: str = "127.0.0.1"
+    port: int | None = None  # None: 2049 as root, else 20490; 0: any free port
+    mount_port: int | None = None  # None: the NFS port
+    portmap: str = "auto"  # "auto": serve 111 if allowed, "on": must, "off": never
+    options: ExportOptions = field(default_factory=ExportOptions)
+
+
+@dataclass
+class Running:
+    """What a started server tells its caller."""
+
+    nfs_port: int
+    mount_port: int
+    portmap_port: int | None
+    exports: list[str]
+
+
+def _meta_value(store: Store, key: bytes, make: bytes) -> bytes:
+    meta = store.family("meta")
+    value = meta.get(key)
+    if value is None:
+        meta[key] = make
+        value = make
+    return value
+
+
+def _write_verifier(store: Store) -> bytes:
+    """A new value at every start, so clients resend writes they had not seen committed."""
+    meta = store.family("meta")
+    raw = meta.get(b"boot-count")
+    count = struct.unpack(">I", raw)[0] + 1 if raw else 1
+    meta[b"boot-count"] = struct.pack(">I", count)
+    store.flush()
+    return struct.pack(">I", count) + secrets.token_bytes(4)
+
+
+async def _listen(bind: str, port: int) -> tuple[list[trio.SocketListener], trio.socket.SocketType]:
+    """TCP listeners and a UDP socket on one port number (any free one for port 0)."""
+    for _ in range(20):
+        listeners = await trio.open_tcp_listeners(port, host=bind)
+        actual = listeners[0].socket.getsockname()[1]
+        try:
+            udp = await open_udp_socket(bind, actual)
+        except OSError as e:
+            for listener in listeners:
+                await listener.aclose()
+            if port == 0 and e.errno == errno.EADDRINUSE:
+                continue  # the free TCP port is taken for UDP: pick another
+            raise
+        return listeners, udp
+    raise OSError(errno.EADDRINUSE, "no port free for both TCP and UDP")
+
+
+class Server:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.state_dir = Path(config.state_dir)
+        self.store: Store | None = None
+        self.tree: RealTree | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.rpc: RpcServer | None = None
+        self.portmapper = Portmapper()
+
+    def _build(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(self.state_dir / "db")
+        secret = _meta_value(self.store, b"handle-secret", secrets.token_bytes(32))
+        store_uuid = self.store.family("meta")[b"store-uuid"]
+        self.tree = RealTree(self.store, self.config.areas, hidden={str(self.state_dir)})
+        exports = Exports()
+        exports.add(Export(ROOT_EXPORT_ID, "/", None, self.config.options))
+        for area in self.tree.areas.values():
+            exports.add(Export(area.id, "/" + area.name, area.id, self.config.options))
+        self.exports = exports
+        fsid = int.from_bytes(store_uuid[:8], "big")
+        state = Nfs3State(self.tree, HandleCodec(secret), exports, fsid,
+                          _write_verifier(self.store))
+        self.nfs_state = state
+        mount = MountService(state, exports)
+        self.dispatcher = Dispatcher(
+            [nfs_program(state), mount.program(), self.portmapper.program()]
+        )
+        self.rpc = RpcServer(self.dispatcher)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        os.umask(0)  # the client already applied its umask to the modes it sends
+        self._build()
+        assert self.rpc is not None and self.dispatcher is not None
+        config = self.config
+        port = config.port
+        if port is None:
+            port = DEFAULT_PORT if os.geteuid() == 0 else DEFAULT_UNPRIVILEGED_PORT
+        try:
+            async with trio.open_nursery() as nursery:
+                nfs_listeners, nfs_udp = await _listen(config.bind, port)
+                nfs_port = nfs_listeners[0].socket.getsockname()[1]
+                mount_port = nfs_port
+                sockets = [(nfs_listeners, nfs_udp, self.rpc)]
+                if config.mount_port is not None and config.mount_port != nfs_port:
+                    listeners, udp = await _listen(config.bind, config.mount_port)
+                    mount_port = listeners[0].socket.getsockname()[1]
+                    sockets.append((listeners, udp, self.rpc))
+                portmap_port = await self._portmap(sockets)
+                self._register(nfs_port, mount_port, portmap_port)
+                for listeners, udp, rpc in sockets:
+                    for listener in listeners:
+                        await nursery.start(rpc.serve_tcp, listener)
+                    await nursery.start(rpc.serve_udp, udp)
+                if portmap_port is None and config.portmap == "auto":
+                    await self._register_with_system_rpcbind(nfs_port, mount_port)
+                running = Running(nfs_port, mount_port, portmap_port,
+                                  [e.path for e in self.exports])
+                self._write_runtime(running)
+                nursery.start_soon(self._status_loop, running)
+                task_status.started(running)
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        log.info("stopping on %s", signal.Signals(signum).name)
+                        break
+                nursery.cancel_scope.cancel()
+        finally:
+            self.close()
+
+    async def _portmap(self, sockets: list) -> int | None:
+        """Serve the portmapper on 111 when allowed; returns 111 or None."""
+        if self.config.portmap == "off":
+            return None
+        try:
+            listeners, udp = await _listen(self.config.bind, PMAP_PORT)
+        except OSError as e:
+            if self.config.portmap == "on":
+                raise
+            log.info("not serving port 111 (%s)", e.strerror)
+            return None
+        portmap_only = RpcServer(Dispatcher([self.portmapper.program()],
+                                            self.dispatcher.drc if self.dispatcher else None))
+        sockets.append((listeners, udp, portmap_only))
+        return PMAP_PORT
+
+    def _register(self, nfs_port: int, mount_port: int, portmap_port: int | None) -> None:
+        host = self.config.bind
+        for netid in ("tcp", "udp"):
+            self.portmapper.register(Registration(NFS_PROGRAM, NFS_V3, netid, host, nfs_port))
+            for vers in (MOUNT_V1, MOUNT_V3):
+                self.portmapper.register(
+                    Registration(MOUNT_PROGRAM, vers, netid, host, mount_port)
+                )
+            ports = [nfs_port] if portmap_port is None else [portmap_port]
+            for vers in (2, 3, 4):
+                self.portmapper.register(Registration(PMAP_PROG, vers, netid, host, ports[0]))
+
+    async def _register_with_system_rpcbind(self, nfs_port: int, mount_port: int) -> None:
+        """Tell a portmapper already on port 111 where we are (best effort)."""
+        wanted = [(NFS_PROGRAM, NFS_V3, nfs_port)] + [
+            (MOUNT_PROGRAM, v, mount_port) for v in (MOUNT_V1, MOUNT_V3)
+        ]
+        try:
+            for prog, vers, port in wanted:
+                for proto in (IPPROTO_TCP, IPPROTO_UDP):
+                    args = encode_args(mapping, mapping(prog, vers, proto, 0))
+                    await udp_call("127.0.0.1", PMAP_PORT, PMAP_PROG, 2, PMAPPROC.UNSET, args,
+                                   timeout=0.5, tries=1)
+                    args = encode_args(mapping, mapping(prog, vers, proto, port))
+                    await udp_call("127.0.0.1", PMAP_PORT, PMAP_PROG, 2, PMAPPROC.SET, args,
+                                   timeout=0.5, tries=1)
+            log.info("registered with the portmapper on port 111")
+        except (OSError, TimeoutError):
+            log.info("no portmapper on port 111: clients must be given the ports")
+
+    def _write_runtime(self, running: Running) -> None:
+        info = {
+            "pid": os.getpid(),
+            "bind": self.config.bind,
+            "nfs_port": running.nfs_port,
+            "mount_port": running.mount_port,
+            "portmap_port": running.portmap_port,
+            "exports": running.exports,
+            "areas": {a.name: os.fsdecode(a.path) for a in self.tree.areas.values()}
+            if self.tree else {},
+            "connections": self.rpc.connections if self.rpc else 0,
+            "calls": self.dispatcher.calls if self.dispatcher else 0,
+        }
+        path = self.state_dir / "server.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=1))
+        os.replace(tmp, path)
+
+    async def _status_loop(self, running: Running) -> None:
+        while True:
+            await trio.sleep(2)
+            self._write_runtime(running)
+
+    def close(self) -> None:
+        if self.tree is not None:
+            self.tree.close()
+            self.tree = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        (self.state_dir / "server.json").unlink(missing_ok=True)
+
+
+def mount_commands(host: str, exports: list[str], nfs_port: int, mount_port: int,
+                   portmap: bool) -> dict[str, list[str]]:
+    """The exact commands that mount each export, per client OS."""
+    standard = nfs_port == DEFAULT_PORT and mount_port == DEFAULT_PORT and portmap
+    ports = "" if standard else f",port={nfs_port},mountport={mount_port}"
+    commands: dict[str, list[str]] = {"linux": [], "macos": [], "windows": []}
+    for export in exports:
+        name = export.strip("/") or "realize"
+        commands["linux"].append(
+            f"sudo mkdir -p /mnt/{name} && sudo mount -t nfs -o "
+            f"vers=3,proto=tcp,mountproto=tcp,nolock{ports} {host}:{export} /mnt/{name}"
+        )
+        commands["macos"].append(
+            f"mkdir -p ~/{name} && sudo mount_nfs -o vers=3,tcp,locallocks{ports} "
+            f"{host}:{export} ~/{name}"
+        )
+        if export != "/":
+            if standard:
+                commands["windows"].append(f"mount.exe -o anon,nolock \\\\{host}\\{name} Z:")
+            else:
+                commands["windows"].append(
+                    f"(Windows needs port 2049 and a portmapper on 111: run the server as "
+                    f"root for \\\\{host}\\{name})"
+                )
+    return commands
+

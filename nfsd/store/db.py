@@ -1,0 +1,79 @@
+"""The server's RocksDB database (rocksdict, raw bytes): column families and atomic batches.
+
+One database per state directory. Column families are opened by name; related updates are
+written through `Batch` so a crash leaves either the old state or the new.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from rocksdict import Options, Rdict, WriteBatch
+
+FAMILIES = ("meta", "inodes")
+SCHEMA_VERSION = b"1"
+
+
+def _options() -> Options:
+    opt = Options(raw_mode=True)
+    opt.create_if_missing(True)
+    opt.create_missing_column_families(True)
+    return opt
+
+
+class Batch:
+    """Puts and deletes across families, applied at once by `commit`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.batch = WriteBatch(raw_mode=True)
+
+    def put(self, family: str, key: bytes, value: bytes) -> None:
+        self.batch.put(key, value, self.store.handle(family))
+
+    def delete(self, family: str, key: bytes) -> None:
+        self.batch.delete(key, self.store.handle(family))
+
+    def commit(self) -> None:
+        self.store.db.write(self.batch)
+
+
+class Store:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        existing: list[str] = []
+        if (self.path / "CURRENT").exists():
+            existing = Rdict.list_cf(str(self.path), Options(raw_mode=True))
+        families = {name: Options(raw_mode=True) for name in {*FAMILIES, *existing}}
+        families.pop("default", None)
+        self.db = Rdict(str(self.path), options=_options(), column_families=families)
+        self._families = {name: self.db.get_column_family(name) for name in families}
+        self._handles = {name: self.db.get_column_family_handle(name) for name in families}
+        meta = self.family("meta")
+        if meta.get(b"schema") is None:
+            batch = self.batch()
+            batch.put("meta", b"schema", SCHEMA_VERSION)
+            batch.put("meta", b"store-uuid", uuid.uuid4().bytes)
+            batch.commit()
+        elif meta[b"schema"] != SCHEMA_VERSION:
+            raise RuntimeError(f"state in {path} has schema {meta[b'schema']!r}, expected 1")
+
+    def family(self, name: str) -> Rdict:
+        return self._families[name]
+
+    def handle(self, name: str):
+        return self._handles[name]
+
+    def batch(self) -> Batch:
+        return Batch(self)
+
+    def flush(self) -> None:
+        self.db.flush_wal(True)
+
+    def close(self) -> None:
+        for family in self._families.values():
+            family.close()
+        self.db.close()

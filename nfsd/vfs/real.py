@@ -1,0 +1,731 @@
+"""The Real layer: areas kept as ordinary local directories, served through the Tree interface.
+
+Owns path resolution (fileid → path by walking parents, checked against the inode it was
+recorded with, so a replaced file is NFS3ERR_STALE rather than someone else's data), the
+directory listing order (cookies are name hashes, so paging survives changes), and every
+namespace change with its fileid-table update in one batch.
+
+Each area is a directory; the virtual root (fileid 1) lists the areas by name.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+import stat
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import trio
+
+from nfsd.store.db import Store
+from nfsd.vfs.errors import FsError, from_os_error
+from nfsd.vfs.fdcache import FdCache
+from nfsd.vfs.inodes import ROOT_FID, InodeTable, Node
+from nfsd.vfs.tree import (
+    SERVER_TIME,
+    Attr,
+    DirEntry,
+    FsStat,
+    Owner,
+    SetAttr,
+    Tree,
+)
+from xdr.nfs3 import ftype3, nfsstat3, stable_how
+
+DOT_COOKIE, DOTDOT_COOKIE = 1, 2
+_FIRST_NAME_COOKIE = 3
+# Reads and writes above this size go to a worker thread; smaller ones are cheaper inline.
+_INLINE_IO = 128 * 1024
+_AREA = struct.Struct(">IQ")
+
+_KIND = {
+    stat.S_IFREG: ftype3.NF3REG,
+    stat.S_IFDIR: ftype3.NF3DIR,
+    stat.S_IFLNK: ftype3.NF3LNK,
+    stat.S_IFCHR: ftype3.NF3CHR,
+    stat.S_IFBLK: ftype3.NF3BLK,
+    stat.S_IFSOCK: ftype3.NF3SOCK,
+    stat.S_IFIFO: ftype3.NF3FIFO,
+}
+
+
+def name_cookie(name: bytes) -> int:
+    """A directory cookie for `name`: a 63-bit hash, above the cookies of "." and ".."."""
+    value = int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "big") >> 1
+    return max(value, _FIRST_NAME_COOKIE)
+
+
+def attr_from_stat(st: os.stat_result, fid: int) -> Attr:
+    kind = _KIND.get(stat.S_IFMT(st.st_mode), ftype3.NF3REG)
+    nlink = st.st_nlink
+    if kind == ftype3.NF3DIR and nlink < 2:
+        nlink = 2  # macOS skips READDIR of a directory that claims one link
+    return Attr(
+        kind,
+        stat.S_IMODE(st.st_mode),
+        nlink,
+        st.st_uid,
+        st.st_gid,
+        st.st_size,
+        st.st_blocks * 512,
+        (os.major(st.st_rdev), os.minor(st.st_rdev)),
+        fid,
+        st.st_atime_ns,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+    )
+
+
+def check_name(name: bytes) -> None:
+    """Reject names no directory entry can have, before they reach the file system."""
+    if not name or b"/" in name or b"\0" in name:
+        raise FsError(nfsstat3.NFS3ERR_INVAL, "invalid name")
+    if len(name) > 255:
+        raise FsError(nfsstat3.NFS3ERR_NAMETOOLONG)
+
+
+def check_new_name(name: bytes) -> None:
+    """A name to create or remove: also not "." or ".."."""
+    check_name(name)
+    if name in (b".", b".."):
+        raise FsError(nfsstat3.NFS3ERR_EXIST, "dot name")
+
+
+@dataclass(slots=True)
+class Area:
+    id: int
+    name: str
+    path: bytes
+    root_fid: int
+
+
+@dataclass(slots=True)
+class _Listing:
+    """A directory's names sorted by cookie, valid while the directory is unchanged."""
+
+    version: tuple[int, int, int]
+    cookies: list[int]
+    names: list[bytes]
+    inodes: list[int]
+
+
+class RealTree(Tree):
+    def __init__(
+        self,
+        store: Store,
+        areas: dict[str, str | os.PathLike[str]],
+        hidden: set[str] | None = None,
+    ) -> None:
+        """`hidden`: paths inside areas that clients must not see (the state directory)."""
+        self.store = store
+        self.hidden = {os.fsencode(os.path.abspath(p)) for p in hidden or ()}
+        self.inodes = InodeTable(store)
+        self.fds = FdCache()
+        self.areas: dict[int, Area] = {}
+        self.area_by_name: dict[str, Area] = {}
+        self._listings: OrderedDict[int, _Listing] = OrderedDict()
+        self._listed_names = 0
+        meta = store.family("meta")
+        created = meta.get(b"created-ns")
+        if created is None:
+            created = struct.pack(">Q", time.time_ns())
+            meta[b"created-ns"] = created
+        self.created_ns = struct.unpack(">Q", created)[0]
+        for name, path in areas.items():
+            self._register_area(name, os.fsencode(os.path.abspath(path)))
+
+    # ---- areas ----
+
+    def _register_area(self, name: str, path: bytes) -> None:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise ValueError(f"area {name}: cannot use {os.fsdecode(path)}: {e.strerror}") from e
+        if not stat.S_ISDIR(st.st_mode):
+            raise ValueError(f"area {name}: {os.fsdecode(path)} is not a directory")
+        meta = self.store.family("meta")
+        key = b"area:" + name.encode()
+        raw = meta.get(key)
+        batch = self.store.batch()
+        if raw is None:
+            area_id = int.from_bytes(meta.get(b"next-area", b"\0\0\0\1"), "big")
+            batch.put("meta", b"next-area", (area_id + 1).to_bytes(4, "big"))
+            root = self.inodes.allocate(batch)
+            batch.put("meta", key, _AREA.pack(area_id, root))
+        else:
+            area_id, root = _AREA.unpack(raw)
+        # The area root keeps its fileid even if its directory was replaced or moved.
+        self.inodes.put_node(batch, Node(root, 0, area_id, st.st_dev, st.st_ino, b""))
+        batch.commit()
+        area = Area(area_id, name, path, root)
+        self.areas[area_id] = area
+        self.area_by_name[name] = area
+
+    def area_of(self, fid: int) -> int | None:
+        if fid == ROOT_FID:
+            return None
+        return self._node(fid).area
+
+    def area_root(self, area: int) -> int:
+        return self.areas[area].root_fid
+
+    # ---- resolution ----
+
+    def _node(self, fid: int) -> Node:
+        node = self.inodes.node(fid)
+        if node is None or node.area not in self.areas:
+            raise FsError(nfsstat3.NFS3ERR_STALE)
+        return node
+
+    def _path(self, fid: int) -> bytes:
+        parts: list[bytes] = []
+        node = self._node(fid)
+        while node.parent:
+            parts.append(node.name)
+            if len(parts) > 4096:
+                raise FsError(nfsstat3.NFS3ERR_STALE, "cycle")
+            node = self._node(node.parent)
+        root = self.areas[node.area].path
+        if not parts:
+            return root
+        parts.append(root)
+        parts.reverse()
+        return b"/".join(parts)
+
+    def _resolve(self, fid: int) -> tuple[bytes, os.stat_result]:
+        """The path of `fid` and its lstat, checked to be the very inode recorded."""
+        node = self._node(fid)
+        path = self._path(fid)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            raise FsError(nfsstat3.NFS3ERR_STALE) from None
+        if st.st_ino != node.ino or st.st_dev != node.dev:
+            raise FsError(nfsstat3.NFS3ERR_STALE, "replaced")
+        return path, st
+
+    def _dir(self, fid: int) -> bytes:
+        path, st = self._resolve(fid)
+        if not stat.S_ISDIR(st.st_mode):
+            raise FsError(nfsstat3.NFS3ERR_NOTDIR)
+        return path
+
+    def _writable_dir(self, fid: int) -> bytes:
+        if fid == ROOT_FID:
+            raise FsError(nfsstat3.NFS3ERR_ACCES, "the root holds only areas")
+        return self._dir(fid)
+
+    def _register(self, dir_fid: int, name: bytes, st: os.stat_result) -> int:
+        """The fid of the entry `name` of `dir_fid`, whose lstat is `st`; recorded if new."""
+        fid = self.inodes.child(dir_fid, name)
+        if fid is not None:
+            node = self.inodes.node(fid)
+            if node is not None and node.ino == st.st_ino and node.dev == st.st_dev:
+                return fid
+        area = self._node(dir_fid).area
+        batch = self.store.batch()
+        if fid is not None:  # the name now holds another object than recorded
+            old = self.inodes.node(fid)
+            self.inodes.drop_link(batch, fid, dir_fid, name)
+            if old is not None:
+                self._forget_link(batch, old, dir_fid, name, remaining=None)
+        known = self.inodes.by_inode(area, st.st_dev, st.st_ino)
+        node = self.inodes.node(known) if known is not None else None
+        if node is not None:
+            fid = node.fid
+            # A second name of a known inode: a hard link, or a move made outside.
+            if not self._primary_holds(node):
+                self.inodes.put_node(batch, Node(fid, dir_fid, area, node.dev, node.ino, name))
+        else:
+            fid = self.inodes.allocate(batch)
+            self.inodes.put_node(batch, Node(fid, dir_fid, area, st.st_dev, st.st_ino, name))
+        self.inodes.add_link(batch, fid, dir_fid, name)
+        batch.commit()
+        return fid
+
+    def _primary_holds(self, node: Node) -> bool:
+        """Whether the node's recorded primary name still names its inode."""
+        try:
+            st = os.lstat(self._path(node.fid))
+        except (OSError, FsError):
+            return False
+        return st.st_ino == node.ino and st.st_dev == node.dev
+
+    def _forget_link(
+        self, batch, node: Node, dir_fid: int, name: bytes, remaining: int | None
+    ) -> None:
+        """After (dir_fid, name) stopped naming `node`: forget it or move its primary name."""
+        others = [link for link in self.inodes.links(node.fid) if link != (dir_fid, name)]
+        if remaining == 0 or not others:
+            self.inodes.drop_node(batch, node)
+            batch.delete("inodes", b"X" + node.fid.to_bytes(8, "big"))
+            self.fds.invalidate(node.fid)
+            return
+        if (node.parent, node.name) == (dir_fid, name):
+            parent, other = others[0]
+            self.inodes.put_node(
+                batch, Node(node.fid, parent, node.area, node.dev, node.ino, other)
+            )
+
+    # ---- attributes ----
+
+    def getattr(self, fid: int) -> Attr:
+        if fid == ROOT_FID:
+            return self._root_attr()
+        _, st = self._resolve(fid)
+        return attr_from_stat(st, fid)
+
+    def _root_attr(self) -> Attr:
+        t = self.created_ns
+        return Attr(
+            ftype3.NF3DIR, 0o755, 2 + len(self.areas), 0, 0, 4096, 4096, (0, 0), ROOT_FID,
+            t, t, t,
+        )
+
+    def setattr(self, fid: int, changes: SetAttr) -> None:
+        if fid == ROOT_FID:
+            raise FsError(nfsstat3.NFS3ERR_ACCES)
+        path, st = self._resolve(fid)
+        is_link = stat.S_ISLNK(st.st_mode)
+        try:
+            if changes.size is not None:
+                if stat.S_ISDIR(st.st_mode):
+                    raise FsError(nfsstat3.NFS3ERR_ISDIR)
+                if not stat.S_ISREG(st.st_mode):
+                    raise FsError(nfsstat3.NFS3ERR_INVAL)
+                with self.fds.borrow(fid, lambda w: self._open(fid, w), True) as fd:
+                    os.ftruncate(fd, changes.size)
+            if changes.uid is not None or changes.gid is not None:
+                uid = -1 if changes.uid is None else changes.uid
+                gid = -1 if changes.gid is None else changes.gid
+                os.chown(path, uid, gid, follow_symlinks=False)
+            if changes.mode is not None and not is_link:
+                os.chmod(path, changes.mode & 0o7777)
+            if changes.atime_ns is not None or changes.mtime_ns is not None:
+                now = time.time_ns()
+
+                def pick(value: int | None, current: int) -> int:
+                    if value is None:
+                        return current
+                    return now if value == SERVER_TIME else value
+
+                os.utime(
+                    path,
+                    ns=(pick(changes.atime_ns, st.st_atime_ns),
+                        pick(changes.mtime_ns, st.st_mtime_ns)),
+                    follow_symlinks=False,
+                )
+        except OSError as e:
+            raise from_os_error(e) from None
+        self._invalidate_listing_of_parent(fid)
+
+    # ---- lookup and listing ----
+
+    def lookup(self, dir_fid: int, name: bytes) -> int:
+        if name == b".":
+            self.getattr(dir_fid)
+            return dir_fid
+        if name == b"..":
+            return self.parent(dir_fid)
+        check_name(name)
+        if dir_fid == ROOT_FID:
+            area = self.area_by_name.get(os.fsdecode(name))
+            if area is None:
+                raise FsError(nfsstat3.NFS3ERR_NOENT)
+            return area.root_fid
+        path = self._dir(dir_fid) + b"/" + name
+        if path in self.hidden:
+            raise FsError(nfsstat3.NFS3ERR_NOENT)
+        try:
+            st = os.lstat(path)
+        except OSError as e:
+            raise from_os_error(e) from None
+        return self._register(dir_fid, name, st)
+
+    def parent(self, dir_fid: int) -> int:
+        if dir_fid == ROOT_FID:
+            return ROOT_FID
+        node = self._node(dir_fid)
+        return node.parent or ROOT_FID
+
+    def readlink(self, fid: int) -> bytes:
+        path, st = self._resolve(fid)
+        if not stat.S_ISLNK(st.st_mode):
+            raise FsError(nfsstat3.NFS3ERR_INVAL, "not a symlink")
+        try:
+            return os.readlink(path)
+        except OSError as e:
+            raise from_os_error(e) from None
+
+    def _listing(self, dir_fid: int) -> _Listing:
+        if dir_fid == ROOT_FID:
+            names = [a.name.encode() for a in self.areas.values()]
+            fids = [a.root_fid for a in self.areas.values()]
+            rows = sorted(zip(map(name_cookie, names), names, fids, strict=True))
+            return _Listing((0, 0, 0), [r[0] for r in rows], [r[1] for r in rows],
+                            [r[2] for r in rows])
+        path = self._dir(dir_fid)
+        st = os.lstat(path)
+        version = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        cached = self._listings.get(dir_fid)
+        if cached is not None and cached.version == version:
+            self._listings.move_to_end(dir_fid)
+            return cached
+        try:
+            with os.scandir(path) as it:
+                rows = sorted(
+                    (name_cookie(e.name), e.name, e.inode())
+                    for e in it
+                    if not self.hidden or path + b"/" + e.name not in self.hidden
+                )
+        except OSError as e:
+            raise from_os_error(e) from None
+        listing = _Listing(version, [r[0] for r in rows], [r[1] for r in rows],
+                           [r[2] for r in rows])
+        self._remember_listing(dir_fid, listing)
+        return listing
+
+    def _remember_listing(self, dir_fid: int, listing: _Listing) -> None:
+        old = self._listings.pop(dir_fid, None)
+        if old is not None:
+            self._listed_names -= len(old.names)
+        self._listings[dir_fid] = listing
+        self._listed_names += len(listing.names)
+        while self._listed_names > 1_000_000 and len(self._listings) > 1:
+            _, dropped = self._listings.popitem(last=False)
+            self._listed_names -= len(dropped.names)
+
+    def _invalidate_listing_of_parent(self, fid: int) -> None:
+        node = self.inodes.node(fid)
+        if node is not None and node.parent:
+            self._listings.pop(node.parent, None)
+
+    def readdir(self, dir_fid: int, cookie: int) -> Iterator[DirEntry]:
+        listing = self._listing(dir_fid)
+        return self._entries(dir_fid, listing, cookie)
+
+    def _entries(self, dir_fid: int, listing: _Listing, cookie: int) -> Iterator[DirEntry]:
+        if cookie < DOT_COOKIE:
+            yield DirEntry(b".", dir_fid, DOT_COOKIE)
+        if cookie < DOTDOT_COOKIE:
+            yield DirEntry(b"..", self.parent(dir_fid), DOTDOT_COOKIE)
+        # Resume after the cookie's place in name-hash order: entries that still exist are
+        # neither repeated nor skipped, however the directory changed meanwhile.
+        start = bisect.bisect_right(listing.cookies, cookie)
+        is_root = dir_fid == ROOT_FID
+        path = b"" if is_root else self._dir(dir_fid)
+        for i in range(start, len(listing.names)):
+            name = listing.names[i]
+            if is_root:
+                yield DirEntry(name, listing.inodes[i], listing.cookies[i])
+                continue
+            fid = self._fid_for_entry(dir_fid, path, name, listing.inodes[i])
+            if fid is not None:
+                yield DirEntry(name, fid, listing.cookies[i])
+
+    def _fid_for_entry(self, dir_fid: int, path: bytes, name: bytes, ino: int) -> int | None:
+        fid = self.inodes.child(dir_fid, name)
+        if fid is not None:
+            node = self.inodes.node(fid)
+            if node is not None and node.ino == ino:
+                return fid
+        try:
+            st = os.lstat(path + b"/" + name)
+        except OSError:
+            return None  # gone since the listing was taken
+        return self._register(dir_fid, name, st)
+
+    # ---- data ----
+
+    def _open(self, fid: int, writable: bool) -> tuple[int, bool]:
+        path, st = self._resolve(fid)
+        if stat.S_ISDIR(st.st_mode):
+            raise FsError(nfsstat3.NFS3ERR_ISDIR)
+        if not stat.S_ISREG(st.st_mode):
+            raise FsError(nfsstat3.NFS3ERR_INVAL, "not a regular file")
+        flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            try:
+                fd = os.open(path, os.O_RDWR | flags)
+                writable = True
+            except PermissionError:
+                if writable:
+                    raise
+                fd = os.open(path, os.O_RDONLY | flags)
+                writable = False
+            fst = os.fstat(fd)
+            if fst.st_ino != st.st_ino or fst.st_dev != st.st_dev:
+                os.close(fd)
+                raise FsError(nfsstat3.NFS3ERR_STALE, "replaced while opening")
+        except OSError as e:
+            raise from_os_error(e) from None
+        return fd, writable
+
+    async def read(self, fid: int, offset: int, count: int) -> tuple[bytes, bool]:
+        with self.fds.borrow(fid, lambda w: self._open(fid, w), False) as fd:
+            try:
+                if count > _INLINE_IO:
+                    data = await trio.to_thread.run_sync(os.pread, fd, count, offset)
+                else:
+                    data = os.pread(fd, count, offset)
+                size = os.fstat(fd).st_size
+            except OSError as e:
+                raise from_os_error(e) from None
+        return data, offset + len(data) >= size
+
+    async def write(self, fid: int, offset: int, data: bytes, stable: stable_how) -> stable_how:
+        with self.fds.borrow(fid, lambda w: self._open(fid, w), True) as fd:
+            try:
+                if len(data) > _INLINE_IO or stable != stable_how.UNSTABLE:
+                    await trio.to_thread.run_sync(self._write_all, fd, offset, data, stable)
+                else:
+                    self._write_all(fd, offset, data, stable)
+            except OSError as e:
+                raise from_os_error(e) from None
+        return stable
+
+    @staticmethod
+    def _write_all(fd: int, offset: int, data: bytes, stable: stable_how) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view = view[written:]
+            offset += written
+        if stable == stable_how.FILE_SYNC:
+            os.fsync(fd)
+        elif stable == stable_how.DATA_SYNC:
+            os.fdatasync(fd)
+
+    async def commit(self, fid: int) -> None:
+        with self.fds.borrow(fid, lambda w: self._open(fid, w), False) as fd:
+            try:
+                await trio.to_thread.run_sync(os.fsync, fd)
+            except OSError as e:
+                raise from_os_error(e) from None
+
+    # ---- namespace changes ----
+
+    def _chown_new(self, path: bytes, owner: Owner) -> None:
+        if os.geteuid() == 0:
+            os.chown(path, owner.uid, owner.gid, follow_symlinks=False)
+
+    def _created(self, dir_fid: int, name: bytes, path: bytes) -> int:
+        self._listings.pop(dir_fid, None)
+        try:
+            st = os.lstat(path)
+        except OSError as e:
+            raise from_os_error(e) from None
+        return self._register(dir_fid, name, st)
+
+    def create(
+        self, dir_fid: int, name: bytes, mode: int, owner: Owner, *, exclusive: bool,
+        verifier: bytes | None = None,
+    ) -> tuple[int, bool]:
+        check_new_name(name)
+        path = self._writable_dir(dir_fid) + b"/" + name
+        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            try:
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode & 0o7777)
+                created = True
+            except FileExistsError:
+                if verifier is not None:
+                    # EXCLUSIVE: a retransmission of our own create finds its verifier.
+                    fid = self.lookup(dir_fid, name)
+                    stored = self.store.family("inodes").get(b"X" + fid.to_bytes(8, "big"))
+                    if stored != verifier:
+                        raise FsError(nfsstat3.NFS3ERR_EXIST) from None
+                    return fid, False
+                if exclusive:
+                    raise FsError(nfsstat3.NFS3ERR_EXIST) from None
+                fd = os.open(path, flags)
+                created = False
+            try:
+                if created:
+                    self._chown_new(path, owner)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise from_os_error(e) from None
+        fid = self._created(dir_fid, name, path)
+        if verifier is not None:
+            self.store.family("inodes")[b"X" + fid.to_bytes(8, "big")] = verifier
+        return fid, created
+
+    def mkdir(self, dir_fid: int, name: bytes, mode: int, owner: Owner) -> int:
+        check_new_name(name)
+        path = self._writable_dir(dir_fid) + b"/" + name
+        try:
+            os.mkdir(path, mode & 0o7777)
+            self._chown_new(path, owner)
+        except OSError as e:
+            raise from_os_error(e) from None
+        return self._created(dir_fid, name, path)
+
+    def symlink(self, dir_fid: int, name: bytes, target: bytes, owner: Owner) -> int:
+        check_new_name(name)
+        if not target or b"\0" in target:
+            raise FsError(nfsstat3.NFS3ERR_INVAL, "bad symlink target")
+        path = self._writable_dir(dir_fid) + b"/" + name
+        try:
+            os.symlink(target, path)
+            self._chown_new(path, owner)
+        except OSError as e:
+            raise from_os_error(e) from None
+        return self._created(dir_fid, name, path)
+
+    def mknod(
+        self, dir_fid: int, name: bytes, kind: ftype3, mode: int, owner: Owner,
+        rdev: tuple[int, int] = (0, 0),
+    ) -> int:
+        check_new_name(name)
+        path = self._writable_dir(dir_fid) + b"/" + name
+        type_bits = {
+            ftype3.NF3FIFO: stat.S_IFIFO,
+            ftype3.NF3SOCK: stat.S_IFSOCK,
+            ftype3.NF3CHR: stat.S_IFCHR,
+            ftype3.NF3BLK: stat.S_IFBLK,
+        }.get(kind)
+        if type_bits is None:
+            raise FsError(nfsstat3.NFS3ERR_BADTYPE)
+        device = os.makedev(*rdev) if kind in (ftype3.NF3CHR, ftype3.NF3BLK) else 0
+        try:
+            os.mknod(path, type_bits | (mode & 0o7777), device)
+            self._chown_new(path, owner)
+        except OSError as e:
+            raise from_os_error(e) from None
+        return self._created(dir_fid, name, path)
+
+    def _known_child(self, dir_fid: int, name: bytes, st: os.stat_result) -> Node | None:
+        fid = self.inodes.child(dir_fid, name)
+        node = self.inodes.node(fid) if fid is not None else None
+        if node is None or node.ino != st.st_ino or node.dev != st.st_dev:
+            return None
+        return node
+
+    def _unlink(self, dir_fid: int, name: bytes, directory: bool) -> None:
+        if name in (b".", b".."):
+            raise FsError(nfsstat3.NFS3ERR_INVAL, "dot name")
+        check_name(name)
+        path = self._writable_dir(dir_fid) + b"/" + name
+        try:
+            st = os.lstat(path)
+            if directory:
+                if not stat.S_ISDIR(st.st_mode):
+                    raise FsError(nfsstat3.NFS3ERR_NOTDIR)
+                os.rmdir(path)
+            else:
+                if stat.S_ISDIR(st.st_mode):
+                    raise FsError(nfsstat3.NFS3ERR_ISDIR)
+                os.unlink(path)
+        except OSError as e:
+            raise from_os_error(e) from None
+        self._listings.pop(dir_fid, None)
+        node = self._known_child(dir_fid, name, st)
+        if node is not None:
+            batch = self.store.batch()
+            self.inodes.drop_link(batch, node.fid, dir_fid, name)
+            remaining = 0 if directory else st.st_nlink - 1
+            self._forget_link(batch, node, dir_fid, name, remaining)
+            batch.commit()
+        else:
+            fid = self.inodes.child(dir_fid, name)
+            if fid is not None:
+                batch = self.store.batch()
+                self.inodes.drop_link(batch, fid, dir_fid, name)
+                batch.commit()
+
+    def remove(self, dir_fid: int, name: bytes) -> None:
+        self._unlink(dir_fid, name, directory=False)
+
+    def rmdir(self, dir_fid: int, name: bytes) -> None:
+        self._unlink(dir_fid, name, directory=True)
+
+    def rename(self, from_dir: int, from_name: bytes, to_dir: int, to_name: bytes) -> None:
+        for name in (from_name, to_name):
+            if name in (b".", b".."):
+                raise FsError(nfsstat3.NFS3ERR_INVAL, "dot name")
+            check_name(name)
+        from_path = self._writable_dir(from_dir) + b"/" + from_name
+        to_path = self._writable_dir(to_dir) + b"/" + to_name
+        if self._node(from_dir).area != self._node(to_dir).area:
+            raise FsError(nfsstat3.NFS3ERR_XDEV, "areas are separate")
+        try:
+            src = os.lstat(from_path)
+        except OSError as e:
+            raise from_os_error(e) from None
+        fid = self._register(from_dir, from_name, src)
+        try:
+            dst: os.stat_result | None = os.lstat(to_path)
+        except FileNotFoundError:
+            dst = None
+        except OSError as e:
+            raise from_os_error(e) from None
+        if dst is not None and dst.st_ino == src.st_ino and dst.st_dev == src.st_dev:
+            return  # two names of one file: POSIX says rename does nothing
+        replaced = self._known_child(to_dir, to_name, dst) if dst is not None else None
+        try:
+            os.rename(from_path, to_path)
+        except OSError as e:
+            raise from_os_error(e) from None
+        self._listings.pop(from_dir, None)
+        self._listings.pop(to_dir, None)
+        batch = self.store.batch()
+        stale_target = self.inodes.child(to_dir, to_name)
+        if replaced is not None:
+            self.inodes.drop_link(batch, replaced.fid, to_dir, to_name)
+            remaining = 0 if stat.S_ISDIR(dst.st_mode) else dst.st_nlink - 1
+            self._forget_link(batch, replaced, to_dir, to_name, remaining)
+        elif stale_target is not None:
+            self.inodes.drop_link(batch, stale_target, to_dir, to_name)
+        node = self._node(fid)
+        self.inodes.drop_link(batch, fid, from_dir, from_name)
+        self.inodes.add_link(batch, fid, to_dir, to_name)
+        if (node.parent, node.name) == (from_dir, from_name) or not self._primary_holds(node):
+            self.inodes.put_node(batch, Node(fid, to_dir, node.area, node.dev, node.ino, to_name))
+        batch.commit()
+
+    def link(self, fid: int, dir_fid: int, name: bytes) -> None:
+        check_new_name(name)
+        src_path, st = self._resolve(fid)
+        if stat.S_ISDIR(st.st_mode):
+            raise FsError(nfsstat3.NFS3ERR_ISDIR, "no hard links to directories")
+        if self._node(fid).area != self._node(dir_fid).area:
+            raise FsError(nfsstat3.NFS3ERR_XDEV, "areas are separate")
+        path = self._writable_dir(dir_fid) + b"/" + name
+        try:
+            os.link(src_path, path, follow_symlinks=False)
+        except OSError as e:
+            raise from_os_error(e) from None
+        self._listings.pop(dir_fid, None)
+        batch = self.store.batch()
+        self.inodes.add_link(batch, fid, dir_fid, name)
+        batch.commit()
+
+    # ---- file system ----
+
+    def fsstat(self, fid: int) -> FsStat:
+        if fid == ROOT_FID:
+            path = os.fsencode(str(self.store.path))
+        else:
+            path = self.areas[self._node(fid).area].path
+        try:
+            vfs = os.statvfs(path)
+        except OSError as e:
+            raise from_os_error(e) from None
+        return FsStat(
+            vfs.f_blocks * vfs.f_frsize,
+            vfs.f_bfree * vfs.f_frsize,
+            vfs.f_bavail * vfs.f_frsize,
+            vfs.f_files,
+            vfs.f_ffree,
+            vfs.f_favail,
+        )
+
+    def close(self) -> None:
+        self.fds.close_all()

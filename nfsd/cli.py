@@ -62,24 +62,55 @@ def save_config(state_dir: Path, config: dict) -> None:
 
 def add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bind", default=None, help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None,
-                   help="NFS and MOUNT port (default 2049 as root, else 20490; 0: any)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="NFS and MOUNT port (default 2049 as root, else 20490; 0: any)",
+    )
     p.add_argument("--mount-port", type=int, default=None, help="separate MOUNT port")
-    p.add_argument("--portmap", choices=["auto", "on", "off"], default=None,
-                   help="serve the portmapper on port 111 (auto: when allowed)")
+    p.add_argument(
+        "--portmap",
+        choices=["auto", "on", "off"],
+        default=None,
+        help="serve the portmapper on port 111 (auto: when allowed)",
+    )
     p.add_argument("--read-only", action="store_true", default=None)
-    p.add_argument("--allow", action="append", default=None, metavar="NETWORK",
-                   help="client network allowed to mount, e.g. 192.168.1.0/24 (repeatable)")
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=None,
+        metavar="NETWORK",
+        help="client network allowed to mount, e.g. 192.168.1.0/24 (repeatable)",
+    )
     p.add_argument("--anon-uid", type=int, default=None)
     p.add_argument("--anon-gid", type=int, default=None)
-    p.add_argument("--root-squash", action="store_true", default=None,
-                   help="map client root to the anonymous user")
-    p.add_argument("--all-squash", action="store_true", default=None,
-                   help="map every client user to the anonymous user")
+    p.add_argument(
+        "--root-squash",
+        action="store_true",
+        default=None,
+        help="map client root to the anonymous user",
+    )
+    p.add_argument(
+        "--all-squash",
+        action="store_true",
+        default=None,
+        help="map every client user to the anonymous user",
+    )
 
 
-SERVER_KEYS = ("bind", "port", "mount_port", "portmap", "read_only", "allow", "anon_uid",
-               "anon_gid", "root_squash", "all_squash")
+SERVER_KEYS = (
+    "bind",
+    "port",
+    "mount_port",
+    "portmap",
+    "read_only",
+    "allow",
+    "anon_uid",
+    "anon_gid",
+    "root_squash",
+    "all_squash",
+)
 
 
 def merged_options(saved: dict, args: argparse.Namespace) -> dict:
@@ -126,11 +157,18 @@ def run_foreground(config: ServerConfig, announce: bool = True) -> int:
             running = await nursery.start(server.run)
             if announce:
                 host = "localhost" if config.bind in ("127.0.0.1", "::1") else config.bind
-                print(f"realize: serving {', '.join(running.exports)} on {config.bind} "
-                      f"(nfs port {running.nfs_port}, mount port {running.mount_port}, "
-                      f"portmapper {'on 111' if running.portmap_port else 'not served'})")
-                commands = mount_commands(host, running.exports, running.nfs_port,
-                                          running.mount_port, running.portmap_port is not None)
+                print(
+                    f"realize: serving {', '.join(running.exports)} on {config.bind} "
+                    f"(nfs port {running.nfs_port}, mount port {running.mount_port}, "
+                    f"portmapper {'on 111' if running.portmap_port else 'not served'})"
+                )
+                commands = mount_commands(
+                    host,
+                    running.exports,
+                    running.nfs_port,
+                    running.mount_port,
+                    running.portmap_port is not None,
+                )
                 for os_name, lines in commands.items():
                     print(f"  {os_name}:")
                     for line in lines:
@@ -254,7 +292,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     log_path = state_dir / "server.log"
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     (state_dir / "server.pid").write_text(f"{process.pid}\n")
@@ -262,8 +303,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     while time.monotonic() < deadline:
         runtime = _runtime(state_dir)
         if runtime is not None and runtime.get("pid") == process.pid:
-            print(f"realize: started (pid {process.pid}, nfs port {runtime['nfs_port']}); "
-                  f"log in {log_path}")
+            print(
+                f"realize: started (pid {process.pid}, nfs port {runtime['nfs_port']}); "
+                f"log in {log_path}"
+            )
             return 0
         if process.poll() is not None:
             (state_dir / "server.pid").unlink(missing_ok=True)
@@ -304,8 +347,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("server:  not running")
     else:
         portmap = runtime["portmap_port"] or "not served"
-        print(f"server:  running, pid {runtime['pid']}, {runtime['bind']} nfs port "
-              f"{runtime['nfs_port']}, mount port {runtime['mount_port']}, portmapper {portmap}")
+        print(
+            f"server:  running, pid {runtime['pid']}, {runtime['bind']} nfs port "
+            f"{runtime['nfs_port']}, mount port {runtime['mount_port']}, portmapper {portmap}"
+        )
         print(f"clients: {runtime['connections']} connections, {runtime['calls']} calls")
     print(f"state:   {state_dir}")
     print("areas:")
@@ -341,8 +386,11 @@ def cmd_mount_cmd(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="realize", description=__doc__.split("\n")[0])
-    parser.add_argument("--state-dir", default=None,
-                        help=f"state directory (default ${ENV_STATE_DIR} or ~/.realize)")
+    parser.add_argument(
+        "--state-dir",
+        default=None,
+        help=f"state directory (default ${ENV_STATE_DIR} or ~/.realize)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -357,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_init)
 
     area = sub.add_parser("area", help="manage areas").add_subparsers(
-        dest="area_command", required=True, metavar="ACTION")
+        dest="area_command", required=True, metavar="ACTION"
+    )
     p = area.add_parser("add", help="add an area: a local directory exported as /NAME")
     p.add_argument("name")
     p.add_argument("directory")

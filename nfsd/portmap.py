@@ -62,8 +62,11 @@ class Portmapper:
         self.registrations[(reg.prog, reg.vers, reg.netid)] = reg
 
     def unregister(self, prog: int, vers: int, netid: str | None = None) -> bool:
-        keys = [k for k in self.registrations
-                if k[0] == prog and k[1] == vers and (netid is None or k[2] == netid)]
+        keys = [
+            k
+            for k in self.registrations
+            if k[0] == prog and k[1] == vers and (netid is None or k[2] == netid)
+        ]
         for key in keys:
             del self.registrations[key]
         return bool(keys)
@@ -96,7 +99,8 @@ class Portmapper:
     async def pmap_dump(self, ctx: CallContext, args: Any) -> list[mapping]:
         return [
             mapping(r.prog, r.vers, PROTOCOLS[r.netid], r.port)
-            for r in self.registrations.values() if not r.netid.endswith("6")
+            for r in self.registrations.values()
+            if not r.netid.endswith("6")
         ]
 
     # ---- rpcbind v3 / v4 ----
@@ -111,8 +115,9 @@ class Portmapper:
             host, port = parse_uaddr(r.r_addr)
         except ValueError:
             return False
-        self.register(Registration(r.r_prog, r.r_vers, netid, host, port,
-                                   r.r_owner.decode(errors="replace")))
+        self.register(
+            Registration(r.r_prog, r.r_vers, netid, host, port, r.r_owner.decode(errors="replace"))
+        )
         return True
 
     async def rpcb_unset(self, ctx: CallContext, r: rpcb) -> bool:
@@ -132,8 +137,7 @@ class Portmapper:
 
     async def rpcb_dump(self, ctx: CallContext, args: Any) -> list[rpcb]:
         return [
-            rpcb(r.prog, r.vers, r.netid.encode(), uaddr(r.host, r.port).encode(),
-                 r.owner.encode())
+            rpcb(r.prog, r.vers, r.netid.encode(), uaddr(r.host, r.port).encode(), r.owner.encode())
             for r in self.registrations.values()
         ]
 
@@ -144,16 +148,14 @@ class Portmapper:
         v2 = {
             PMAPPROC.NULL: Procedure("NULL", void, void, self.null),
             PMAPPROC.SET: Procedure("SET", mapping, boolean, self.pmap_set, idempotent=False),
-            PMAPPROC.UNSET: Procedure("UNSET", mapping, boolean, self.pmap_unset,
-                                      idempotent=False),
+            PMAPPROC.UNSET: Procedure("UNSET", mapping, boolean, self.pmap_unset, idempotent=False),
             PMAPPROC.GETPORT: Procedure("GETPORT", mapping, uint32, self.pmap_getport),
             PMAPPROC.DUMP: Procedure("DUMP", void, pmaplist, self.pmap_dump),
         }
         rpcbind = {
             RPCBPROC_NULL: Procedure("NULL", void, void, self.null),
             RPCBPROC_SET: Procedure("SET", rpcb, boolean, self.rpcb_set, idempotent=False),
-            RPCBPROC_UNSET: Procedure("UNSET", rpcb, boolean, self.rpcb_unset,
-                                      idempotent=False),
+            RPCBPROC_UNSET: Procedure("UNSET", rpcb, boolean, self.rpcb_unset, idempotent=False),
             RPCBPROC_GETADDR: Procedure("GETADDR", rpcb, String(), self.rpcb_getaddr),
             RPCBPROC_DUMP: Procedure("DUMP", void, rpcblist_ptr, self.rpcb_dump),
             RPCBPROC_GETTIME: Procedure("GETTIME", void, uint32, self.gettime),

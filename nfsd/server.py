@@ -120,8 +120,9 @@ class Server:
             exports.add(Export(area.id, "/" + area.name, area.id, self.config.options))
         self.exports = exports
         fsid = int.from_bytes(store_uuid[:8], "big")
-        state = Nfs3State(self.tree, HandleCodec(secret), exports, fsid,
-                          _write_verifier(self.store))
+        state = Nfs3State(
+            self.tree, HandleCodec(secret), exports, fsid, _write_verifier(self.store)
+        )
         self.nfs_state = state
         mount = MountService(state, exports)
         self.dispatcher = Dispatcher(
@@ -155,8 +156,9 @@ class Server:
                     await nursery.start(rpc.serve_udp, udp)
                 if portmap_port is None and config.portmap == "auto":
                     await self._register_with_system_rpcbind(nfs_port, mount_port)
-                running = Running(nfs_port, mount_port, portmap_port,
-                                  [e.path for e in self.exports])
+                running = Running(
+                    nfs_port, mount_port, portmap_port, [e.path for e in self.exports]
+                )
                 self._write_runtime(running)
                 nursery.start_soon(self._status_loop, running)
                 task_status.started(running)
@@ -179,8 +181,11 @@ class Server:
                 raise
             log.info("not serving port 111 (%s)", e.strerror)
             return None
-        portmap_only = RpcServer(Dispatcher([self.portmapper.program()],
-                                            self.dispatcher.drc if self.dispatcher else None))
+        portmap_only = RpcServer(
+            Dispatcher(
+                [self.portmapper.program()], self.dispatcher.drc if self.dispatcher else None
+            )
+        )
         sockets.append((listeners, udp, portmap_only))
         return PMAP_PORT
 
@@ -189,9 +194,7 @@ class Server:
         for netid in ("tcp", "udp"):
             self.portmapper.register(Registration(NFS_PROGRAM, NFS_V3, netid, host, nfs_port))
             for vers in (MOUNT_V1, MOUNT_V3):
-                self.portmapper.register(
-                    Registration(MOUNT_PROGRAM, vers, netid, host, mount_port)
-                )
+                self.portmapper.register(Registration(MOUNT_PROGRAM, vers, netid, host, mount_port))
             ports = [nfs_port] if portmap_port is None else [portmap_port]
             for vers in (2, 3, 4):
                 self.portmapper.register(Registration(PMAP_PROG, vers, netid, host, ports[0]))
@@ -205,11 +208,27 @@ class Server:
             for prog, vers, port in wanted:
                 for proto in (IPPROTO_TCP, IPPROTO_UDP):
                     args = encode_args(mapping, mapping(prog, vers, proto, 0))
-                    await udp_call("127.0.0.1", PMAP_PORT, PMAP_PROG, 2, PMAPPROC.UNSET, args,
-                                   timeout=0.5, tries=1)
+                    await udp_call(
+                        "127.0.0.1",
+                        PMAP_PORT,
+                        PMAP_PROG,
+                        2,
+                        PMAPPROC.UNSET,
+                        args,
+                        timeout=0.5,
+                        tries=1,
+                    )
                     args = encode_args(mapping, mapping(prog, vers, proto, port))
-                    await udp_call("127.0.0.1", PMAP_PORT, PMAP_PROG, 2, PMAPPROC.SET, args,
-                                   timeout=0.5, tries=1)
+                    await udp_call(
+                        "127.0.0.1",
+                        PMAP_PORT,
+                        PMAP_PROG,
+                        2,
+                        PMAPPROC.SET,
+                        args,
+                        timeout=0.5,
+                        tries=1,
+                    )
             log.info("registered with the portmapper on port 111")
         except (OSError, TimeoutError):
             log.info("no portmapper on port 111: clients must be given the ports")
@@ -223,7 +242,8 @@ class Server:
             "portmap_port": running.portmap_port,
             "exports": running.exports,
             "areas": {a.name: os.fsdecode(a.path) for a in self.tree.areas.values()}
-            if self.tree else {},
+            if self.tree
+            else {},
             "connections": self.rpc.connections if self.rpc else 0,
             "calls": self.dispatcher.calls if self.dispatcher else 0,
         }
@@ -247,8 +267,9 @@ class Server:
         (self.state_dir / "server.json").unlink(missing_ok=True)
 
 
-def mount_commands(host: str, exports: list[str], nfs_port: int, mount_port: int,
-                   portmap: bool) -> dict[str, list[str]]:
+def mount_commands(
+    host: str, exports: list[str], nfs_port: int, mount_port: int, portmap: bool
+) -> dict[str, list[str]]:
     """The exact commands that mount each export, per client OS."""
     standard = nfs_port == DEFAULT_PORT and mount_port == DEFAULT_PORT and portmap
     ports = "" if standard else f",port={nfs_port},mountport={mount_port}"
@@ -272,4 +293,3 @@ def mount_commands(host: str, exports: list[str], nfs_port: int, mount_port: int
                     f"root for \\\\{host}\\{name})"
                 )
     return commands
-

@@ -143,9 +143,7 @@ def auth_error_reply(xid: int, stat: auth_stat) -> bytes:
     )
 
 
-def encode_call(
-    xid: int, prog: int, vers: int, proc: int, cred: Credential | None = None
-) -> bytes:
+def encode_call(xid: int, prog: int, vers: int, proc: int, cred: Credential | None = None) -> bytes:
     """A call header (used by the client), AUTH_SYS when a credential is given."""
     head = _CALL_FIXED.pack(xid, msg_type.CALL, RPC_VERS, prog, vers, proc)
     if cred is None or cred.flavor == auth_flavor.AUTH_NONE:

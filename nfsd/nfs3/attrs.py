@@ -43,8 +43,9 @@ def to_setattr(attrs: sattr3) -> SetAttr:
             return time_ns(arm.value)
         return None
 
-    return SetAttr(attrs.mode, attrs.uid, attrs.gid, attrs.size, when(attrs.atime),
-                   when(attrs.mtime))
+    return SetAttr(
+        attrs.mode, attrs.uid, attrs.gid, attrs.size, when(attrs.atime), when(attrs.mtime)
+    )
 
 
 def check_setattr(attr, user, changes: SetAttr) -> None:
@@ -54,8 +55,10 @@ def check_setattr(attr, user, changes: SetAttr) -> None:
     owner = user.uid == attr.uid
     if changes.uid is not None and changes.uid != attr.uid:
         raise FsError(nfsstat3.NFS3ERR_PERM)
-    if changes.gid is not None and changes.gid != attr.gid and not (
-        owner and in_group(user, changes.gid)
+    if (
+        changes.gid is not None
+        and changes.gid != attr.gid
+        and not (owner and in_group(user, changes.gid))
     ):
         raise FsError(nfsstat3.NFS3ERR_PERM)
     if changes.mode is not None and not owner:

@@ -34,10 +34,19 @@ async def fsstat(s: Nfs3State, ctx: CallContext, args: FSSTAT3args) -> Arm:
     try:
         target = s.resolve(ctx, args.fsroot)
         st = s.tree.fsstat(target.fid)
-        return Arm(OK, FSSTAT3resok(
-            s.post_op(target.fid), st.total_bytes, st.free_bytes, st.avail_bytes,
-            st.total_files, st.free_files, st.avail_files, 0,
-        ))
+        return Arm(
+            OK,
+            FSSTAT3resok(
+                s.post_op(target.fid),
+                st.total_bytes,
+                st.free_bytes,
+                st.avail_bytes,
+                st.total_files,
+                st.free_files,
+                st.avail_files,
+                0,
+            ),
+        )
     except FsError as e:
         return Arm(e.status, FSSTAT3resfail(None))
 
@@ -45,15 +54,22 @@ async def fsstat(s: Nfs3State, ctx: CallContext, args: FSSTAT3args) -> Arm:
 async def fsinfo(s: Nfs3State, ctx: CallContext, args: FSINFO3args) -> Arm:
     try:
         target = s.resolve(ctx, args.fsroot)
-        return Arm(OK, FSINFO3resok(
-            s.post_op(target.fid),
-            rtmax=MAX_IO, rtpref=MAX_IO, rtmult=4096,
-            wtmax=MAX_IO, wtpref=MAX_IO, wtmult=4096,
-            dtpref=DTPREF,
-            maxfilesize=MAX_FILE_SIZE,
-            time_delta=nfstime3(0, 1),
-            properties=FSF3_LINK | FSF3_SYMLINK | FSF3_HOMOGENEOUS | FSF3_CANSETTIME,
-        ))
+        return Arm(
+            OK,
+            FSINFO3resok(
+                s.post_op(target.fid),
+                rtmax=MAX_IO,
+                rtpref=MAX_IO,
+                rtmult=4096,
+                wtmax=MAX_IO,
+                wtpref=MAX_IO,
+                wtmult=4096,
+                dtpref=DTPREF,
+                maxfilesize=MAX_FILE_SIZE,
+                time_delta=nfstime3(0, 1),
+                properties=FSF3_LINK | FSF3_SYMLINK | FSF3_HOMOGENEOUS | FSF3_CANSETTIME,
+            ),
+        )
     except FsError as e:
         return Arm(e.status, FSINFO3resfail(None))
 
@@ -61,9 +77,17 @@ async def fsinfo(s: Nfs3State, ctx: CallContext, args: FSINFO3args) -> Arm:
 async def pathconf(s: Nfs3State, ctx: CallContext, args: PATHCONF3args) -> Arm:
     try:
         target = s.resolve(ctx, args.object)
-        return Arm(OK, PATHCONF3resok(
-            s.post_op(target.fid), linkmax=65000, name_max=255, no_trunc=True,
-            chown_restricted=True, case_insensitive=False, case_preserving=True,
-        ))
+        return Arm(
+            OK,
+            PATHCONF3resok(
+                s.post_op(target.fid),
+                linkmax=65000,
+                name_max=255,
+                no_trunc=True,
+                chown_restricted=True,
+                case_insensitive=False,
+                case_preserving=True,
+            ),
+        )
     except FsError as e:
         return Arm(e.status, PATHCONF3resfail(None))

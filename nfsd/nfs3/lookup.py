@@ -133,12 +133,17 @@ async def readdirplus(s: Nfs3State, ctx: CallContext, args: READDIRPLUS3args) ->
             budget -= size
             dir_budget -= info
             attrs = s.post_op(entry.fileid)
-            entries.append(entryplus3(entry.fileid, entry.name, entry.cookie, attrs,
-                                      handle if attrs is not None else None))
+            entries.append(
+                entryplus3(
+                    entry.fileid,
+                    entry.name,
+                    entry.cookie,
+                    attrs,
+                    handle if attrs is not None else None,
+                )
+            )
         if not entries and not eof:
             raise FsError(nfsstat3.NFS3ERR_TOOSMALL)
-        return Arm(OK, READDIRPLUS3resok(s.fattr(dir_attr), COOKIEVERF,
-                                         dirlistplus3(entries, eof)))
+        return Arm(OK, READDIRPLUS3resok(s.fattr(dir_attr), COOKIEVERF, dirlistplus3(entries, eof)))
     except FsError as e:
-        return Arm(e.status,
-                   READDIRPLUS3resfail(None if dir_fid is None else s.post_op(dir_fid)))
+        return Arm(e.status, READDIRPLUS3resfail(None if dir_fid is None else s.post_op(dir_fid)))

@@ -107,13 +107,15 @@ async def create(s: Nfs3State, ctx: CallContext, args: CREATE3args) -> Arm:
         owner = _owner(d.before, d.target)
         how = args.how
         if how.tag == createmode3.EXCLUSIVE:
-            fid, _ = s.tree.create(d.fid, args.where.name, DEFAULT_FILE_MODE, owner,
-                                   exclusive=True, verifier=how.value)
+            fid, _ = s.tree.create(
+                d.fid, args.where.name, DEFAULT_FILE_MODE, owner, exclusive=True, verifier=how.value
+            )
         else:
             attrs: sattr3 = how.value
             mode = DEFAULT_FILE_MODE if attrs.mode is None else attrs.mode
-            fid, created = s.tree.create(d.fid, args.where.name, mode, owner,
-                                         exclusive=how.tag == createmode3.GUARDED)
+            fid, created = s.tree.create(
+                d.fid, args.where.name, mode, owner, exclusive=how.tag == createmode3.GUARDED
+            )
             if created:
                 _apply_rest(s, fid, attrs, owner)
             elif attrs.size is not None:
@@ -235,5 +237,6 @@ async def link(s: Nfs3State, ctx: CallContext, args: LINK3args) -> Arm:
         s.tree.link(fid, d.fid, args.link.name)
         return Arm(OK, LINK3resok(s.post_op(fid), d.wcc()))
     except FsError as e:
-        return Arm(e.status, LINK3resfail(None if fid is None else s.post_op(fid),
-                                          _fail_wcc(s, failed)))
+        return Arm(
+            e.status, LINK3resfail(None if fid is None else s.post_op(fid), _fail_wcc(s, failed))
+        )

@@ -58,6 +58,7 @@ def nfs_program(state: Nfs3State) -> Program:
     for number, (name, args_type, res_type) in PROCEDURES.items():
         handler = HANDLERS.get(number)
         bound = null if handler is None else partial(handler, state)
-        procedures[number] = Procedure(name, args_type, res_type, bound,
-                                       idempotent=number not in NON_IDEMPOTENT)
+        procedures[number] = Procedure(
+            name, args_type, res_type, bound, idempotent=number not in NON_IDEMPOTENT
+        )
     return Program(NFS_PROGRAM, "NFS", {NFS_V3: procedures})

@@ -79,8 +79,15 @@ class RpcClient:
             await self.stream.send_all(data)
 
     async def call_raw(
-        self, prog: int, vers: int, proc: int, args: bytes, *, xid: int | None = None,
-        cred: Credential | None = None, header: bytes | None = None,
+        self,
+        prog: int,
+        vers: int,
+        proc: int,
+        args: bytes,
+        *,
+        xid: int | None = None,
+        cred: Credential | None = None,
+        header: bytes | None = None,
     ) -> tuple[ReplyHeader, bytes]:
         """Send a call and return the parsed reply header and the reply body bytes."""
         xid = self.next_xid() if xid is None else xid
@@ -97,14 +104,20 @@ class RpcClient:
         finally:
             self._waiting.pop(xid, None)
         reply = parse_reply(record)
-        return reply, record[reply.body_offset:]
+        return reply, record[reply.body_offset :]
 
     async def call(
-        self, prog: int, vers: int, proc: int, args_type: Any, args: Any, res_type: Any,
-        *, cred: Credential | None = None,
+        self,
+        prog: int,
+        vers: int,
+        proc: int,
+        args_type: Any,
+        args: Any,
+        res_type: Any,
+        *,
+        cred: Credential | None = None,
     ) -> Any:
-        reply, body = await self.call_raw(prog, vers, proc, encode_args(args_type, args),
-                                          cred=cred)
+        reply, body = await self.call_raw(prog, vers, proc, encode_args(args_type, args), cred=cred)
         if not reply.accepted or reply.stat != accept_stat.SUCCESS:
             raise RpcError(reply)
         return decode(res_type, body)
@@ -130,8 +143,16 @@ async def open_client(
 
 
 async def udp_call(
-    host: str, port: int, prog: int, vers: int, proc: int, args: bytes,
-    *, cred: Credential | None = None, timeout: float = 2.0, tries: int = 3,
+    host: str,
+    port: int,
+    prog: int,
+    vers: int,
+    proc: int,
+    args: bytes,
+    *,
+    cred: Credential | None = None,
+    timeout: float = 2.0,
+    tries: int = 3,
 ) -> tuple[ReplyHeader, bytes]:
     """One call over UDP, retransmitted up to `tries` times."""
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -145,7 +166,7 @@ async def udp_call(
                     data = await sock.recv(1 << 16)
                     reply = parse_reply(data)
                     if reply.xid == xid:
-                        return reply, data[reply.body_offset:]
+                        return reply, data[reply.body_offset :]
         raise TimeoutError(f"no UDP reply from {host}:{port}")
     finally:
         sock.close()

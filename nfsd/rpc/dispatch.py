@@ -142,8 +142,9 @@ class Dispatcher:
         try:
             args = decode(procedure.args, record, call.args_offset)
         except XdrError as e:
-            self.bad_input.warn(f"garbage arguments to {program.name} {procedure.name}",
-                                client[0], str(e))
+            self.bad_input.warn(
+                f"garbage arguments to {program.name} {procedure.name}", client[0], str(e)
+            )
             return [accepted_reply(call.xid, accept_stat.GARBAGE_ARGS)]
 
         ctx = CallContext(
@@ -152,8 +153,9 @@ class Dispatcher:
         if procedure.idempotent:
             return await self._run(procedure, ctx, args)
 
-        key = self.drc.key(client[0], call.xid, call.prog, call.vers, call.proc,
-                           record[call.args_offset:])
+        key = self.drc.key(
+            client[0], call.xid, call.prog, call.vers, call.proc, record[call.args_offset :]
+        )
         state, cached = self.drc.begin(key)
         if state is Lookup.DONE:
             return [cached] if cached is not None else None

@@ -35,8 +35,9 @@ class FdCache:
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
 
     @contextmanager
-    def borrow(self, fid: int, opener: Callable[[bool], tuple[int, bool]], writable: bool
-               ) -> Iterator[int]:
+    def borrow(
+        self, fid: int, opener: Callable[[bool], tuple[int, bool]], writable: bool
+    ) -> Iterator[int]:
         """Yield an fd for `fid`; `opener(writable)` opens one as (fd, is_writable)."""
         entry = self._entries.get(fid)
         if entry is not None and (entry.writable or not writable):

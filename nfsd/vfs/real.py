@@ -283,8 +283,18 @@ class RealTree(Tree):
     def _root_attr(self) -> Attr:
         t = self.created_ns
         return Attr(
-            ftype3.NF3DIR, 0o755, 2 + len(self.areas), 0, 0, 4096, 4096, (0, 0), ROOT_FID,
-            t, t, t,
+            ftype3.NF3DIR,
+            0o755,
+            2 + len(self.areas),
+            0,
+            0,
+            4096,
+            4096,
+            (0, 0),
+            ROOT_FID,
+            t,
+            t,
+            t,
         )
 
     def setattr(self, fid: int, changes: SetAttr) -> None:
@@ -316,8 +326,10 @@ class RealTree(Tree):
 
                 os.utime(
                     path,
-                    ns=(pick(changes.atime_ns, st.st_atime_ns),
-                        pick(changes.mtime_ns, st.st_mtime_ns)),
+                    ns=(
+                        pick(changes.atime_ns, st.st_atime_ns),
+                        pick(changes.mtime_ns, st.st_mtime_ns),
+                    ),
                     follow_symlinks=False,
                 )
         except OSError as e:
@@ -367,8 +379,9 @@ class RealTree(Tree):
             names = [a.name.encode() for a in self.areas.values()]
             fids = [a.root_fid for a in self.areas.values()]
             rows = sorted(zip(map(name_cookie, names), names, fids, strict=True))
-            return _Listing((0, 0, 0), [r[0] for r in rows], [r[1] for r in rows],
-                            [r[2] for r in rows])
+            return _Listing(
+                (0, 0, 0), [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+            )
         path = self._dir(dir_fid)
         st = os.lstat(path)
         version = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
@@ -385,8 +398,9 @@ class RealTree(Tree):
                 )
         except OSError as e:
             raise from_os_error(e) from None
-        listing = _Listing(version, [r[0] for r in rows], [r[1] for r in rows],
-                           [r[2] for r in rows])
+        listing = _Listing(
+            version, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+        )
         self._remember_listing(dir_fid, listing)
         return listing
 
@@ -523,7 +537,13 @@ class RealTree(Tree):
         return self._register(dir_fid, name, st)
 
     def create(
-        self, dir_fid: int, name: bytes, mode: int, owner: Owner, *, exclusive: bool,
+        self,
+        dir_fid: int,
+        name: bytes,
+        mode: int,
+        owner: Owner,
+        *,
+        exclusive: bool,
         verifier: bytes | None = None,
     ) -> tuple[int, bool]:
         check_new_name(name)
@@ -580,7 +600,12 @@ class RealTree(Tree):
         return self._created(dir_fid, name, path)
 
     def mknod(
-        self, dir_fid: int, name: bytes, kind: ftype3, mode: int, owner: Owner,
+        self,
+        dir_fid: int,
+        name: bytes,
+        kind: ftype3,
+        mode: int,
+        owner: Owner,
         rdev: tuple[int, int] = (0, 0),
     ) -> int:
         check_new_name(name)

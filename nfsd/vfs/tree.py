@@ -102,7 +102,13 @@ class Tree(abc.ABC):
 
     @abc.abstractmethod
     def create(
-        self, dir_fid: int, name: bytes, mode: int, owner: Owner, *, exclusive: bool,
+        self,
+        dir_fid: int,
+        name: bytes,
+        mode: int,
+        owner: Owner,
+        *,
+        exclusive: bool,
         verifier: bytes | None = None,
     ) -> tuple[int, bool]:
         """Create a regular file; returns (fid, created). `verifier`: EXCLUSIVE create."""
@@ -115,7 +121,12 @@ class Tree(abc.ABC):
 
     @abc.abstractmethod
     def mknod(
-        self, dir_fid: int, name: bytes, kind: ftype3, mode: int, owner: Owner,
+        self,
+        dir_fid: int,
+        name: bytes,
+        kind: ftype3,
+        mode: int,
+        owner: Owner,
         rdev: tuple[int, int] = (0, 0),
     ) -> int: ...
 

@@ -183,7 +183,10 @@ def run_foreground(config: ServerConfig, announce: bool = True) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    directory = Path(args.directory).resolve()
+    directory = Path(args.directory).expanduser().resolve()
+    if not directory.exists():
+        directory.mkdir(parents=True)
+        print(f"realize: created {directory}")
     if not directory.is_dir():
         raise UsageError(f"{args.directory} is not a directory")
     state_dir = Path(args.state_dir).resolve() if args.state_dir else directory / ".realize"

@@ -68,6 +68,16 @@ def peek_xid(record: bytes) -> int | None:
     return struct.unpack_from(">I", record)[0] if len(record) >= 4 else None
 
 
+_PROCEDURE = struct.Struct(">3I")  # prog, vers, proc, after xid, mtype and rpcvers
+
+
+def peek_procedure(record: bytes) -> tuple[int, int, int] | None:
+    """(prog, vers, proc) of a call record, without decoding it; None if too short."""
+    if len(record) < 24:
+        return None
+    return _PROCEDURE.unpack_from(record, 12)
+
+
 def parse_call(record: bytes) -> CallHeader:
     """Decode the call header; raise NotACall, BadRpcVersion or BadCredential."""
     if len(record) < _CALL_FIXED.size + 2 * _AUTH_HEAD.size:

@@ -49,6 +49,10 @@ NON_IDEMPOTENT = {
 }
 
 
+# These may wait on the disk (large transfers, fsync) and run in tasks of their own.
+WAITING = {NFSPROC3.READ, NFSPROC3.WRITE, NFSPROC3.COMMIT}
+
+
 async def null(ctx: CallContext, args: Any) -> None:
     return None
 
@@ -59,6 +63,11 @@ def nfs_program(state: Nfs3State) -> Program:
         handler = HANDLERS.get(number)
         bound = null if handler is None else partial(handler, state)
         procedures[number] = Procedure(
-            name, args_type, res_type, bound, idempotent=number not in NON_IDEMPOTENT
+            name,
+            args_type,
+            res_type,
+            bound,
+            idempotent=number not in NON_IDEMPOTENT,
+            inline=number not in WAITING,
         )
     return Program(NFS_PROGRAM, "NFS", {NFS_V3: procedures})

@@ -25,6 +25,7 @@ from xdr.rpc_fast import (
     accepted_reply,
     auth_error_reply,
     parse_call,
+    peek_procedure,
     peek_xid,
     prog_mismatch_reply,
     rpc_mismatch_reply,
@@ -57,6 +58,9 @@ class Procedure:
     res: Any
     handler: Handler
     idempotent: bool = True
+    # Inline handlers never wait (no thread hand-off, no network): the connection's reader
+    # runs them at once, without a task of their own, and batches their replies.
+    inline: bool = True
 
     def __post_init__(self) -> None:
         self.args = as_type(self.args)
@@ -112,6 +116,17 @@ class Dispatcher:
 
     def add(self, program: Program) -> None:
         self.programs[program.number] = program
+
+    def is_inline(self, record: bytes) -> bool:
+        """Whether the call can be answered without waiting (see Procedure.inline)."""
+        numbers = peek_procedure(record)
+        if numbers is None:
+            return True
+        program = self.programs.get(numbers[0])
+        if program is None:
+            return True
+        procedure = program.versions.get(numbers[1], {}).get(numbers[2])
+        return procedure is None or procedure.inline
 
     async def handle(
         self, record: bytes, client: tuple[str, int], transport: str, server: str | None = None

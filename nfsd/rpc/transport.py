@@ -9,6 +9,7 @@ connection cap, and timeouts for records that trickle in and connections that ne
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ from nfsd.rpc.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge, fr
 log = logging.getLogger("realize.rpc")
 
 UDP_MAX_DATAGRAM = 65507
+# Replies are gathered into one send up to this size; bigger buffers are sent as they are.
+_COALESCE_LIMIT = 256 * 1024
 
 
 @dataclass
@@ -77,10 +80,11 @@ class RpcServer:
     ) -> None:
         limits = self.limits
         reader = RecordReader(limits.max_record)
-        send_lock = trio.Lock()
         per_connection = trio.Semaphore(limits.inflight_per_connection)
+        outbox_send, outbox = trio.open_memory_channel[Reply](math.inf)
         established = False
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write_replies, stream, outbox)
             while True:
                 if reader.partial:
                     timeout = limits.partial_record_timeout
@@ -109,16 +113,43 @@ class RpcServer:
                     break
                 for record in records:
                     established = True
+                    if self.dispatcher.is_inline(record):
+                        # Answered at once; replies of one burst leave in one send.
+                        reply = await self.dispatcher.handle(record, peer, "tcp", local)
+                        if reply is not None:
+                            outbox_send.send_nowait(reply)
+                        continue
                     await per_connection.acquire()
                     await self._inflight.acquire_on_behalf_of(record)
                     nursery.start_soon(
-                        self._tcp_call, stream, send_lock, per_connection, record, peer, local
+                        self._tcp_call, outbox_send, per_connection, record, peer, local
                     )
+            # The client is gone or cut off: nobody will read the replies of unfinished calls.
+            nursery.cancel_scope.cancel()
+
+    async def _write_replies(
+        self, stream: trio.SocketStream, outbox: trio.MemoryReceiveChannel[Reply]
+    ) -> None:
+        """Send replies as they come, coalescing all that are ready into one send."""
+        try:
+            async for reply in outbox:
+                batch = [*frame(reply)]
+                size = sum(len(p) for p in batch)
+                while size < _COALESCE_LIMIT:
+                    try:
+                        more = outbox.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    parts = frame(more)
+                    batch += parts
+                    size += sum(len(p) for p in parts)
+                await send_buffers(stream, batch)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away; its replies have nobody to read them
 
     async def _tcp_call(
         self,
-        stream: trio.SocketStream,
-        send_lock: trio.Lock,
+        outbox: trio.MemorySendChannel[Reply],
         per_connection: trio.Semaphore,
         record: bytes,
         peer: tuple[str, int],
@@ -127,10 +158,9 @@ class RpcServer:
         try:
             reply = await self.dispatcher.handle(record, peer, "tcp", local)
             if reply is not None:
-                async with send_lock:
-                    await send_reply(stream, reply)
+                outbox.send_nowait(reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away; its calls have nobody to answer
+            pass
         finally:
             self._inflight.release_on_behalf_of(record)
             per_connection.release()
@@ -171,14 +201,21 @@ class RpcServer:
             self._inflight.release_on_behalf_of(data)
 
 
-async def send_reply(stream: trio.SocketStream, reply: Reply) -> None:
-    parts = frame(reply)
-    if sum(len(p) for p in parts) > 1 << 16 and len(parts) > 2:
-        # Large replies (READ data) go out as separate buffers rather than one joined copy.
-        for part in parts:
+async def send_buffers(stream: trio.SocketStream, parts: list[bytes | memoryview]) -> None:
+    """Send buffers in order: small ones joined into one send, large ones as they are."""
+    pending: list[bytes | memoryview] = []
+    pending_size = 0
+    for part in parts:
+        if len(part) >= _COALESCE_LIMIT:
+            if pending:
+                await stream.send_all(b"".join(pending))
+                pending, pending_size = [], 0
             await stream.send_all(part)
-    else:
-        await stream.send_all(b"".join(parts))
+        else:
+            pending.append(part)
+            pending_size += len(part)
+    if pending:
+        await stream.send_all(b"".join(pending) if len(pending) > 1 else pending[0])
 
 
 async def open_udp_socket(host: str, port: int) -> trio.socket.SocketType:

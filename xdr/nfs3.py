@@ -487,6 +487,23 @@ class READ3resfail:
 
 READ3res = Union(Enum(nfsstat3), {nfsstat3.NFS3_OK: READ3resok}, default=READ3resfail)
 
+
+def encode_read3res_ok(res: READ3resok) -> list[bytes]:
+    """`READ3res` with NFS3_OK as buffers to send as they are: the fixed part, the data, its
+    padding. The same bytes as packing `READ3res`, without copying megabytes of data."""
+    p = Packer()
+    p.pack_uint(nfsstat3.NFS3_OK)
+    post_op_attr.pack(p, res.file_attributes)
+    p.pack_uint(res.count)
+    boolean.pack(p, res.eof)
+    n = len(res.data)
+    p.pack_uint(n)
+    parts = [p.get_buffer(), res.data]
+    if n & 3:
+        parts.append(b"\0" * (4 - (n & 3)))
+    return parts
+
+
 # --- WRITE (3.3.7) ---
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nfsd.nfs3.common import MAX_IO, Nfs3State, require
-from nfsd.rpc.dispatch import CallContext
+from nfsd.rpc.dispatch import CallContext, RawReply
 from nfsd.vfs.errors import FsError
 from xdr.codec import Arm
 from xdr.nfs3 import (
@@ -16,6 +16,7 @@ from xdr.nfs3 import (
     WRITE3args,
     WRITE3resfail,
     WRITE3resok,
+    encode_read3res_ok,
     ftype3,
     nfsstat3,
 )
@@ -30,7 +31,7 @@ def _regular(attr) -> None:
         raise FsError(nfsstat3.NFS3ERR_INVAL)
 
 
-async def read(s: Nfs3State, ctx: CallContext, args: READ3args) -> Arm:
+async def read(s: Nfs3State, ctx: CallContext, args: READ3args) -> Arm | RawReply:
     fid = None
     try:
         target = s.resolve(ctx, args.file)
@@ -39,7 +40,7 @@ async def read(s: Nfs3State, ctx: CallContext, args: READ3args) -> Arm:
         _regular(attr)
         require(attr, target.user, 0o4, owner_override=True)
         data, eof = await s.tree.read(fid, args.offset, min(args.count, MAX_IO))
-        return Arm(OK, READ3resok(s.post_op(fid), len(data), eof, data))
+        return RawReply(encode_read3res_ok(READ3resok(s.post_op(fid), len(data), eof, data)))
     except FsError as e:
         return Arm(e.status, READ3resfail(None if fid is None else s.post_op(fid)))
 

@@ -155,7 +155,8 @@ class Dispatcher:
         if procedure is None:
             return [accepted_reply(call.xid, accept_stat.PROC_UNAVAIL)]
         try:
-            args = decode(procedure.args, record, call.args_offset)
+            # A view, so bulk data (WRITE) is not copied out of the record.
+            args = decode(procedure.args, memoryview(record), call.args_offset)
         except XdrError as e:
             self.bad_input.warn(
                 f"garbage arguments to {program.name} {procedure.name}", client[0], str(e)

@@ -46,7 +46,8 @@ class RecordReader:
                 raise RecordTooLarge(f"record of {self._record_size + length}+ bytes")
             if len(buf) - pos - 4 < length:
                 break
-            fragment = bytes(buf[pos + 4 : pos + 4 + length])
+            with memoryview(buf) as view:
+                fragment = bytes(view[pos + 4 : pos + 4 + length])
             pos += 4 + length
             if mark & LAST_FRAGMENT:
                 if self._fragments:

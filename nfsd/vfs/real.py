@@ -39,9 +39,8 @@ from xdr.nfs3 import ftype3, nfsstat3, stable_how
 
 DOT_COOKIE, DOTDOT_COOKIE = 1, 2
 _FIRST_NAME_COOKIE = 3
-# Reads and writes above this size go to a worker thread; smaller ones are cheaper inline.
-_INLINE_IO = 128 * 1024
 _AREA = struct.Struct(">IQ")
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 _KIND = {
     stat.S_IFREG: ftype3.NF3REG,
@@ -112,6 +111,47 @@ class _Listing:
     cookies: list[int]
     names: list[bytes]
     inodes: list[int]
+
+
+def _read_cached(fd: int, buf: bytearray, offset: int) -> tuple[int, bool]:
+    """Read into buf what the page cache holds, without waiting (RWF_NOWAIT).
+
+    Returns the count read and whether the end of the file was reached."""
+    if _RWF_NOWAIT == 0:
+        return 0, False
+    view = memoryview(buf)
+    done = 0
+    while done < len(buf):
+        try:
+            n = os.preadv(fd, [view[done:]], offset + done, _RWF_NOWAIT)
+        except OSError:  # EAGAIN: it would wait; others: the thread will tell
+            return done, False
+        if n == 0:
+            return done, True
+        done += n
+    return done, False
+
+
+def _read_into(fd: int, buf: bytearray, start: int, offset: int) -> int:
+    """Read into buf[start:] until it is full or the file ends; the count read."""
+    view = memoryview(buf)
+    done = start
+    while done < len(buf):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            break
+        done += n
+    return done - start
+
+
+def _write_cached(fd: int, data: bytes, offset: int) -> int:
+    """Bytes of data written without waiting (RWF_NOWAIT); the rest goes to a thread."""
+    if _RWF_NOWAIT == 0:
+        return 0
+    try:
+        return os.pwritev(fd, [data], offset, _RWF_NOWAIT)
+    except (BlockingIOError, OSError):
+        return 0
 
 
 class RealTree(Tree):
@@ -483,22 +523,26 @@ class RealTree(Tree):
     async def read(self, fid: int, offset: int, count: int) -> tuple[bytes, bool]:
         with self.fds.borrow(fid, lambda w: self._open(fid, w), False) as fd:
             try:
-                if count > _INLINE_IO:
-                    data = await trio.to_thread.run_sync(os.pread, fd, count, offset)
-                else:
-                    data = os.pread(fd, count, offset)
+                buf = bytearray(count)
+                # What the page cache holds is read at once; only a read that would wait on
+                # the disk goes to a worker thread.
+                done, ended = _read_cached(fd, buf, offset)
+                if done < count and not ended:
+                    done += await trio.to_thread.run_sync(_read_into, fd, buf, done, offset)
                 size = os.fstat(fd).st_size
             except OSError as e:
                 raise from_os_error(e) from None
-        return data, offset + len(data) >= size
+        data = memoryview(buf)[:done] if done < count else buf
+        return data, offset + done >= size
 
     async def write(self, fid: int, offset: int, data: bytes, stable: stable_how) -> stable_how:
         with self.fds.borrow(fid, lambda w: self._open(fid, w), True) as fd:
             try:
-                if len(data) > _INLINE_IO or stable != stable_how.UNSTABLE:
-                    await trio.to_thread.run_sync(self._write_all, fd, offset, data, stable)
-                else:
-                    self._write_all(fd, offset, data, stable)
+                done = _write_cached(fd, data, offset) if stable == stable_how.UNSTABLE else 0
+                if done < len(data) or stable != stable_how.UNSTABLE:
+                    await trio.to_thread.run_sync(
+                        self._write_all, fd, offset + done, memoryview(data)[done:], stable
+                    )
             except OSError as e:
                 raise from_os_error(e) from None
         return stable

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from xdr.codec import Unpacker, XdrError, decode, encode
+from xdr.codec import Unpacker, XdrError, encode
 from xdr.rpc import (
     RPC_VERS,
     accept_stat,
@@ -78,6 +78,29 @@ def peek_procedure(record: bytes) -> tuple[int, int, int] | None:
     return _PROCEDURE.unpack_from(record, 12)
 
 
+_U32 = struct.Struct(">I")
+_IDS = struct.Struct(">3I")  # uid, gid, number of gids
+_MAX_MACHINENAME = 255
+_MAX_GIDS = 16
+
+
+def _parse_authsys(body: bytes) -> Credential:
+    """authsys_parms (RFC 5531 appendix A) read with struct: on every call, so it matters."""
+    try:
+        (name_length,) = _U32.unpack_from(body, 4)
+        if name_length > _MAX_MACHINENAME:
+            raise BadCredential(auth_stat.AUTH_BADCRED)
+        pos = 8 + ((name_length + 3) & ~3)
+        uid, gid, count = _IDS.unpack_from(body, pos)
+        pos += _IDS.size
+        if count > _MAX_GIDS or pos + 4 * count != len(body):
+            raise BadCredential(auth_stat.AUTH_BADCRED)
+        gids = list(struct.unpack_from(f">{count}I", body, pos))
+    except struct.error:
+        raise BadCredential(auth_stat.AUTH_BADCRED) from None
+    return Credential(auth_flavor.AUTH_SYS, uid, gid, gids, bytes(body[8 : 8 + name_length]))
+
+
 def parse_call(record: bytes) -> CallHeader:
     """Decode the call header; raise NotACall, BadRpcVersion or BadCredential."""
     if len(record) < _CALL_FIXED.size + 2 * _AUTH_HEAD.size:
@@ -95,11 +118,7 @@ def parse_call(record: bytes) -> CallHeader:
     body = record[pos : pos + length]
     pos += (length + 3) & ~3
     if flavor == auth_flavor.AUTH_SYS:
-        try:
-            parms = decode(authsys_parms, body)
-        except XdrError:
-            raise BadCredential(auth_stat.AUTH_BADCRED) from None
-        cred = Credential(flavor, parms.uid, parms.gid, list(parms.gids), parms.machinename)
+        cred = _parse_authsys(body)
     elif flavor == auth_flavor.AUTH_NONE:
         cred = Credential()
     else:

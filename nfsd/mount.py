@@ -11,9 +11,10 @@ import os
 from collections import OrderedDict
 from typing import Any
 
-from nfsd.exports import Exports
+from nfsd.exports import Export, Exports
 from nfsd.nfs3.common import Nfs3State
 from nfsd.rpc.dispatch import CallContext, Procedure, Program
+from nfsd.vfs.errors import FsError
 from xdr.codec import Arm
 from xdr.mount import (
     MOUNT_PROGRAM,
@@ -28,9 +29,17 @@ from xdr.mount import (
     mountres3_ok,
     mountstat3,
 )
+from xdr.nfs3 import ftype3, nfsstat3
 from xdr.rpc import auth_flavor
 
 log = logging.getLogger("realize.mount")
+_MOUNT_STATUS = {
+    nfsstat3.NFS3ERR_NOENT: mountstat3.MNT3ERR_NOENT,
+    nfsstat3.NFS3ERR_NOTDIR: mountstat3.MNT3ERR_NOTDIR,
+    nfsstat3.NFS3ERR_ACCES: mountstat3.MNT3ERR_ACCES,
+    nfsstat3.NFS3ERR_NAMETOOLONG: mountstat3.MNT3ERR_NAMETOOLONG,
+    nfsstat3.NFS3ERR_IO: mountstat3.MNT3ERR_IO,
+}
 MAX_MOUNT_RECORDS = 4096
 
 
@@ -40,19 +49,49 @@ class MountService:
         self.exports = exports
         self.mounts: OrderedDict[tuple[str, bytes], None] = OrderedDict()
 
+    def _export_of(self, path: bytes) -> tuple[Export | None, list[bytes]]:
+        """The export a MNT path names, and the directory names below its root.
+
+        "/area/photos/2024" mounts directory photos/2024 of export "/area", as Linux knfsd and
+        nfs-ganesha allow: libnfs URLs (nfs-cp nfs://host/area/dir/file) always mount the
+        URL's directory. The longest export path that is a whole-component prefix wins.
+        """
+        parts = [p for p in path.split(b"/") if p and p != b"."]
+        for n in range(len(parts), -1, -1):
+            export = self.exports.find("/" + os.fsdecode(b"/".join(parts[:n])))
+            if export is not None:
+                return export, parts[n:]
+        return None, []
+
+    def _walk(self, export: Export, names: list[bytes]) -> int:
+        """The fileid of directory `names` below the export's root (no "..", no symlinks)."""
+        fid = self.state.export_root(export)
+        for name in names:
+            if name == b"..":
+                raise FsError(nfsstat3.NFS3ERR_ACCES, "no .. in a mount path")
+            fid = self.state.tree.lookup(fid, name)
+            if self.state.tree.getattr(fid).kind != ftype3.NF3DIR:
+                raise FsError(nfsstat3.NFS3ERR_NOTDIR)
+        return fid
+
     def _find(self, ctx: CallContext, path: bytes) -> tuple[mountstat3, bytes]:
-        export = self.exports.find(os.fsdecode(path))
+        export, below = self._export_of(path)
         if export is None:
             return mountstat3.MNT3ERR_NOENT, b""
         if not export.options.allows(ctx.client[0]):
             log.warning("refused mount of %s by %s", export.path, ctx.client[0])
             return mountstat3.MNT3ERR_ACCES, b""
+        try:
+            fid = self._walk(export, below)
+        except FsError as e:
+            status = _MOUNT_STATUS.get(e.status, mountstat3.MNT3ERR_NOENT)
+            return status, b""
         self.mounts[(ctx.client[0], path)] = None
         self.mounts.move_to_end((ctx.client[0], path))
         while len(self.mounts) > MAX_MOUNT_RECORDS:
             self.mounts.popitem(last=False)
-        log.info("%s mounted %s", ctx.client[0], export.path)
-        return mountstat3.MNT3_OK, self.state.root_handle(export)
+        log.info("%s mounted %s", ctx.client[0], os.fsdecode(path) if below else export.path)
+        return mountstat3.MNT3_OK, self.state.handles.encode(export.id, fid)
 
     async def null(self, ctx: CallContext, args: Any) -> None:
         return None

@@ -71,9 +71,22 @@ class Portmapper:
             del self.registrations[key]
         return bool(keys)
 
+    def find(self, prog: int, vers: int, netid: str) -> Registration | None:
+        """The registration of `prog` `vers` on `netid`, else of another version of `prog`.
+
+        Like rpcbind and the classic portmap (and RFC 1833's GETADDR): a client asking for a
+        version that is not registered still gets the program's address, calls it, and learns
+        the supported versions from the PROG_MISMATCH reply (`rpcinfo -t HOST 100003 4`).
+        """
+        reg = self.registrations.get((prog, vers, netid))
+        if reg is not None:
+            return reg
+        others = [r for (p, _, n), r in self.registrations.items() if p == prog and n == netid]
+        return max(others, key=lambda r: r.vers) if others else None
+
     def port_of(self, prog: int, vers: int, protocol: int) -> int:
         for netid in (NETIDS.get(protocol, ""), NETIDS.get(protocol, "") + "6"):
-            reg = self.registrations.get((prog, vers, netid))
+            reg = self.find(prog, vers, netid)
             if reg is not None:
                 return reg.port
         return 0
@@ -126,7 +139,7 @@ class Portmapper:
 
     async def rpcb_getaddr(self, ctx: CallContext, r: rpcb) -> bytes:
         netid = r.r_netid.decode(errors="replace")
-        reg = self.registrations.get((r.r_prog, r.r_vers, netid))
+        reg = self.find(r.r_prog, r.r_vers, netid)
         if reg is None:
             return b""
         # A wildcard registration is reached at the address the caller used to ask.

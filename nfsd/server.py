@@ -20,20 +20,21 @@ from pathlib import Path
 
 import trio
 
+from nfsd import sysrpcbind
 from nfsd.exports import ROOT_EXPORT_ID, Export, ExportOptions, Exports
 from nfsd.mount import MountService
 from nfsd.nfs3.common import Nfs3State
 from nfsd.nfs3.program import nfs_program
 from nfsd.portmap import Portmapper, Registration
-from nfsd.rpc.client import encode_args, udp_call
 from nfsd.rpc.dispatch import Dispatcher
 from nfsd.rpc.transport import RpcServer, open_udp_socket
 from nfsd.store.db import Store
+from nfsd.sysrpcbind import Wanted
 from nfsd.vfs.handles import HandleCodec
 from nfsd.vfs.real import RealTree
 from xdr.mount import MOUNT_PROGRAM, MOUNT_V1, MOUNT_V3
 from xdr.nfs3 import NFS_PROGRAM, NFS_V3
-from xdr.portmap import IPPROTO_TCP, IPPROTO_UDP, PMAP_PORT, PMAP_PROG, PMAPPROC, mapping
+from xdr.portmap import PMAP_PORT, PMAP_PROG
 
 log = logging.getLogger("realize.server")
 
@@ -154,8 +155,9 @@ class Server:
                     for listener in listeners:
                         await nursery.start(rpc.serve_tcp, listener)
                     await nursery.start(rpc.serve_udp, udp)
+                registered = False
                 if portmap_port is None and config.portmap == "auto":
-                    await self._register_with_system_rpcbind(nfs_port, mount_port)
+                    registered = await self._register_with_system_rpcbind(nfs_port, mount_port)
                 running = Running(
                     nfs_port, mount_port, portmap_port, [e.path for e in self.exports]
                 )
@@ -166,6 +168,8 @@ class Server:
                     async for signum in signals:
                         log.info("stopping on %s", signal.Signals(signum).name)
                         break
+                if registered:
+                    await sysrpcbind.unregister(self._system_registrations(nfs_port, mount_port))
                 nursery.cancel_scope.cancel()
         finally:
             self.close()
@@ -199,39 +203,24 @@ class Server:
             for vers in (2, 3, 4):
                 self.portmapper.register(Registration(PMAP_PROG, vers, netid, host, ports[0]))
 
-    async def _register_with_system_rpcbind(self, nfs_port: int, mount_port: int) -> None:
-        """Tell a portmapper already on port 111 where we are (best effort)."""
+    def _system_registrations(self, nfs_port: int, mount_port: int) -> list[Wanted]:
+        host = self.config.bind
+        suffix = "6" if ":" in host else ""
         wanted = [(NFS_PROGRAM, NFS_V3, nfs_port)] + [
             (MOUNT_PROGRAM, v, mount_port) for v in (MOUNT_V1, MOUNT_V3)
         ]
-        try:
-            for prog, vers, port in wanted:
-                for proto in (IPPROTO_TCP, IPPROTO_UDP):
-                    args = encode_args(mapping, mapping(prog, vers, proto, 0))
-                    await udp_call(
-                        "127.0.0.1",
-                        PMAP_PORT,
-                        PMAP_PROG,
-                        2,
-                        PMAPPROC.UNSET,
-                        args,
-                        timeout=0.5,
-                        tries=1,
-                    )
-                    args = encode_args(mapping, mapping(prog, vers, proto, port))
-                    await udp_call(
-                        "127.0.0.1",
-                        PMAP_PORT,
-                        PMAP_PROG,
-                        2,
-                        PMAPPROC.SET,
-                        args,
-                        timeout=0.5,
-                        tries=1,
-                    )
-            log.info("registered with the portmapper on port 111")
-        except (OSError, TimeoutError):
-            log.info("no portmapper on port 111: clients must be given the ports")
+        return [
+            Wanted(prog, vers, netid + suffix, host, port)
+            for prog, vers, port in wanted
+            for netid in ("tcp", "udp")
+        ]
+
+    async def _register_with_system_rpcbind(self, nfs_port: int, mount_port: int) -> bool:
+        """Tell a portmapper already on port 111 where we are (best effort)."""
+        if not await sysrpcbind.register(self._system_registrations(nfs_port, mount_port)):
+            log.info("clients must be given the ports (no portmapper registration)")
+            return False
+        return True
 
     def _write_runtime(self, running: Running) -> None:
         info = {

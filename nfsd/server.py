@@ -110,7 +110,10 @@ class Server:
         self.portmapper = Portmapper()
 
     def _build(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # The state holds the handle key: nobody else may read it (the server runs with
+        # umask 0 so that clients' modes are applied as sent).
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.state_dir, 0o700)
         self.store = Store(self.state_dir / "db")
         secret = _meta_value(self.store, b"handle-secret", secrets.token_bytes(32))
         store_uuid = self.store.family("meta")[b"store-uuid"]

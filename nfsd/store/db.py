@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rocksdict import Options, Rdict, WriteBatch
 
-FAMILIES = ("meta", "inodes")
+FAMILIES = ("meta", "inodes", "entries", "marks", "history")
 SCHEMA_VERSION = b"1"
 
 
@@ -76,4 +76,6 @@ class Store:
     def close(self) -> None:
         for family in self._families.values():
             family.close()
+        # Column family handles keep the database (and its lock) alive until released.
+        self._handles.clear()
         self.db.close()

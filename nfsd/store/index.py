@@ -1,0 +1,164 @@
+"""The area index: every path of every area with what it is and where its content lives.
+
+Column family `entries`, key `area id (4) ‖ parent path ‖ 0x00 ‖ name` → packed `Entry`, so
+the entries of one directory are one prefix scan (names hold neither "/" nor NUL). Paths are
+bytes relative to the area root, "/"-separated, the root itself being b"".
+
+Column family `marks`, key `area id (4) ‖ path` → one byte `Mark`: what a path should be
+(`real`, `keep`, `unreal`); a path without its own mark inherits the nearest marked parent's,
+and the area's default (stored under the root path b"") applies above all.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+
+from nfsd.store.db import Batch, Store
+
+_AREA = struct.Struct(">I")
+# kind, layer, mode, size, mtime_ns, blob length; then blob id, then symlink target
+_ENTRY = struct.Struct(">BBIQqB")
+
+
+class Kind(IntEnum):
+    FILE = 1
+    DIR = 2
+    SYMLINK = 3
+    OTHER = 4  # FIFOs, sockets, devices: recorded, never synced as content
+
+
+class Layer(IntEnum):
+    REAL = 1  # a complete local file in the area's directory
+    UNREAL = 2  # known by its blob; content (if any) in the blob cache
+
+
+class Mark(IntEnum):
+    INHERIT = 0
+    REAL = 1
+    KEEP = 2
+    UNREAL = 3
+
+
+@dataclass(slots=True)
+class Entry:
+    kind: Kind
+    layer: Layer
+    mode: int
+    size: int
+    mtime_ns: int
+    blob: bytes = b""  # BLAKE3 id of the content (files); b"" while not yet hashed
+    target: bytes = b""  # symlinks
+
+    def pack(self) -> bytes:
+        return (
+            _ENTRY.pack(self.kind, self.layer, self.mode, self.size, self.mtime_ns, len(self.blob))
+            + self.blob
+            + self.target
+        )
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Entry:
+        kind, layer, mode, size, mtime_ns, blob_length = _ENTRY.unpack_from(raw)
+        start = _ENTRY.size
+        blob = bytes(raw[start : start + blob_length])
+        target = bytes(raw[start + blob_length :])
+        return cls(Kind(kind), Layer(layer), mode, size, mtime_ns, blob, target)
+
+
+def split(path: bytes) -> tuple[bytes, bytes]:
+    """(parent, name) of a non-root area path."""
+    parent, _, name = path.rpartition(b"/")
+    return parent, name
+
+
+def join(parent: bytes, name: bytes) -> bytes:
+    return parent + b"/" + name if parent else name
+
+
+def _key(area: int, path: bytes) -> bytes:
+    if not path:
+        return _AREA.pack(area)  # the area root: outside every directory's prefix
+    parent, name = split(path)
+    return _AREA.pack(area) + parent + b"\0" + name
+
+
+class AreaIndex:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.entries = store.family("entries")
+        self.marks = store.family("marks")
+
+    # ---- entries ----
+
+    def get(self, area: int, path: bytes) -> Entry | None:
+        raw = self.entries.get(_key(area, path))
+        return None if raw is None else Entry.unpack(raw)
+
+    def put(self, batch: Batch, area: int, path: bytes, entry: Entry) -> None:
+        batch.put("entries", _key(area, path), entry.pack())
+
+    def delete(self, batch: Batch, area: int, path: bytes) -> None:
+        batch.delete("entries", _key(area, path))
+
+    def children(self, area: int, directory: bytes) -> Iterator[tuple[bytes, Entry]]:
+        """(name, entry) of each entry directly in `directory`, in name order."""
+        prefix = _AREA.pack(area) + directory + b"\0"
+        for key, raw in self.entries.items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            yield bytes(key[len(prefix) :]), Entry.unpack(raw)
+
+    def walk(self, area: int, directory: bytes = b"") -> Iterator[tuple[bytes, Entry]]:
+        """(path, entry) of everything below `directory`, parents before children."""
+        pending = [directory]
+        while pending:
+            current = pending.pop()
+            for name, entry in self.children(area, current):
+                path = join(current, name)
+                yield path, entry
+                if entry.kind == Kind.DIR:
+                    pending.append(path)
+
+    def move(self, batch: Batch, area: int, old: bytes, new: bytes) -> None:
+        """Re-key `old` (and, for a directory, everything below it) as `new`."""
+        entry = self.get(area, old)
+        if entry is None:
+            return
+        if entry.kind == Kind.DIR:
+            for path, child in list(self.walk(area, old)):
+                self.delete(batch, area, path)
+                self.put(batch, area, new + path[len(old) :], child)
+        self.delete(batch, area, old)
+        self.put(batch, area, new, entry)
+
+    def remove_tree(self, batch: Batch, area: int, path: bytes) -> None:
+        for below, _ in list(self.walk(area, path)):
+            self.delete(batch, area, below)
+        self.delete(batch, area, path)
+
+    # ---- marks ----
+
+    def set_mark(self, batch: Batch, area: int, path: bytes, mark: Mark) -> None:
+        key = _AREA.pack(area) + path
+        if mark == Mark.INHERIT:
+            batch.delete("marks", key)
+        else:
+            batch.put("marks", key, bytes([mark]))
+
+    def own_mark(self, area: int, path: bytes) -> Mark:
+        raw = self.marks.get(_AREA.pack(area) + path)
+        return Mark(raw[0]) if raw else Mark.INHERIT
+
+    def mark(self, area: int, path: bytes, default: Mark = Mark.REAL) -> Mark:
+        """The mark in force for `path`: its own, else the nearest marked parent's."""
+        current = path
+        while True:
+            mark = self.own_mark(area, current)
+            if mark != Mark.INHERIT:
+                return mark
+            if not current:
+                return default
+            current = split(current)[0]

@@ -22,6 +22,9 @@ import trio
 
 from nfsd.exports import NOBODY, ExportOptions
 from nfsd.server import Server, ServerConfig, mount_commands
+from nfsd.store.db import Store
+from nfsd.store.history import History
+from nfsd.vfs.journal import DEFAULT_REST
 
 ENV_STATE_DIR = "REALIZE_STATE_DIR"
 
@@ -97,6 +100,13 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="map every client user to the anonymous user",
     )
+    p.add_argument(
+        "--rest",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long a changed file rests before it is hashed into the history (default 3)",
+    )
 
 
 SERVER_KEYS = (
@@ -110,6 +120,7 @@ SERVER_KEYS = (
     "anon_gid",
     "root_squash",
     "all_squash",
+    "rest",
 )
 
 
@@ -143,6 +154,7 @@ def server_config(state_dir: Path, areas: dict[str, str], options: dict) -> Serv
         mount_port=options.get("mount_port"),
         portmap=options.get("portmap") or "auto",
         options=export_options,
+        rest=float(options.get("rest") or DEFAULT_REST),
     )
 
 
@@ -387,6 +399,38 @@ def cmd_mount_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    """Print an area's history; works beside a running server (read-only open)."""
+    state_dir = Path(args.state_dir).resolve()
+    try:
+        store = Store(state_dir / "db", read_only=True)
+    except Exception as e:  # rocksdict reports open failures as plain Exception
+        raise UsageError(f"no server state in {state_dir}: {e}") from None
+    try:
+        raw = store.family("meta").get(b"area:" + args.area.encode())
+        if raw is None:
+            raise UsageError(f"no area named {args.area} in {state_dir}")
+        area = int.from_bytes(raw[:4], "big")
+        if "history" not in store._families:
+            return 0
+        changes = History(store).since(area, args.after)
+        for shown, (sequence, change) in enumerate(changes, 1):
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(change.time_ns / 1e9))
+            line = f"{sequence:>6}  {when}  {change.op.name.lower():<8} {os.fsdecode(change.path)}"
+            if change.new_path:
+                line += f" -> {os.fsdecode(change.new_path)}"
+            if change.new_blob:
+                line += f"  blob {change.new_blob.hex()[:16]}"
+            if change.old_blob:
+                line += f"  (was {change.old_blob.hex()[:16]})"
+            print(line)
+            if args.limit and shown >= args.limit:
+                break
+    finally:
+        store.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="realize", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -427,6 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stop)
     p = sub.add_parser("status", help="show the server, its clients and areas")
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("history", help="show the changes recorded for an area")
+    p.add_argument("area")
+    p.add_argument("--after", type=int, default=0, metavar="SEQUENCE")
+    p.add_argument("--limit", type=int, default=0)
+    p.set_defaults(func=cmd_history)
     p = sub.add_parser("mount-cmd", help="print the commands that mount the areas")
     p.add_argument("--os", choices=["linux", "macos", "windows"], default="linux")
     p.add_argument("--host", help="the name clients reach this machine by")

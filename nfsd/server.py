@@ -31,6 +31,7 @@ from nfsd.rpc.transport import RpcServer, open_udp_socket
 from nfsd.store.db import Store
 from nfsd.sysrpcbind import Wanted
 from nfsd.vfs.handles import HandleCodec
+from nfsd.vfs.journal import DEFAULT_REST
 from nfsd.vfs.real import RealTree
 from xdr.mount import MOUNT_PROGRAM, MOUNT_V1, MOUNT_V3
 from xdr.nfs3 import NFS_PROGRAM, NFS_V3
@@ -51,6 +52,7 @@ class ServerConfig:
     mount_port: int | None = None  # None: the NFS port
     portmap: str = "auto"  # "auto": serve 111 if allowed, "on": must, "off": never
     options: ExportOptions = field(default_factory=ExportOptions)
+    rest: float = DEFAULT_REST  # seconds a changed file rests before it is hashed
 
 
 @dataclass
@@ -118,6 +120,7 @@ class Server:
         secret = _meta_value(self.store, b"handle-secret", secrets.token_bytes(32))
         store_uuid = self.store.family("meta")[b"store-uuid"]
         self.tree = RealTree(self.store, self.config.areas, hidden={str(self.state_dir)})
+        self.tree.journal.rest = self.config.rest
         exports = Exports()
         exports.add(Export(ROOT_EXPORT_ID, "/", None, self.config.options))
         for area in self.tree.areas.values():
@@ -166,6 +169,7 @@ class Server:
                 )
                 self._write_runtime(running)
                 nursery.start_soon(self._status_loop, running)
+                nursery.start_soon(self._journal)
                 task_status.started(running)
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async for signum in signals:
@@ -243,6 +247,14 @@ class Server:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info, indent=1))
         os.replace(tmp, path)
+
+    async def _journal(self) -> None:
+        """Catch up with what changed in the areas while we were away, then keep hashing
+        files that rest after changes."""
+        assert self.tree is not None
+        for area in self.tree.areas.values():
+            await self.tree.journal.scan(area.id, self.tree.hidden)
+        await self.tree.journal.run()
 
     async def _status_loop(self, running: Running) -> None:
         while True:

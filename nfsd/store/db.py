@@ -10,7 +10,7 @@ import os
 import uuid
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import AccessType, Options, Rdict, WriteBatch
 
 FAMILIES = ("meta", "inodes", "entries", "marks", "history")
 SCHEMA_VERSION = b"1"
@@ -41,18 +41,27 @@ class Batch:
 
 
 class Store:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
+        """Open (or create) the database; `read_only` opens beside a running server."""
         self.path = Path(path)
+        if read_only and not (self.path / "CURRENT").exists():
+            raise FileNotFoundError(f"no database in {path}")
         self.path.mkdir(parents=True, exist_ok=True)
         existing: list[str] = []
         if (self.path / "CURRENT").exists():
             existing = Rdict.list_cf(str(self.path), Options(raw_mode=True))
-        families = {name: Options(raw_mode=True) for name in {*FAMILIES, *existing}}
+        names = set(existing) if read_only else {*FAMILIES, *existing}
+        families = {name: Options(raw_mode=True) for name in names}
         families.pop("default", None)
-        self.db = Rdict(str(self.path), options=_options(), column_families=families)
+        access = AccessType.read_only() if read_only else AccessType.read_write()
+        self.db = Rdict(
+            str(self.path), options=_options(), column_families=families, access_type=access
+        )
         self._families = {name: self.db.get_column_family(name) for name in families}
         self._handles = {name: self.db.get_column_family_handle(name) for name in families}
         meta = self.family("meta")
+        if read_only:
+            return
         if meta.get(b"schema") is None:
             batch = self.batch()
             batch.put("meta", b"schema", SCHEMA_VERSION)

@@ -11,6 +11,7 @@ Each area is a directory; the virtual root (fileid 1) lists the areas by name.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import os
 import stat
@@ -26,6 +27,7 @@ from nfsd.store.db import Store
 from nfsd.vfs.errors import FsError, from_os_error
 from nfsd.vfs.fdcache import FdCache
 from nfsd.vfs.inodes import ROOT_FID, InodeTable, Node
+from nfsd.vfs.journal import Journal
 from nfsd.vfs.tree import (
     SERVER_TIME,
     Attr,
@@ -178,6 +180,7 @@ class RealTree(Tree):
         self.created_ns = struct.unpack(">Q", created)[0]
         for name, path in areas.items():
             self._register_area(name, os.fsencode(os.path.abspath(path)))
+        self.journal = Journal(store, {a.id: a.path for a in self.areas.values()})
 
     # ---- areas ----
 
@@ -236,6 +239,22 @@ class RealTree(Tree):
         parts.append(root)
         parts.reverse()
         return b"/".join(parts)
+
+    def area_path(self, fid: int) -> tuple[int, bytes]:
+        """(area, path relative to the area root) of `fid`'s primary name."""
+        parts: list[bytes] = []
+        node = self._node(fid)
+        while node.parent:
+            parts.append(node.name)
+            if len(parts) > 4096:
+                raise FsError(nfsstat3.NFS3ERR_STALE, "cycle")
+            node = self._node(node.parent)
+        parts.reverse()
+        return node.area, b"/".join(parts)
+
+    def _child_path(self, dir_fid: int, name: bytes) -> tuple[int, bytes]:
+        area, path = self.area_path(dir_fid)
+        return area, path + b"/" + name if path else name
 
     def _resolve(self, fid: int) -> tuple[bytes, os.stat_result]:
         """The path of `fid` and its lstat, checked to be the very inode recorded."""
@@ -375,6 +394,11 @@ class RealTree(Tree):
         except OSError as e:
             raise from_os_error(e) from None
         self._invalidate_listing_of_parent(fid)
+        area, rel = self.area_path(fid)
+        if changes.size is not None:
+            self.journal.written(area, rel)
+        with contextlib.suppress(OSError):
+            self.journal.attributes(area, rel, os.lstat(path))
 
     # ---- lookup and listing ----
 
@@ -545,6 +569,7 @@ class RealTree(Tree):
                     )
             except OSError as e:
                 raise from_os_error(e) from None
+        self.journal.written(*self.area_path(fid))
         return stable
 
     @staticmethod
@@ -572,13 +597,19 @@ class RealTree(Tree):
         if os.geteuid() == 0:
             os.chown(path, owner.uid, owner.gid, follow_symlinks=False)
 
-    def _created(self, dir_fid: int, name: bytes, path: bytes) -> int:
+    def _created(self, dir_fid: int, name: bytes, path: bytes, target: bytes = b"") -> int:
         self._listings.pop(dir_fid, None)
         try:
             st = os.lstat(path)
         except OSError as e:
             raise from_os_error(e) from None
-        return self._register(dir_fid, name, st)
+        fid = self._register(dir_fid, name, st)
+        area, rel = self._child_path(dir_fid, name)
+        if stat.S_ISREG(st.st_mode):
+            self.journal.created(area, rel, st)
+        else:
+            self.journal.made(area, rel, st, target)
+        return fid
 
     def create(
         self,
@@ -641,7 +672,7 @@ class RealTree(Tree):
             self._chown_new(path, owner)
         except OSError as e:
             raise from_os_error(e) from None
-        return self._created(dir_fid, name, path)
+        return self._created(dir_fid, name, path, target)
 
     def mknod(
         self,
@@ -662,7 +693,10 @@ class RealTree(Tree):
         }.get(kind)
         if type_bits is None:
             raise FsError(nfsstat3.NFS3ERR_BADTYPE)
-        device = os.makedev(*rdev) if kind in (ftype3.NF3CHR, ftype3.NF3BLK) else 0
+        try:
+            device = os.makedev(*rdev) if kind in (ftype3.NF3CHR, ftype3.NF3BLK) else 0
+        except (OverflowError, ValueError):
+            raise FsError(nfsstat3.NFS3ERR_INVAL, "device number out of range") from None
         try:
             os.mknod(path, type_bits | (mode & 0o7777), device)
             self._chown_new(path, owner)
@@ -677,11 +711,20 @@ class RealTree(Tree):
             return None
         return node
 
+    def _not_hidden(self, path: bytes, status: nfsstat3) -> bytes:
+        """`path`, unless it is hidden from clients (the state directory): then `status`.
+
+        Removing or renaming the state directory would put the handle key in reach."""
+        if path in self.hidden:
+            raise FsError(status, "hidden")
+        return path
+
     def _unlink(self, dir_fid: int, name: bytes, directory: bool) -> None:
         if name in (b".", b".."):
             raise FsError(nfsstat3.NFS3ERR_INVAL, "dot name")
         check_name(name)
         path = self._writable_dir(dir_fid) + b"/" + name
+        self._not_hidden(path, nfsstat3.NFS3ERR_NOENT)
         try:
             st = os.lstat(path)
             if directory:
@@ -695,6 +738,7 @@ class RealTree(Tree):
         except OSError as e:
             raise from_os_error(e) from None
         self._listings.pop(dir_fid, None)
+        self.journal.removed(*self._child_path(dir_fid, name))
         node = self._known_child(dir_fid, name, st)
         if node is not None:
             batch = self.store.batch()
@@ -722,6 +766,8 @@ class RealTree(Tree):
             check_name(name)
         from_path = self._writable_dir(from_dir) + b"/" + from_name
         to_path = self._writable_dir(to_dir) + b"/" + to_name
+        self._not_hidden(from_path, nfsstat3.NFS3ERR_NOENT)
+        self._not_hidden(to_path, nfsstat3.NFS3ERR_ACCES)
         if self._node(from_dir).area != self._node(to_dir).area:
             raise FsError(nfsstat3.NFS3ERR_XDEV, "areas are separate")
         try:
@@ -744,6 +790,8 @@ class RealTree(Tree):
             raise from_os_error(e) from None
         self._listings.pop(from_dir, None)
         self._listings.pop(to_dir, None)
+        area, old_rel = self._child_path(from_dir, from_name)
+        self.journal.renamed(area, old_rel, self._child_path(to_dir, to_name)[1])
         batch = self.store.batch()
         stale_target = self.inodes.child(to_dir, to_name)
         if replaced is not None:
@@ -775,6 +823,8 @@ class RealTree(Tree):
         batch = self.store.batch()
         self.inodes.add_link(batch, fid, dir_fid, name)
         batch.commit()
+        area, existing = self.area_path(fid)
+        self.journal.linked(area, existing, self._child_path(dir_fid, name)[1])
 
     # ---- file system ----
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nfsd.nfs3.common import Nfs3State, access_bits, in_group, require, time_ns
+from nfsd.nfs3.common import Nfs3State, access_bits, check_size, in_group, require, time_ns
 from nfsd.rpc.dispatch import CallContext
 from nfsd.vfs.errors import FsError
 from nfsd.vfs.tree import SERVER_TIME, SetAttr
@@ -34,7 +34,8 @@ async def getattr_(s: Nfs3State, ctx: CallContext, args: GETATTR3args) -> Arm:
 
 
 def to_setattr(attrs: sattr3) -> SetAttr:
-    """The tree's form of an sattr3."""
+    """The tree's form of an sattr3; NFS3ERR_FBIG for a size no file can have."""
+    check_size(attrs.size)
 
     def when(arm: Arm) -> int | None:
         if arm.tag == time_how.SET_TO_SERVER_TIME:
@@ -89,6 +90,7 @@ async def setattr_(s: Nfs3State, ctx: CallContext, args: SETATTR3args) -> Arm:
         if changes.size is not None and before.kind == ftype3.NF3DIR:
             raise FsError(nfsstat3.NFS3ERR_ISDIR)
         check_setattr(before, target.user, changes)
+        await s.tree.prepare_change(fid)
         s.tree.setattr(fid, changes)
         return Arm(OK, SETATTR3resok(s.wcc(before, fid)))
     except FsError as e:

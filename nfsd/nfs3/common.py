@@ -33,6 +33,9 @@ from xdr.nfs3 import (
 from xdr.rpc_fast import Credential
 
 MAX_IO = 1024 * 1024  # rtmax and wtmax
+MAX_FILE_SIZE = 2**63 - 1  # FSINFO maxfilesize: the largest offset the local files take
+# Over UDP a whole reply must fit one datagram (65,507 bytes): 32 KiB of data, as knfsd.
+UDP_MAX_IO = 32 * 1024
 _UINT32 = 0xFFFFFFFF
 
 READ_BITS = ACCESS3_READ
@@ -56,6 +59,17 @@ def nfstime(ns: int) -> nfstime3:
 
 def time_ns(t: nfstime3) -> int:
     return t.seconds * 1_000_000_000 + min(t.nseconds, 999_999_999)
+
+
+def max_io(ctx: CallContext) -> int:
+    """The largest READ/READDIR payload the call's transport can carry back."""
+    return UDP_MAX_IO if ctx.transport == "udp" else MAX_IO
+
+
+def check_size(size: int | None) -> None:
+    """Refuse a file size or end offset beyond MAX_FILE_SIZE (NFS3ERR_FBIG), as knfsd does."""
+    if size is not None and size > MAX_FILE_SIZE:
+        raise FsError(nfsstat3.NFS3ERR_FBIG)
 
 
 @dataclass(slots=True)

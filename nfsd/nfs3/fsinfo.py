@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nfsd.nfs3.common import MAX_IO, Nfs3State
+from nfsd.nfs3.common import MAX_FILE_SIZE, Nfs3State, max_io
 from nfsd.rpc.dispatch import CallContext
 from nfsd.vfs.errors import FsError
 from xdr.codec import Arm
@@ -27,7 +27,6 @@ from xdr.nfs3 import (
 OK = nfsstat3.NFS3_OK
 # Directory reads of 64 KiB: smaller ones multiply round trips for large directories.
 DTPREF = 64 * 1024
-MAX_FILE_SIZE = 2**63 - 1
 
 
 async def fsstat(s: Nfs3State, ctx: CallContext, args: FSSTAT3args) -> Arm:
@@ -54,17 +53,18 @@ async def fsstat(s: Nfs3State, ctx: CallContext, args: FSSTAT3args) -> Arm:
 async def fsinfo(s: Nfs3State, ctx: CallContext, args: FSINFO3args) -> Arm:
     try:
         target = s.resolve(ctx, args.fsroot)
+        io_max = max_io(ctx)  # 1 MiB over TCP, what one datagram holds over UDP
         return Arm(
             OK,
             FSINFO3resok(
                 s.post_op(target.fid),
-                rtmax=MAX_IO,
-                rtpref=MAX_IO,
+                rtmax=io_max,
+                rtpref=io_max,
                 rtmult=4096,
-                wtmax=MAX_IO,
-                wtpref=MAX_IO,
+                wtmax=io_max,
+                wtpref=io_max,
                 wtmult=4096,
-                dtpref=DTPREF,
+                dtpref=min(DTPREF, io_max),
                 maxfilesize=MAX_FILE_SIZE,
                 time_delta=nfstime3(0, 1),
                 properties=FSF3_LINK | FSF3_SYMLINK | FSF3_HOMOGENEOUS | FSF3_CANSETTIME,

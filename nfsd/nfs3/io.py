@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nfsd.nfs3.common import MAX_IO, Nfs3State, require
+from nfsd.nfs3.common import MAX_FILE_SIZE, Nfs3State, check_size, max_io, require
 from nfsd.rpc.dispatch import CallContext, RawReply
 from nfsd.vfs.errors import FsError
 from xdr.codec import Arm
@@ -39,7 +39,9 @@ async def read(s: Nfs3State, ctx: CallContext, args: READ3args) -> Arm | RawRepl
         attr = s.tree.getattr(fid)
         _regular(attr)
         require(attr, target.user, 0o4, owner_override=True)
-        data, eof = await s.tree.read(fid, args.offset, min(args.count, MAX_IO))
+        # Nothing lies beyond MAX_FILE_SIZE: a read there is empty, with eof.
+        count = min(args.count, max_io(ctx), max(0, MAX_FILE_SIZE - args.offset))
+        data, eof = await s.tree.read(fid, args.offset, count)
         return RawReply(encode_read3res_ok(READ3resok(s.post_op(fid), len(data), eof, data)))
     except FsError as e:
         return Arm(e.status, READ3resfail(None if fid is None else s.post_op(fid)))
@@ -56,6 +58,8 @@ async def write(s: Nfs3State, ctx: CallContext, args: WRITE3args) -> Arm:
         _regular(before)
         require(before, target.user, 0o2, owner_override=True)
         data = args.data[: args.count] if args.count < len(args.data) else args.data
+        check_size(args.offset + len(data))
+        await s.tree.prepare_change(fid)
         committed = await s.tree.write(fid, args.offset, data, args.stable)
         return Arm(OK, WRITE3resok(s.wcc(before, fid), len(data), committed, s.write_verf))
     except FsError as e:

@@ -8,7 +8,7 @@ NFS3ERR_BAD_COOKIE is never answered (macOS resumes with old verifiers).
 
 from __future__ import annotations
 
-from nfsd.nfs3.common import MAX_IO, Nfs3State, Target, require
+from nfsd.nfs3.common import Nfs3State, Target, max_io, require
 from nfsd.rpc.dispatch import CallContext
 from nfsd.vfs.errors import FsError
 from xdr.codec import Arm
@@ -96,7 +96,7 @@ async def readdir(s: Nfs3State, ctx: CallContext, args: READDIR3args) -> Arm:
         target, dir_attr = _dir_target(s, ctx, args.dir)
         dir_fid = target.fid
         require(dir_attr, target.user, 0o4)
-        budget = min(args.count, MAX_IO) - _READDIR_FIXED
+        budget = min(args.count, max_io(ctx)) - _READDIR_FIXED
         entries: list[entry3] = []
         eof = True
         for entry in _entries(s, target, args.cookie):
@@ -119,7 +119,7 @@ async def readdirplus(s: Nfs3State, ctx: CallContext, args: READDIRPLUS3args) ->
         target, dir_attr = _dir_target(s, ctx, args.dir)
         dir_fid = target.fid
         require(dir_attr, target.user, 0o4)
-        budget = min(args.maxcount, MAX_IO) - _READDIR_FIXED
+        budget = min(args.maxcount, max_io(ctx)) - _READDIR_FIXED
         dir_budget = args.dircount
         entries: list[entryplus3] = []
         eof = True

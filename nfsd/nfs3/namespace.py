@@ -112,6 +112,7 @@ async def create(s: Nfs3State, ctx: CallContext, args: CREATE3args) -> Arm:
             )
         else:
             attrs: sattr3 = how.value
+            to_setattr(attrs)  # refuse what cannot be applied before creating anything
             mode = DEFAULT_FILE_MODE if attrs.mode is None else attrs.mode
             fid, created = s.tree.create(
                 d.fid, args.where.name, mode, owner, exclusive=how.tag == createmode3.GUARDED

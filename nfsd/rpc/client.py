@@ -89,17 +89,22 @@ class RpcClient:
         cred: Credential | None = None,
         header: bytes | None = None,
     ) -> tuple[ReplyHeader, bytes]:
-        """Send a call and return the parsed reply header and the reply body bytes."""
+        """Send a call and return the parsed reply header and the reply body bytes.
+
+        ConnectionError when the connection is (or gets) closed before the reply."""
         xid = self.next_xid() if xid is None else xid
         if header is None:
             header = encode_call(xid, prog, vers, proc, cred or self.cred)
+        if self.closed.is_set():
+            # The reply reader has ended: nothing would ever answer this call.
+            raise ConnectionError("connection closed")
         send, receive = trio.open_memory_channel(1)
         self._waiting[xid] = send
         try:
-            await self.send_record(header + args)
             try:
+                await self.send_record(header + args)
                 record = await receive.receive()
-            except trio.EndOfChannel:
+            except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
                 raise ConnectionError("connection closed before the reply") from None
         finally:
             self._waiting.pop(xid, None)
@@ -139,7 +144,10 @@ async def open_client(
             yield client
         finally:
             nursery.cancel_scope.cancel()
-            await client.aclose()
+            # Shielded: in the cancelled scope a bare await would raise Cancelled, which the
+            # nursery then absorbs, and an exception from the caller's block would be lost.
+            with trio.CancelScope(shield=True):
+                await client.aclose()
 
 
 async def udp_call(

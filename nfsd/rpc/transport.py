@@ -3,7 +3,10 @@
 One task per TCP connection reads records and hands each call to its own task, so slow calls
 do not hold up fast ones and replies go out in completion order. Limits keep memory bounded
 whatever a client sends: a record size bound, calls in flight per connection and in total, a
-connection cap, and timeouts for records that trickle in and connections that never call.
+bound on the bytes of replies waiting for a client that does not read them, a connection cap,
+and timeouts for records that trickle in and connections that never call. Quick calls answered
+inline yield to other connections every few milliseconds, so one client's burst does not stall
+the others.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ log = logging.getLogger("realize.rpc")
 UDP_MAX_DATAGRAM = 65507
 # Replies are gathered into one send up to this size; bigger buffers are sent as they are.
 _COALESCE_LIMIT = 256 * 1024
+# Inline calls of one connection run for at most this long before other tasks get a turn.
+_INLINE_SLICE = 0.005
 
 
 @dataclass
@@ -34,6 +39,47 @@ class Limits:
     partial_record_timeout: float = 30.0  # a record must complete within this
     first_call_timeout: float = 60.0  # a new connection must send a call within this
     idle_timeout: float = 1800.0  # an established connection with no traffic is closed
+    # Bytes of replies queued for one connection beyond which it stops reading calls.
+    max_queued_replies: int = 4 * 1024 * 1024
+
+
+class _Outbox:
+    """The replies of one connection waiting to be sent, bounded in bytes.
+
+    Replies are added without waiting, so the replies of a burst leave in few sends; the
+    connection's reader calls `wait_for_room` before each call it reads, and waits while more
+    than `limit` bytes are queued. A client that sends calls but does not read the replies thus
+    stops having its calls read (TCP pushes back on it) instead of making the server hold the
+    replies in memory. At most `limit` bytes plus the replies of the calls in flight are queued.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.queued = 0
+        self._send, self.receive = trio.open_memory_channel[Reply](math.inf)
+        self._room = trio.Event()
+        self._room.set()
+
+    def put(self, reply: Reply) -> None:
+        """Queue a reply; trio.BrokenResourceError once the writer has stopped."""
+        self._send.send_nowait(reply)
+        self.queued += sum(len(p) for p in reply)
+        if self.queued > self.limit and self._room.is_set():
+            self._room = trio.Event()
+
+    async def wait_for_room(self) -> None:
+        if self.queued > self.limit:
+            await self._room.wait()
+
+    def sent(self, size: int) -> None:
+        self.queued -= size
+        if self.queued <= self.limit:
+            self._room.set()
+
+    def close(self) -> None:
+        """The writer has stopped: nothing waits for room any more, and puts fail."""
+        self.receive.close()
+        self._room.set()
 
 
 class RpcServer:
@@ -81,7 +127,7 @@ class RpcServer:
         limits = self.limits
         reader = RecordReader(limits.max_record)
         per_connection = trio.Semaphore(limits.inflight_per_connection)
-        outbox_send, outbox = trio.open_memory_channel[Reply](math.inf)
+        outbox = _Outbox(limits.max_queued_replies)
         established = False
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write_replies, stream, outbox)
@@ -111,58 +157,88 @@ class RpcServer:
                 except RecordTooLarge as e:
                     self.dispatcher.bad_input.warn("connection closed", peer[0], str(e))
                     break
-                for record in records:
-                    established = True
-                    if self.dispatcher.is_inline(record):
-                        # Answered at once; replies of one burst leave in one send.
-                        reply = await self.dispatcher.handle(record, peer, "tcp", local)
-                        if reply is not None:
-                            outbox_send.send_nowait(reply)
-                        continue
-                    await per_connection.acquire()
-                    await self._inflight.acquire_on_behalf_of(record)
-                    nursery.start_soon(
-                        self._tcp_call, outbox_send, per_connection, record, peer, local
-                    )
+                if not await self._dispatch(records, outbox, nursery, per_connection, peer, local):
+                    break  # the writer stopped: the client is gone
+                established = established or bool(records)
             # The client is gone or cut off: nobody will read the replies of unfinished calls.
             nursery.cancel_scope.cancel()
 
-    async def _write_replies(
-        self, stream: trio.SocketStream, outbox: trio.MemoryReceiveChannel[Reply]
-    ) -> None:
+    async def _dispatch(
+        self,
+        records: list[bytes],
+        outbox: _Outbox,
+        nursery: trio.Nursery,
+        per_connection: trio.Semaphore,
+        peer: tuple[str, int],
+        local: str,
+    ) -> bool:
+        """Answer quick calls at once and start tasks for the others; False if the client
+        is gone."""
+        slice_end = trio.current_time() + _INLINE_SLICE
+        try:
+            for record in records:
+                await outbox.wait_for_room()
+                if self.dispatcher.is_inline(record):
+                    # Answered at once; replies of one burst leave in one send.
+                    reply = await self.dispatcher.handle(record, peer, "tcp", local)
+                    if reply is not None:
+                        outbox.put(reply)
+                    if trio.current_time() > slice_end:
+                        await trio.lowlevel.checkpoint()  # let other connections run
+                        slice_end = trio.current_time() + _INLINE_SLICE
+                    continue
+                await per_connection.acquire()
+                # A token of its own per call: identical records (a retransmission) may be in
+                # flight together, and the limiter refuses a borrower that holds a token.
+                token = object()
+                await self._inflight.acquire_on_behalf_of(token)
+                nursery.start_soon(
+                    self._tcp_call, outbox, per_connection, record, peer, local, token
+                )
+        except trio.BrokenResourceError:
+            return False
+        return True
+
+    async def _write_replies(self, stream: trio.SocketStream, outbox: _Outbox) -> None:
         """Send replies as they come, coalescing all that are ready into one send."""
         try:
-            async for reply in outbox:
+            async for reply in outbox.receive:
                 batch = [*frame(reply)]
                 size = sum(len(p) for p in batch)
+                replies = 1
                 while size < _COALESCE_LIMIT:
                     try:
-                        more = outbox.receive_nowait()
+                        more = outbox.receive.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                     parts = frame(more)
                     batch += parts
                     size += sum(len(p) for p in parts)
+                    replies += 1
                 await send_buffers(stream, batch)
+                outbox.sent(size - 4 * replies)  # without the record marks frame() added
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away; its replies have nobody to read them
+        finally:
+            outbox.close()
 
     async def _tcp_call(
         self,
-        outbox: trio.MemorySendChannel[Reply],
+        outbox: _Outbox,
         per_connection: trio.Semaphore,
         record: bytes,
         peer: tuple[str, int],
         local: str,
+        token: object,
     ) -> None:
         try:
             reply = await self.dispatcher.handle(record, peer, "tcp", local)
             if reply is not None:
-                outbox.send_nowait(reply)
+                outbox.put(reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
-            self._inflight.release_on_behalf_of(record)
+            self._inflight.release_on_behalf_of(token)
             per_connection.release()
 
     # ---- UDP ----
@@ -176,11 +252,12 @@ class RpcServer:
                 data, addr = await sock.recvfrom(1 << 16)
                 if self._inflight.available_tokens == 0:
                     continue  # overloaded: UDP clients retransmit
-                await self._inflight.acquire_on_behalf_of(data)
-                nursery.start_soon(self._udp_call, sock, data, addr[:2])
+                token = object()  # not `data`: a retransmission is an equal datagram
+                await self._inflight.acquire_on_behalf_of(token)
+                nursery.start_soon(self._udp_call, sock, data, addr[:2], token)
 
     async def _udp_call(
-        self, sock: trio.socket.SocketType, data: bytes, addr: tuple[str, int]
+        self, sock: trio.socket.SocketType, data: bytes, addr: tuple[str, int], token: object
     ) -> None:
         try:
             local = sock.getsockname()[0]
@@ -198,7 +275,7 @@ class RpcServer:
             except OSError as e:
                 log.debug("udp send to %s failed: %s", addr, e)
         finally:
-            self._inflight.release_on_behalf_of(data)
+            self._inflight.release_on_behalf_of(token)
 
 
 async def send_buffers(stream: trio.SocketStream, parts: list[bytes | memoryview]) -> None:

@@ -100,6 +100,10 @@ class Tree(abc.ABC):
     @abc.abstractmethod
     async def commit(self, fid: int) -> None: ...
 
+    async def prepare_change(self, fid: int) -> None:  # noqa: B027 (a no-op by default)
+        """Make `fid` changeable (an Unreal file is realized first); called before WRITE,
+        SETATTR and COMMIT."""
+
     @abc.abstractmethod
     def create(
         self,

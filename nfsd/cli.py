@@ -24,6 +24,7 @@ from nfsd.exports import NOBODY, ExportOptions
 from nfsd.server import Server, ServerConfig, mount_commands
 from nfsd.store.db import Store
 from nfsd.store.history import History
+from nfsd.store.limits import CacheLimits
 from nfsd.vfs.journal import DEFAULT_REST
 
 ENV_STATE_DIR = "REALIZE_STATE_DIR"
@@ -101,6 +102,18 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
         help="map every client user to the anonymous user",
     )
     p.add_argument(
+        "--cache-max",
+        default=None,
+        metavar="SIZE",
+        help="largest the blob cache may grow: bytes (10G, 500M) or a share of the disk (20%%)",
+    )
+    p.add_argument(
+        "--cache-free",
+        default=None,
+        metavar="SIZE",
+        help="free disk space the cache leaves: bytes (2G) or a share of the disk (5%%)",
+    )
+    p.add_argument(
         "--rest",
         type=float,
         default=None,
@@ -121,7 +134,39 @@ SERVER_KEYS = (
     "root_squash",
     "all_squash",
     "rest",
+    "cache_max",
+    "cache_free",
 )
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str, option: str) -> tuple[int | None, float | None]:
+    """(bytes, percent) from "10G", "500M", "123" or "20%"."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if value.endswith("%"):
+            percent = float(value[:-1])
+            if not 0 <= percent <= 100:
+                raise ValueError
+            return None, percent
+        unit = value[-1] if value and value[-1] in _UNITS else ""
+        number = float(value[: len(value) - len(unit)])
+        if number < 0:
+            raise ValueError
+        return int(number * _UNITS[unit]), None
+    except (ValueError, IndexError):
+        raise UsageError(f"{option}: {text!r} is not a size like 10G, 500M or 20%") from None
+
+
+def human(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
 
 
 def merged_options(saved: dict, args: argparse.Namespace) -> dict:
@@ -131,6 +176,22 @@ def merged_options(saved: dict, args: argparse.Namespace) -> dict:
         if value is not None:
             options[key] = value
     return options
+
+
+def cache_limits(options: dict) -> CacheLimits:
+    max_bytes = max_percent = None
+    free_bytes, free_percent = 0, None
+    if options.get("cache_max"):
+        max_bytes, max_percent = parse_size(str(options["cache_max"]), "--cache-max")
+    if options.get("cache_free"):
+        free, free_percent = parse_size(str(options["cache_free"]), "--cache-free")
+        free_bytes = free or 0
+    return CacheLimits(
+        max_bytes=max_bytes,
+        max_percent=max_percent,
+        min_free_bytes=free_bytes,
+        min_free_percent=free_percent,
+    )
 
 
 def server_config(state_dir: Path, areas: dict[str, str], options: dict) -> ServerConfig:
@@ -155,6 +216,8 @@ def server_config(state_dir: Path, areas: dict[str, str], options: dict) -> Serv
         portmap=options.get("portmap") or "auto",
         options=export_options,
         rest=float(options.get("rest") or DEFAULT_REST),
+        cache_limits=cache_limits(options),
+        sources=list(options.get("sources") or []),
     )
 
 
@@ -214,6 +277,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not config.get("areas"):
         raise UsageError("no areas configured: add one with 'realize area add NAME DIR'")
     options = merged_options(config.get("server", {}), args)
+    options["sources"] = config.get("sources", [])
     return run_foreground(server_config(state_dir, config["areas"], options))
 
 
@@ -266,10 +330,15 @@ def _runtime(state_dir: Path) -> dict | None:
 
 
 def _pid(state_dir: Path) -> int | None:
+    """The running server's pid: a background one's pid file, else a foreground one's
+    runtime file."""
     try:
         pid = int((state_dir / "server.pid").read_text().strip())
     except (FileNotFoundError, ValueError):
-        return None
+        runtime = _runtime(state_dir)
+        if runtime is None or not isinstance(runtime.get("pid"), int):
+            return None
+        pid = runtime["pid"]
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -368,6 +437,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         print(f"clients: {runtime['connections']} connections, {runtime['calls']} calls")
     print(f"state:   {state_dir}")
+    cache = runtime.get("cache") if runtime else None
+    if cache:
+        print(
+            f"cache:   {human(cache['cached'])} used of {human(cache['limit'])} limit "
+            f"({human(cache['pinned'])} pinned); disk {human(cache['disk_free'])} free, "
+            f"keeping {human(cache['reserve'])} free"
+        )
+        if cache["areas"]:
+            print(f"  {'area':<16} {'cached':>10} {'pinned':>10} {'limit':>10} {'use':>6}")
+            for name, area in sorted(cache["areas"].items()):
+                use = f"{100 * area['cached'] / area['cap']:.0f}%" if area["cap"] else "-"
+                print(
+                    f"  {name:<16} {human(area['cached']):>10} {human(area['pinned']):>10} "
+                    f"{human(area['cap']):>10} {use:>6}"
+                )
     print("areas:")
     width = max([len(n) for n in config["areas"]] + [4])
     for name, directory in sorted(config["areas"].items()):
@@ -397,6 +481,117 @@ def cmd_mount_cmd(args: argparse.Namespace) -> int:
     for line in commands[args.os]:
         print(line)
     return 0
+
+
+def _is_state_dir(path: Path) -> bool:
+    return (path / "db" / "CURRENT").exists()
+
+
+def cmd_source_add(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir).resolve()
+    config = load_config(state_dir)
+    source = Path(args.path).expanduser().resolve()
+    if not _is_state_dir(source):
+        raise UsageError(f"{args.path} is not a Realize state directory (no db/ in it)")
+    if source == state_dir:
+        raise UsageError("a state directory cannot be its own source")
+    sources = config.setdefault("sources", [])
+    if str(source) in sources:
+        print(f"realize: {source} is already a source")
+        return 0
+    sources.append(str(source))
+    save_config(state_dir, config)
+    print(
+        f"realize: attached {source} (read-only); 'realize import AREA {source}' lists its "
+        "files here"
+    )
+    if _running(state_dir):
+        print("realize: restart the server (realize stop; realize start) to read from it")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Make a source's files of an area appear here as Unreal entries (server stopped)."""
+    from nfsd.store.blobs import BlobStore
+    from nfsd.store.source import StateDirSource, import_area
+    from nfsd.vfs.real import RealTree
+
+    state_dir = Path(args.state_dir).resolve()
+    config = load_config(state_dir)
+    if args.area not in config["areas"]:
+        raise UsageError(f"no area named {args.area} here: add it with 'realize area add'")
+    if _running(state_dir):
+        raise UsageError("stop the server first (realize stop): import writes to its database")
+    source_dir = Path(args.source).expanduser().resolve()
+    if not _is_state_dir(source_dir):
+        raise UsageError(f"{args.source} is not a Realize state directory")
+    try:
+        source = StateDirSource(source_dir)
+    except Exception as e:  # rocksdict reports open failures as plain Exception
+        raise UsageError(f"cannot open {source_dir}: {e}") from None
+    store = Store(state_dir / "db")
+    try:
+        tree = RealTree(store, config["areas"])
+        area = tree.area_by_name[args.area]
+        try:
+            report = import_area(store, BlobStore(store), area.id, area.path, source, args.area)
+        except KeyError as e:
+            raise UsageError(str(e.args[0])) from None
+        tree.close()
+    finally:
+        source.close()
+        store.close()
+    print(
+        f"realize: {report.files} files ({report.bytes} bytes), {report.directories} "
+        f"directories, {report.symlinks} symlinks now listed in {args.area}; "
+        f"{report.skipped} skipped"
+    )
+    if str(source_dir) not in config.get("sources", []):
+        print(f"realize: attach it to read their content: realize source add {source_dir}")
+    return 0
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    """Check the blob cache (manifests, chunks re-hashed) and the index's Unreal entries."""
+    from nfsd.store.blobs import BlobStore
+    from nfsd.store.index import AreaIndex, Kind, Layer
+
+    state_dir = Path(args.state_dir).resolve()
+    if _running(state_dir):
+        raise UsageError("stop the server first (realize stop): fsck needs the database alone")
+    if not _is_state_dir(state_dir):
+        raise UsageError(f"no server state in {state_dir}")
+    store = Store(state_dir / "db")
+    try:
+        blobs = BlobStore(store)
+        report = blobs.fsck(repair=args.repair)
+        for line in report.lines():
+            print(line)
+        index = AreaIndex(store)
+        meta = store.family("meta")
+        orphans = 0
+        for key, value in meta.items(from_key=b"area:"):
+            if not key.startswith(b"area:"):
+                break
+            area = int.from_bytes(value[:4], "big")
+            for path, entry in index.walk(area):
+                if (
+                    entry.layer == Layer.UNREAL
+                    and entry.kind == Kind.FILE
+                    and (blobs.manifest(entry.blob) is None)
+                ):
+                    orphans += 1
+                    print(
+                        f"  unreal file without a manifest: {key[5:].decode()}/{os.fsdecode(path)}"
+                    )
+        print(
+            f"index: {orphans} Unreal files whose content is unknown"
+            if orphans
+            else "index: every Unreal file has its manifest"
+        )
+    finally:
+        store.close()
+    return 0 if report.ok and not orphans else 1
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -471,6 +666,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stop)
     p = sub.add_parser("status", help="show the server, its clients and areas")
     p.set_defaults(func=cmd_status)
+    source = sub.add_parser("source", help="attach other state directories").add_subparsers(
+        dest="source_command", required=True, metavar="ACTION"
+    )
+    p = source.add_parser("add", help="read missing content from another state directory")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_source_add)
+    p = sub.add_parser("import", help="list a source's files of an area here (no copying)")
+    p.add_argument("area")
+    p.add_argument("source", help="the source's state directory")
+    p.set_defaults(func=cmd_import)
+    p = sub.add_parser("fsck", help="check the store and repair what can be repaired")
+    p.add_argument("--repair", action="store_true", help="drop damaged chunks (refetched later)")
+    p.set_defaults(func=cmd_fsck)
     p = sub.add_parser("history", help="show the changes recorded for an area")
     p.add_argument("area")
     p.add_argument("--after", type=int, default=0, metavar="SEQUENCE")

@@ -28,11 +28,15 @@ from nfsd.nfs3.program import nfs_program
 from nfsd.portmap import Portmapper, Registration
 from nfsd.rpc.dispatch import Dispatcher
 from nfsd.rpc.transport import RpcServer, open_udp_socket
+from nfsd.store.blobs import BlobStore
 from nfsd.store.db import Store
+from nfsd.store.limits import CacheLimits
+from nfsd.store.source import StateDirSource
 from nfsd.sysrpcbind import Wanted
 from nfsd.vfs.handles import HandleCodec
 from nfsd.vfs.journal import DEFAULT_REST
 from nfsd.vfs.real import RealTree
+from nfsd.vfs.unreal import UnrealLayer
 from xdr.mount import MOUNT_PROGRAM, MOUNT_V1, MOUNT_V3
 from xdr.nfs3 import NFS_PROGRAM, NFS_V3
 from xdr.portmap import PMAP_PORT, PMAP_PROG
@@ -53,6 +57,8 @@ class ServerConfig:
     portmap: str = "auto"  # "auto": serve 111 if allowed, "on": must, "off": never
     options: ExportOptions = field(default_factory=ExportOptions)
     rest: float = DEFAULT_REST  # seconds a changed file rests before it is hashed
+    sources: list[str] = field(default_factory=list)  # state directories attached read-only
+    cache_limits: CacheLimits = field(default_factory=CacheLimits)
 
 
 @dataclass
@@ -121,6 +127,14 @@ class Server:
         store_uuid = self.store.family("meta")[b"store-uuid"]
         self.tree = RealTree(self.store, self.config.areas, hidden={str(self.state_dir)})
         self.tree.journal.rest = self.config.rest
+        self.blobs = BlobStore(self.store, self.config.cache_limits)
+        sources = []
+        for path in self.config.sources:
+            try:
+                sources.append(StateDirSource(path))
+            except Exception as e:  # rocksdict reports open failures as plain Exception
+                log.warning("source %s is not usable now: %s", path, e)
+        self.tree.unreal = UnrealLayer(self.blobs, sources)
         exports = Exports()
         exports.add(Export(ROOT_EXPORT_ID, "/", None, self.config.options))
         for area in self.tree.areas.values():
@@ -170,6 +184,7 @@ class Server:
                 self._write_runtime(running)
                 nursery.start_soon(self._status_loop, running)
                 nursery.start_soon(self._journal)
+                self.tree.unreal.nursery = nursery
                 task_status.started(running)
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async for signum in signals:
@@ -241,6 +256,7 @@ class Server:
             if self.tree
             else {},
             "connections": self.rpc.connections if self.rpc else 0,
+            "cache": self._cache_usage(),
             "calls": self.dispatcher.calls if self.dispatcher else 0,
         }
         path = self.state_dir / "server.json"
@@ -255,6 +271,22 @@ class Server:
         for area in self.tree.areas.values():
             await self.tree.journal.scan(area.id, self.tree.hidden)
         await self.tree.journal.run()
+
+    def _cache_usage(self) -> dict | None:
+        if getattr(self, "blobs", None) is None:
+            return None
+        usage = self.blobs.usage()
+        return {
+            "cached": usage.cached,
+            "pinned": usage.pinned,
+            "limit": usage.limit,
+            "disk_free": usage.disk_free,
+            "reserve": usage.reserve,
+            "areas": {
+                name: {"cached": a.cached, "pinned": a.pinned, "cap": a.limit}
+                for name, a in usage.areas.items()
+            },
+        }
 
     async def _status_loop(self, running: Running) -> None:
         while True:

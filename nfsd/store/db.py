@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from rocksdict import AccessType, Options, Rdict, WriteBatch
 
-FAMILIES = ("meta", "inodes", "entries", "marks", "history")
+FAMILIES = ("meta", "inodes", "entries", "marks", "history", "blobs", "chunks", "chunkinfo", "lru")
 SCHEMA_VERSION = b"1"
 
 
@@ -20,7 +21,37 @@ def _options() -> Options:
     opt = Options(raw_mode=True)
     opt.create_if_missing(True)
     opt.create_missing_column_families(True)
+    # The blob cache makes one blob file per memtable flush (8 MiB): thousands for a large
+    # cache. Keep at most this many files open (LRU) instead of all, which would run into the
+    # usual 1024-descriptor limit.
+    opt.set_max_open_files(512)
     return opt
+
+
+def _chunk_options() -> Options:
+    """BlobDB for `chunks` (nfsd.store.blobs): chunk values go to blob files, the LSM keeps
+    only keys and references. 8 MiB write buffers (at most two) bound the memory a long
+    ingest holds (about 24 MiB of RSS measured); blob garbage collection reclaims the files of
+    evicted chunks."""
+    opt = Options(raw_mode=True)
+    opt.set_enable_blob_files(True)
+    opt.set_min_blob_size(4096)
+    opt.set_blob_file_size(64 << 20)
+    opt.set_enable_blob_gc(True)
+    opt.set_blob_gc_age_cutoff(0.25)
+    opt.set_blob_gc_force_threshold(0.5)
+    opt.set_write_buffer_size(8 << 20)
+    opt.set_max_write_buffer_number(2)
+    return opt
+
+
+# Families that need more than the plain raw-mode options.
+FAMILY_OPTIONS: dict[str, Callable[[], Options]] = {"chunks": _chunk_options}
+
+
+def family_options(name: str) -> Options:
+    make = FAMILY_OPTIONS.get(name)
+    return make() if make is not None else Options(raw_mode=True)
 
 
 class Batch:
@@ -51,7 +82,7 @@ class Store:
         if (self.path / "CURRENT").exists():
             existing = Rdict.list_cf(str(self.path), Options(raw_mode=True))
         names = set(existing) if read_only else {*FAMILIES, *existing}
-        families = {name: Options(raw_mode=True) for name in names}
+        families = {name: family_options(name) for name in names}
         families.pop("default", None)
         access = AccessType.read_only() if read_only else AccessType.read_write()
         self.db = Rdict(

@@ -9,7 +9,9 @@ family `inodes`) records, in one batch per change:
 - `I area dev ino`   → fid            (so a second name of the same inode gets the same fid)
 
 A path is found by walking parents up to the area root, so renaming a directory touches one
-record, not its descendants.
+record, not its descendants. An Unreal object (known from the index, not on the disk) has
+dev = ino = 0 and no `I` record; when its content arrives its node gets the new file's inode
+and keeps its fid, so clients never see it change.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class Node:
     dev: int
     ino: int
     name: bytes
+
+    @property
+    def unreal(self) -> bool:
+        return self.dev == 0 and self.ino == 0
 
 
 def _child_key(parent: int, name: bytes) -> bytes:
@@ -104,7 +110,8 @@ class InodeTable:
             b"F" + _FID.pack(node.fid),
             _NODE.pack(node.parent, node.area, node.dev, node.ino) + node.name,
         )
-        batch.put("inodes", _ino_key(node.area, node.dev, node.ino), _FID.pack(node.fid))
+        if not node.unreal:
+            batch.put("inodes", _ino_key(node.area, node.dev, node.ino), _FID.pack(node.fid))
         self._nodes.pop(node.fid, None)
 
     def add_link(self, batch: Batch, fid: int, parent: int, name: bytes) -> None:
@@ -118,7 +125,7 @@ class InodeTable:
     def drop_node(self, batch: Batch, node: Node) -> None:
         """Forget a fid entirely (its last name is gone)."""
         batch.delete("inodes", b"F" + _FID.pack(node.fid))
-        if self.by_inode(node.area, node.dev, node.ino) == node.fid:
+        if not node.unreal and self.by_inode(node.area, node.dev, node.ino) == node.fid:
             batch.delete("inodes", _ino_key(node.area, node.dev, node.ino))
         for parent, name in self.links(node.fid):
             self.drop_link(batch, node.fid, parent, name)

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import trio
 
 from nfsd.store.db import Store
+from nfsd.store.index import Entry, Kind, Layer
 from nfsd.vfs.errors import FsError, from_os_error
 from nfsd.vfs.fdcache import FdCache
 from nfsd.vfs.inodes import ROOT_FID, InodeTable, Node
-from nfsd.vfs.journal import Journal
+from nfsd.vfs.journal import Journal, entry_of
 from nfsd.vfs.tree import (
     SERVER_TIME,
     Attr,
@@ -37,6 +38,7 @@ from nfsd.vfs.tree import (
     SetAttr,
     Tree,
 )
+from nfsd.vfs.unreal import UnrealLayer, unreal_attr
 from xdr.nfs3 import ftype3, nfsstat3, stable_how
 
 DOT_COOKIE, DOTDOT_COOKIE = 1, 2
@@ -109,7 +111,7 @@ class Area:
 class _Listing:
     """A directory's names sorted by cookie, valid while the directory is unchanged."""
 
-    version: tuple[int, int, int]
+    version: tuple[int, ...]
     cookies: list[int]
     names: list[bytes]
     inodes: list[int]
@@ -181,6 +183,8 @@ class RealTree(Tree):
         for name, path in areas.items():
             self._register_area(name, os.fsencode(os.path.abspath(path)))
         self.journal = Journal(store, {a.id: a.path for a in self.areas.values()})
+        self.unreal: UnrealLayer | None = None  # set when a blob cache is attached
+        self.index_generation = 0  # bumped when Unreal entries change (listings depend on it)
 
     # ---- areas ----
 
@@ -204,6 +208,8 @@ class RealTree(Tree):
             area_id, root = _AREA.unpack(raw)
         # The area root keeps its fileid even if its directory was replaced or moved.
         self.inodes.put_node(batch, Node(root, 0, area_id, st.st_dev, st.st_ino, b""))
+        # Where the area lives, for whoever attaches this state directory as a source.
+        batch.put("meta", b"area-path:" + name.encode(), path)
         batch.commit()
         area = Area(area_id, name, path, root)
         self.areas[area_id] = area
@@ -256,8 +262,33 @@ class RealTree(Tree):
         area, path = self.area_path(dir_fid)
         return area, path + b"/" + name if path else name
 
+    def _unreal_entry(self, fid: int) -> Entry | None:
+        """The index entry of an Unreal object; None for a Real one.
+
+        An Unreal node whose path now exists on the disk (its content was realized) takes
+        that file's inode, keeping its fid."""
+        if fid == ROOT_FID:
+            return None
+        node = self._node(fid)
+        if not node.unreal:
+            return None
+        area, rel = self.area_path(fid)
+        try:
+            st = os.lstat(self._path(fid))
+        except OSError:
+            entry = self.journal.index.get(area, rel)
+            if entry is None or entry.layer != Layer.UNREAL:
+                raise FsError(nfsstat3.NFS3ERR_STALE) from None
+            return entry
+        batch = self.store.batch()
+        self.inodes.put_node(batch, Node(fid, node.parent, area, st.st_dev, st.st_ino, node.name))
+        batch.commit()
+        return None
+
     def _resolve(self, fid: int) -> tuple[bytes, os.stat_result]:
         """The path of `fid` and its lstat, checked to be the very inode recorded."""
+        if self._unreal_entry(fid) is not None:
+            raise FsError(nfsstat3.NFS3ERR_JUKEBOX, "not here yet")  # callers realize first
         node = self._node(fid)
         path = self._path(fid)
         try:
@@ -269,6 +300,11 @@ class RealTree(Tree):
         return path, st
 
     def _dir(self, fid: int) -> bytes:
+        entry = self._unreal_entry(fid)
+        if entry is not None:
+            if entry.kind != Kind.DIR:
+                raise FsError(nfsstat3.NFS3ERR_NOTDIR)
+            return self._path(fid)  # only in the index: nothing on the disk yet
         path, st = self._resolve(fid)
         if not stat.S_ISDIR(st.st_mode):
             raise FsError(nfsstat3.NFS3ERR_NOTDIR)
@@ -277,7 +313,56 @@ class RealTree(Tree):
     def _writable_dir(self, fid: int) -> bytes:
         if fid == ROOT_FID:
             raise FsError(nfsstat3.NFS3ERR_ACCES, "the root holds only areas")
+        self._materialize_dir(fid)
         return self._dir(fid)
+
+    def _materialize_dir(self, fid: int) -> None:
+        """Make an Unreal directory (and its Unreal parents) real, to put something in it."""
+        entry = self._unreal_entry(fid)
+        if entry is None:
+            return
+        if entry.kind != Kind.DIR:
+            raise FsError(nfsstat3.NFS3ERR_NOTDIR)
+        node = self._node(fid)
+        self._materialize_dir(node.parent)
+        path = self._path(fid)
+        try:
+            os.mkdir(path, entry.mode & 0o7777)
+            st = os.lstat(path)
+        except OSError as e:
+            raise from_os_error(e) from None
+        area, rel = self.area_path(fid)
+        batch = self.store.batch()
+        self.inodes.put_node(batch, Node(fid, node.parent, area, st.st_dev, st.st_ino, node.name))
+        entry.layer = Layer.REAL
+        self.journal.index.put(batch, area, rel, entry)
+        batch.commit()
+        self._listings.pop(node.parent, None)
+
+    async def prepare_change(self, fid: int) -> None:
+        """Realize an Unreal file before it is written, truncated or its attributes set."""
+        entry = self._unreal_entry(fid)
+        if entry is None:
+            return
+        if entry.kind == Kind.DIR:
+            self._materialize_dir(fid)
+            return
+        if entry.kind != Kind.FILE or self.unreal is None:
+            raise FsError(nfsstat3.NFS3ERR_NOTSUPP, "cannot change this Unreal object")
+        node = self._node(fid)
+        self._materialize_dir(node.parent)
+        path = self._path(fid)
+        try:
+            await self.unreal.realize(entry, path)
+            st = os.lstat(path)
+        except OSError as e:
+            raise from_os_error(e) from None
+        area, rel = self.area_path(fid)
+        batch = self.store.batch()
+        self.inodes.put_node(batch, Node(fid, node.parent, area, st.st_dev, st.st_ino, node.name))
+        real = entry_of(st, entry.blob)
+        self.journal.index.put(batch, area, rel, real)
+        batch.commit()
 
     def _register(self, dir_fid: int, name: bytes, st: os.stat_result) -> int:
         """The fid of the entry `name` of `dir_fid`, whose lstat is `st`; recorded if new."""
@@ -336,8 +421,41 @@ class RealTree(Tree):
     def getattr(self, fid: int) -> Attr:
         if fid == ROOT_FID:
             return self._root_attr()
+        entry = self._unreal_entry(fid)
+        if entry is not None:
+            root = self.areas[self._node(fid).area]
+            owner = self._area_owner(root.id)
+            return unreal_attr(entry, fid, *owner)
         _, st = self._resolve(fid)
         return attr_from_stat(st, fid)
+
+    def _area_owner(self, area: int) -> tuple[int, int]:
+        """Unreal objects belong to whoever owns the area's directory."""
+        try:
+            st = os.stat(self.areas[area].path)
+        except OSError:
+            return 0, 0
+        return st.st_uid, st.st_gid
+
+    def _unreal_child(self, dir_fid: int, name: bytes) -> int | None:
+        """The fid of an Unreal entry `name` of `dir_fid` (recorded if new), or None."""
+        area, rel = self._child_path(dir_fid, name)
+        entry = self.journal.index.get(area, rel)
+        if entry is None or entry.layer != Layer.UNREAL:
+            return None
+        fid = self.inodes.child(dir_fid, name)
+        if fid is not None:
+            node = self.inodes.node(fid)
+            if node is not None and node.unreal:
+                return fid
+        batch = self.store.batch()
+        if fid is not None:
+            self.inodes.drop_link(batch, fid, dir_fid, name)
+        fid = self.inodes.allocate(batch)
+        self.inodes.put_node(batch, Node(fid, dir_fid, area, 0, 0, name))
+        self.inodes.add_link(batch, fid, dir_fid, name)
+        batch.commit()
+        return fid
 
     def _root_attr(self) -> Attr:
         t = self.created_ns
@@ -419,6 +537,11 @@ class RealTree(Tree):
             raise FsError(nfsstat3.NFS3ERR_NOENT)
         try:
             st = os.lstat(path)
+        except FileNotFoundError:
+            fid = self._unreal_child(dir_fid, name)
+            if fid is None:
+                raise FsError(nfsstat3.NFS3ERR_NOENT) from None
+            return fid
         except OSError as e:
             raise from_os_error(e) from None
         return self._register(dir_fid, name, st)
@@ -430,6 +553,11 @@ class RealTree(Tree):
         return node.parent or ROOT_FID
 
     def readlink(self, fid: int) -> bytes:
+        entry = self._unreal_entry(fid)
+        if entry is not None:
+            if entry.kind != Kind.SYMLINK:
+                raise FsError(nfsstat3.NFS3ERR_INVAL, "not a symlink")
+            return entry.target
         path, st = self._resolve(fid)
         if not stat.S_ISLNK(st.st_mode):
             raise FsError(nfsstat3.NFS3ERR_INVAL, "not a symlink")
@@ -447,21 +575,35 @@ class RealTree(Tree):
                 (0, 0, 0), [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
             )
         path = self._dir(dir_fid)
-        st = os.lstat(path)
-        version = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        try:
+            st = os.lstat(path)
+            version = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, self.index_generation)
+        except FileNotFoundError:  # an Unreal directory: only the index knows it
+            version = (0, 0, 0, self.index_generation)
+        except OSError as e:
+            raise from_os_error(e) from None
         cached = self._listings.get(dir_fid)
         if cached is not None and cached.version == version:
             self._listings.move_to_end(dir_fid)
             return cached
-        try:
-            with os.scandir(path) as it:
-                rows = sorted(
-                    (name_cookie(e.name), e.name, e.inode())
-                    for e in it
-                    if not self.hidden or path + b"/" + e.name not in self.hidden
-                )
-        except OSError as e:
-            raise from_os_error(e) from None
+        rows: list[tuple[int, bytes, int]] = []
+        if version[0]:
+            try:
+                with os.scandir(path) as it:
+                    rows = [
+                        (name_cookie(e.name), e.name, e.inode())
+                        for e in it
+                        if not self.hidden or path + b"/" + e.name not in self.hidden
+                    ]
+            except OSError as e:
+                raise from_os_error(e) from None
+        # Unreal entries of this directory join the listing, unless a Real one has the name.
+        real_names = {row[1] for row in rows}
+        area, rel = self.area_path(dir_fid)
+        for name, entry in self.journal.index.children(area, rel):
+            if entry.layer == Layer.UNREAL and name not in real_names:
+                rows.append((name_cookie(name), name, 0))
+        rows.sort()
         listing = _Listing(
             version, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
         )
@@ -512,6 +654,8 @@ class RealTree(Tree):
             node = self.inodes.node(fid)
             if node is not None and node.ino == ino:
                 return fid
+        if ino == 0:
+            return self._unreal_child(dir_fid, name)
         try:
             st = os.lstat(path + b"/" + name)
         except OSError:
@@ -545,6 +689,11 @@ class RealTree(Tree):
         return fd, writable
 
     async def read(self, fid: int, offset: int, count: int) -> tuple[bytes, bool]:
+        entry = self._unreal_entry(fid)
+        if entry is not None:
+            if self.unreal is None:
+                raise FsError(nfsstat3.NFS3ERR_IO, "no blob cache attached")
+            return await self.unreal.read(entry, offset, count)
         with self.fds.borrow(fid, lambda w: self._open(fid, w), False) as fd:
             try:
                 buf = bytearray(count)
@@ -585,6 +734,8 @@ class RealTree(Tree):
             os.fdatasync(fd)
 
     async def commit(self, fid: int) -> None:
+        if self._unreal_entry(fid) is not None:
+            return  # nothing written here: all of it is in the cache, verified
         with self.fds.borrow(fid, lambda w: self._open(fid, w), False) as fd:
             try:
                 await trio.to_thread.run_sync(os.fsync, fd)
@@ -725,6 +876,9 @@ class RealTree(Tree):
         check_name(name)
         path = self._writable_dir(dir_fid) + b"/" + name
         self._not_hidden(path, nfsstat3.NFS3ERR_NOENT)
+        if not os.path.lexists(path) and self._unreal_child(dir_fid, name) is not None:
+            self._forget_unreal(dir_fid, name, directory)
+            return
         try:
             st = os.lstat(path)
             if directory:
@@ -753,6 +907,26 @@ class RealTree(Tree):
                 self.inodes.drop_link(batch, fid, dir_fid, name)
                 batch.commit()
 
+    def _forget_unreal(self, dir_fid: int, name: bytes, directory: bool) -> None:
+        """Remove an Unreal entry: only the index and the fileid table know it."""
+        fid = self._unreal_child(dir_fid, name)
+        assert fid is not None
+        area, rel = self._child_path(dir_fid, name)
+        entry = self.journal.index.get(area, rel)
+        is_dir = entry is not None and entry.kind == Kind.DIR
+        if directory and not is_dir:
+            raise FsError(nfsstat3.NFS3ERR_NOTDIR)
+        if not directory and is_dir:
+            raise FsError(nfsstat3.NFS3ERR_ISDIR)
+        if is_dir and next(self.journal.index.children(area, rel), None) is not None:
+            raise FsError(nfsstat3.NFS3ERR_NOTEMPTY)
+        self.journal.removed(area, rel)
+        self.index_generation += 1
+        self._listings.pop(dir_fid, None)
+        batch = self.store.batch()
+        self.inodes.drop_node(batch, self._node(fid))
+        batch.commit()
+
     def remove(self, dir_fid: int, name: bytes) -> None:
         self._unlink(dir_fid, name, directory=False)
 
@@ -770,6 +944,11 @@ class RealTree(Tree):
         self._not_hidden(to_path, nfsstat3.NFS3ERR_ACCES)
         if self._node(from_dir).area != self._node(to_dir).area:
             raise FsError(nfsstat3.NFS3ERR_XDEV, "areas are separate")
+        if not os.path.lexists(from_path):
+            unreal = self._unreal_child(from_dir, from_name)
+            if unreal is not None:
+                self._rename_unreal(unreal, from_dir, from_name, to_dir, to_name, to_path)
+                return
         try:
             src = os.lstat(from_path)
         except OSError as e:
@@ -805,6 +984,40 @@ class RealTree(Tree):
         self.inodes.add_link(batch, fid, to_dir, to_name)
         if (node.parent, node.name) == (from_dir, from_name) or not self._primary_holds(node):
             self.inodes.put_node(batch, Node(fid, to_dir, node.area, node.dev, node.ino, to_name))
+        batch.commit()
+
+    def _rename_unreal(
+        self,
+        fid: int,
+        from_dir: int,
+        from_name: bytes,
+        to_dir: int,
+        to_name: bytes,
+        to_path: bytes,
+    ) -> None:
+        """Rename an Unreal entry: the index moves, nothing on the disk but what it replaces."""
+        area, old_rel = self._child_path(from_dir, from_name)
+        new_rel = self._child_path(to_dir, to_name)[1]
+        entry = self.journal.index.get(area, old_rel)
+        if (
+            entry is not None
+            and entry.kind == Kind.DIR
+            and (new_rel + b"/").startswith(old_rel + b"/")
+        ):
+            raise FsError(nfsstat3.NFS3ERR_INVAL, "a directory cannot move into itself")
+        if os.path.lexists(to_path):
+            self._unlink(to_dir, to_name, directory=os.path.isdir(to_path))
+        elif self._unreal_child(to_dir, to_name) is not None:
+            target = self.journal.index.get(area, new_rel)
+            self._forget_unreal(to_dir, to_name, target is not None and target.kind == Kind.DIR)
+        self.journal.renamed(area, old_rel, new_rel)
+        self.index_generation += 1
+        self._listings.pop(from_dir, None)
+        self._listings.pop(to_dir, None)
+        batch = self.store.batch()
+        self.inodes.drop_link(batch, fid, from_dir, from_name)
+        self.inodes.add_link(batch, fid, to_dir, to_name)
+        self.inodes.put_node(batch, Node(fid, to_dir, area, 0, 0, to_name))
         batch.commit()
 
     def link(self, fid: int, dir_fid: int, name: bytes) -> None:

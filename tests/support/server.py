@@ -45,10 +45,15 @@ def start_server(
     portmap: str = "off",
     extra: list[str] | None = None,
     timeout: float = 30,
+    sources: list[Path] | None = None,
 ) -> ServerProcess:
     """Run `realize run` on a fresh or existing state directory until it reports its ports."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    config = {"areas": {name: str(path) for name, path in areas.items()}, "server": {}}
+    config = {
+        "areas": {name: str(path) for name, path in areas.items()},
+        "server": {},
+        "sources": [str(p) for p in sources or []],
+    }
     (state_dir / "config.json").write_text(json.dumps(config))
     (state_dir / "server.json").unlink(missing_ok=True)
     command = [

@@ -1,0 +1,133 @@
+"""Unreal files through NFS: listed beside Real ones, read from an attached source into the
+verified cache, read again from the cache once the source is gone, realized when written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import Nfs, run_on
+from tests.support.server import REPO, start_server
+from xdr.nfs3 import NFSPROC3, READ3args, READLINK3args, RENAME3args, diropargs3, ftype3
+
+BIG = 3 * 1024 * 1024 + 12345  # several chunks and a partial last one
+
+
+def realize(state: Path, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "nfsd.cli", "--state-dir", str(state), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def make_source(base: Path) -> tuple[Path, bytes]:
+    """A state directory whose area 'area' holds files hashed into its index."""
+    area, state = base / "source-area", base / "source-state"
+    (area / "docs").mkdir(parents=True)
+    big = os.urandom(BIG)
+    (area / "big.bin").write_bytes(big)
+    (area / "docs" / "note.txt").write_text("a note\n")
+    (area / "link").symlink_to("docs/note.txt")
+    server = start_server({"area": area}, state, extra=["--rest", "0.1"])
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            history = realize(state, "history", "area")
+            if history.count("create") >= 2:
+                break
+            time.sleep(0.2)
+    finally:
+        server.stop()
+    return state, big
+
+
+def test_unreal_files_listed_read_cached_and_realized(tmp_path):
+    source, big = make_source(tmp_path)
+    ours_area, ours = tmp_path / "area", tmp_path / "state"
+    ours_area.mkdir()
+    (ours_area / "local.txt").write_text("real here\n")
+    ours.mkdir()
+    (ours / "config.json").write_text(json.dumps({"areas": {"area": str(ours_area)}}))
+    assert "2 files" in realize(ours, "import", "area", str(source))
+    assert not (ours_area / "big.bin").exists()  # listed, not copied
+
+    server = start_server({"area": ours_area}, ours, sources=[source],
+                          extra=["--cache-max", "1G", "--cache-free", "1%"])
+    seen: dict[str, object] = {}
+
+    async def first(nfs: Nfs) -> None:
+        root = await nfs.mount(b"/area")
+        assert await nfs.names(root) == {b"local.txt", b"big.bin", b"docs", b"link"}
+        fh = await nfs.lookup(root, b"big.bin")
+        before = await nfs.getattr(fh)
+        assert before.type == ftype3.NF3REG and before.size == BIG
+        data = bytearray()
+        while True:
+            res = await nfs.read(fh, len(data), 1 << 20)
+            data += res.data
+            if res.eof:
+                break
+        assert hashlib.sha256(data).digest() == hashlib.sha256(big).digest()
+        after = await nfs.getattr(fh)
+        assert (after.size, after.mtime, after.fileid) == (before.size, before.mtime, before.fileid)
+        seen["fileid"] = before.fileid
+        time.sleep(2.5)  # the status file is rewritten every 2 s
+        status = realize(ours, "status")
+        assert "cache:" in status and "1.0 GiB limit" in status, status
+        rows = [line.split() for line in status.splitlines() if line.startswith("  area ")]
+        row = " ".join(rows[1])  # after the header: the area named "area"
+        assert "3.0 MiB" in row or "3.1 MiB" in row, status
+        link = await nfs.lookup(root, b"link")
+        target = await nfs.ok(NFSPROC3.READLINK, READLINK3args(link))
+        assert target.data == b"docs/note.txt"
+
+    try:
+        run_on(server.nfs_port, first)
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log(), server.log()
+
+    # The source is gone: what was read is served from the cache; writing realizes.
+    server = start_server({"area": ours_area}, ours)
+
+    async def second(nfs: Nfs) -> None:
+        root = await nfs.mount(b"/area")
+        fh = await nfs.lookup(root, b"big.bin")
+        assert (await nfs.getattr(fh)).fileid == seen["fileid"]
+        res = await nfs.read(fh, BIG - 100, 4096)
+        assert bytes(res.data) == big[-100:] and res.eof
+        await nfs.write(fh, b"CHANGED", 10)
+        assert (await nfs.getattr(fh)).fileid == seen["fileid"]
+        docs = await nfs.lookup(root, b"docs")
+        note = await nfs.lookup(docs, b"note.txt")
+        res = await nfs.call(NFSPROC3.READ, READ3args(note, 0, 100))
+        assert res.tag != 0  # never read before, and no source now: an error, not garbage
+        await nfs.ok(
+            NFSPROC3.RENAME,
+            RENAME3args(diropargs3(docs, b"note.txt"), diropargs3(root, b"moved.txt")),
+        )
+        assert b"moved.txt" in await nfs.names(root)
+        assert await nfs.names(docs) == set()
+        await nfs.remove(root, b"moved.txt")
+        assert b"moved.txt" not in await nfs.names(root)
+
+    try:
+        run_on(server.nfs_port, second)
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log(), server.log()
+    on_disk = (ours_area / "big.bin").read_bytes()
+    assert on_disk == big[:10] + b"CHANGED" + big[17:]
+    assert not (ours_area / "docs" / "note.txt").exists()
+    report = realize(ours, "fsck")  # exits 0: nothing damaged
+    assert "every Unreal file has its manifest" in report

@@ -1,0 +1,240 @@
+"""The benchmark's outputs: results.json (raw), results.md (tables) and results.png (chart).
+
+Each figure is summarised over the rounds by its median, minimum and maximum per server; the
+ratio is Realize's median over ganesha's. A row's ceiling is the machine's limit for its kind
+of client: loopback TCP between two Python processes for bandwidth, the RPC NULL rate with
+the same client shape (processes x outstanding calls; the better of the two servers) for
+call rates.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SERVERS = ("realize", "ganesha")
+
+
+@dataclass
+class Row:
+    key: str
+    label: str
+    unit: str
+    target: float | None
+    higher_is_better: bool
+    stats: dict[str, tuple[float, float, float] | None]  # server -> (median, min, max)
+    ratio: float | None
+    met: bool | None
+    ceiling: float | None
+
+    def percent_of_ceiling(self, server: str) -> float | None:
+        s = self.stats.get(server)
+        if s is None or not self.ceiling:
+            return None
+        return 100.0 * s[0] / self.ceiling
+
+    def target_text(self) -> str:
+        if self.target is None:
+            return "—"
+        if not self.higher_is_better:
+            return f"realize ≤ {self.target:g} {self.unit}"
+        return f"≥ {self.target:g}"
+
+
+def _stats(values: list[float] | None) -> tuple[float, float, float] | None:
+    if not values:
+        return None
+    return statistics.median(values), min(values), max(values)
+
+
+def ceiling_values(results: dict[str, Any]) -> dict[str, float]:
+    """Each ceiling's value: the machine's, or the better server's median."""
+    out = {}
+    for c in results["ceilings"]:
+        per_server = results["values"].get(c["key"], {})
+        medians = [statistics.median(v) for v in per_server.values() if v]
+        if medians:
+            out[c["key"]] = max(medians)
+    return out
+
+
+def rows(results: dict[str, Any]) -> list[Row]:
+    ceilings = ceiling_values(results)
+    out = []
+    for m in results["metrics"]:
+        values = results["values"].get(m["key"], {})
+        stats = {s: _stats(values.get(s)) for s in SERVERS}
+        r, g = stats["realize"], stats["ganesha"]
+        ratio = r[0] / g[0] if r and g and g[0] else None
+        met: bool | None = None
+        if m["target"] is not None:
+            if not m["higher_is_better"]:
+                met = r is not None and r[0] <= m["target"]
+            else:
+                met = ratio is not None and ratio >= m["target"]
+        out.append(
+            Row(
+                m["key"], m["label"], m["unit"], m["target"], m["higher_is_better"], stats,
+                ratio, met, ceilings.get(m["ceiling"]) if m["ceiling"] else None,
+            )
+        )  # fmt: skip
+    return out
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _range(s: tuple[float, float, float] | None) -> str:
+    return "—" if s is None else f"{fmt(s[1])}-{fmt(s[2])}"
+
+
+def markdown(results: dict[str, Any], command: str) -> str:
+    settings, machine = results["settings"], results["machine"]
+    table = rows(results)
+    lines = [
+        "# Realize vs nfs-ganesha on loopback",
+        "",
+        f"`{command}` — {machine['date']}, {machine['cores']} cores ({machine['cpu']}), "
+        f"Linux {machine['kernel']}, Python {machine['python']}, nfs-ganesha "
+        f"{machine['nfs-ganesha']} (FSAL VFS), libnfs-utils {machine['libnfs-utils']}, "
+        f"commit {machine['commit']}. {settings['rounds']} round(s), servers alternating; "
+        f"run took {results['seconds'] / 60:.1f} min.",
+        "",
+        f"Data: a {settings['file_size'] / (1 << 20):g} MiB random file, a directory of "
+        f"{settings['dir_entries']:,} empty files, {settings['small_files']:,} small files of "
+        f"{settings['small_file_size']:,} bytes ({settings['small_file_workers']} in flight). "
+        f"Rates are measured for {settings['rate_seconds']:g} s each. MB = 10^6 bytes. "
+        '"Own client" is the package\'s `nfsd.rpc.client` in separate processes, the same for '
+        'both servers. Ratio = realize median / ganesha median. "% of ceiling" compares '
+        "each median with the machine's limit for that kind of client (table below).",
+        "",
+        "Measurements start once both servers are idle (3 s in a row) after their start "
+        "(busy for "
+        + ", ".join(f"{k} {v:g} s" for k, v in results.get("startup_busy_seconds", {}).items())
+        + "), and each one waits until both are idle again (under 8% of a core for "
+        f"{settings.get('quiet', 0.5):g} s), so "
+        "background work a workload leaves behind is not charged to the next "
+        f"({results.get('idle_wait_seconds', 0):g} s of such waits in all).",
+        "",
+        "| workload | unit | realize median | realize min-max | ganesha median "
+        "| ganesha min-max | ratio | target | met? | ceiling | % of ceiling (realize / ganesha) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |",
+    ]
+    for row in table:
+        r, g = row.stats["realize"], row.stats["ganesha"]
+        met = "—" if row.met is None else ("yes" if row.met else "**no**")
+        pr, pg = row.percent_of_ceiling("realize"), row.percent_of_ceiling("ganesha")
+        percent = "—" if pr is None and pg is None else f"{fmt(pr)}% / {fmt(pg)}%"
+        lines.append(
+            f"| {row.label} | {row.unit} | {fmt(r[0] if r else None)} | {_range(r)} "
+            f"| {fmt(g[0] if g else None)} | {_range(g)} | {fmt(row.ratio)} "
+            f"| {row.target_text()} | {met} | {fmt(row.ceiling)} | {percent} |"
+        )
+    lines += [
+        "",
+        "Ceilings of this machine, measured in the same run:",
+        "",
+        "| ceiling | unit | against realize | against ganesha | machine |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for c in results["ceilings"]:
+        values = results["values"].get(c["key"], {})
+        cells = []
+        for who in (*SERVERS, "machine"):
+            s = _stats(values.get(who))
+            cells.append("—" if s is None else f"{fmt(s[0])} ({_range(s)})")
+        lines.append(f"| {c['label']} | {c['unit']} | {' | '.join(cells)} |")
+    if results["errors"]:
+        lines += ["", "Errors:", ""] + [f"- {e.splitlines()[0]}" for e in results["errors"]]
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    table = rows(results)
+    n = len(table)
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(14, 0.38 * n + 1.8), sharey=True, gridspec_kw={"width_ratios": [3, 2]}
+    )
+    ys = list(range(n))[::-1]
+    colors = {True: "#2e8b57", False: "#c0392b", None: "#7f8c8d"}
+    for y, row in zip(ys, table, strict=True):
+        ratio = row.ratio if row.ratio else 0.0
+        left.barh(y, max(ratio, 1e-3), color=colors[row.met], height=0.7)
+        if row.target is not None and row.higher_is_better:
+            left.plot([row.target, row.target], [y - 0.45, y + 0.45], color="black", lw=2)
+        note = fmt(row.ratio)
+        r = row.stats["realize"]
+        if not row.higher_is_better and r is not None:
+            note += f"  (realize {fmt(r[0])} {row.unit}; target <= {row.target:g})"
+        left.text(max(ratio, 1e-3) * 1.12, y, note, va="center", fontsize=8)
+    left.axvline(1.0, color="#34495e", lw=0.8, ls="--")
+    left.set_xscale("log")
+    left.set_xlim(0.01, 30)
+    left.set_yticks(ys, [f"{r.label} ({r.unit})" for r in table], fontsize=8)
+    left.set_xlabel("realize / ganesha (median; black tick = target; log scale)")
+    left.set_title("Ratio (green: target met, red: missed, grey: no target)", fontsize=10)
+
+    height = 0.38
+    highest = 100.0
+    handles = []
+    for offset, server, color in ((height / 2, "realize", "#2980b9"),
+                                  (-height / 2, "ganesha", "#e67e22")):  # fmt: skip
+        for y, row in zip(ys, table, strict=True):
+            p = row.percent_of_ceiling(server)
+            if p is not None:
+                right.barh(y + offset, p, height=height, color=color)
+                highest = max(highest, p)
+        handles.append(Patch(color=color, label=server))
+    right.axvline(100.0, color="#34495e", lw=0.8, ls="--")
+    right.set_xlabel("% of this machine's ceiling for that kind of client (table)")
+    right.set_title("Distance to the limit", fontsize=10)
+    right.legend(handles=handles, loc="lower right", fontsize=8)
+    right.set_xlim(0, highest * 1.05)
+    machine = results["machine"]
+    fig.suptitle(
+        f"Realize vs nfs-ganesha, NFSv3 over loopback — {machine['date']}, "
+        f"{machine['cores']} cores, {results['settings']['rounds']} round(s)",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: dict[str, Any], out: Path, command: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "results.md").write_text(markdown(results, command))
+    chart(results, out / "results.png")
+
+
+README_START = "<!-- bench:start -->"
+README_END = "<!-- bench:end -->"
+
+
+def update_readme(readme: Path, results_md: str, image: str) -> bool:
+    """Replace what lies between the bench markers with the latest table and chart."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    body = results_md.split("\n", 2)[2].strip()  # without the title
+    section = f"{README_START}\n{body}\n\n![benchmark chart]({image})\n{README_END}"
+    readme.write_text(text[:start] + section + text[end + len(README_END) :])
+    return True

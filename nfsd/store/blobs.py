@@ -349,14 +349,15 @@ class BlobStore:
     # -- limits and usage ---------------------------------------------------------------
 
     def set_limits(self, limits: CacheLimits) -> int:
-        """Apply new limits; evicts at once what the new caps exclude (returns bytes evicted,
-        raises CacheFull when pinned data alone exceeds them)."""
+        """Apply new limits and `trim` to them at once; returns the bytes evicted."""
         with self._lock:
             self.limits = limits
             return self.trim()
 
     def trim(self) -> int:
-        """Evict until the caps and the free-space reserve hold; returns bytes evicted."""
+        """Evict until the caps and the free-space reserve hold, or everything evictable is
+        gone (pinned data may keep the cache above its limits: new chunks then get CacheFull);
+        returns the bytes evicted."""
         with self._lock:
             txn = _Txn(self)
             before = self._usage_total()
@@ -1167,7 +1168,9 @@ class BlobStore:
 
     def _make_room(self, txn: _Txn, area: str | None, length: int) -> None:
         """Evict (into `txn`) until `length` more bytes charged to `area` fit the caps and
-        the free-space reserve; CacheFull when they cannot."""
+        the free-space reserve; CacheFull when they cannot. `area` None (trimming): every
+        area to its cap, and as much as can be evicted, without CacheFull."""
+        best_effort = area is None
         limits = self.limits
         uncapped = limits.max_bytes is None and limits.max_percent is None and not limits.areas
         if uncapped and not limits.watches_disk:
@@ -1181,10 +1184,12 @@ class BlobStore:
             for name in list(limits.areas):
                 cap = limits.area_cap(name, disk.total)
                 if cap is not None:
-                    self._evict(txn, txn.cached(name) + length - cap, [name], f"area {name!r}")
+                    need = txn.cached(name) + length - cap
+                    self._evict(txn, need, [name], f"area {name!r}", best_effort)
         cap = limits.cap(disk.total)
         if cap is not None:
-            self._evict(txn, txn.cached() + length - cap, None, "cache size limit")
+            need = txn.cached() + length - cap
+            self._evict(txn, need, None, "cache size limit", best_effort)
         if limits.watches_disk:
             reserve = limits.reserve(disk.total)
             if disk.free - length < reserve // 2 and limits.disk is None:
@@ -1194,7 +1199,7 @@ class BlobStore:
             # (A `limits.disk` function reports its own free space, garbage included.)
             garbage = 0 if limits.disk else max(0, self._blob_file_bytes() - txn.cached())
             short = reserve + length - disk.free - garbage
-            self._evict(txn, short, None, "free space reserve")
+            self._evict(txn, short, None, "free space reserve", best_effort)
 
     def _blob_file_bytes(self) -> int:
         try:
@@ -1206,9 +1211,17 @@ class BlobStore:
         if time.monotonic() - self._last_reclaim > 10:
             self.reclaim()
 
-    def _evict(self, txn: _Txn, need: int, areas: list[str] | None, why: str) -> None:
+    def _evict(
+        self,
+        txn: _Txn,
+        need: int,
+        areas: list[str] | None,
+        why: str,
+        best_effort: bool = False,
+    ) -> None:
         """Evict least-recently-used unpinned chunks (of `areas`, or of all) until `need`
-        bytes are freed; CacheFull, with nothing evicted, when that is impossible."""
+        bytes are freed; CacheFull, with nothing evicted, when that is impossible (with
+        `best_effort`: evict what can be)."""
         if need <= 0:
             return
         horizon = self._horizon()
@@ -1249,7 +1262,7 @@ class BlobStore:
             it.next()
             if it.valid():
                 heapq.heappush(heap, (lru_parse(it.key())[1], i, it.key()))
-        if freed < need:
+        if freed < need and not best_effort:
             raise CacheFull(
                 f"cache full ({why}): {need} bytes needed, {freed} evictable"
                 + (" (chunks of running ingests are kept)" if horizon < 1 << 64 else "")

@@ -26,6 +26,7 @@ log = logging.getLogger("realize.journal")
 
 HASH_BLOCK = 1 << 20
 DEFAULT_REST = 3.0
+_INLINE_HASH = 64 * 1024
 
 
 def kind_of(st: os.stat_result) -> Kind:
@@ -173,7 +174,11 @@ class Journal:
                 continue
             full = join(self.roots[area], path) if path else self.roots[area]
             try:
-                blob, st = await trio.to_thread.run_sync(hash_file, full)
+                small = os.lstat(full).st_size <= _INLINE_HASH
+                if small:  # a thread hand-off costs more than hashing a small file
+                    blob, st = hash_file(full)
+                else:
+                    blob, st = await trio.to_thread.run_sync(hash_file, full)
             except OSError:
                 self.dirty.pop((area, path), None)  # gone or not a file: its removal reports
                 continue

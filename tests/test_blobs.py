@@ -382,13 +382,13 @@ def test_cache_full_when_everything_is_pinned(store: Store) -> None:
     data = content("unreal", 3 * CS)
     blob_id = blake3(data).digest()
     blobs.begin_blob(blob_id, len(data), chunk_hashes(data), chunk_size=CS, pin="keep")
-    blobs.put_chunk(blob_id, 0, data[:CS]) if blobs.usage().cached < 3 * CS else None
+    assert blobs.put_chunk(blob_id, 0, data[:CS])  # the third and last chunk that fits
     with pytest.raises(CacheFull):
-        for index in range(3):
-            blobs.put_chunk(blob_id, index, data[index * CS : (index + 1) * CS])
-    assert blobs.usage().cached <= 3 * CS
+        blobs.put_chunk(blob_id, 1, data[CS : 2 * CS])
+    assert blobs.missing(blob_id) == [1, 2]
+    assert blobs.usage().cached == blobs.usage().pinned == 3 * CS
     assert blobs.has_all(a)
-    assert blobs.usage().pinned >= before.pinned
+    assert before.pinned == 2 * CS
     assert blobs.fsck().ok
 
 
@@ -414,7 +414,7 @@ def test_percent_cap_and_free_space_reserve(store: Store) -> None:
     holder: list[BlobStore] = []
 
     def disk() -> DiskSpace:  # a small disk whose only other tenant takes 40 chunks
-        used = holder[0].usage.__self__._usage_total() if holder else 0
+        used = holder[0]._usage_total() if holder else 0
         return DiskSpace(total, total - 40 * CS - used)
 
     blobs = blobs_of(store, CacheLimits(max_percent=50, min_free_bytes=16 * CS, disk=disk))
@@ -426,6 +426,17 @@ def test_percent_cap_and_free_space_reserve(store: Store) -> None:
     blobs.set_limits(CacheLimits(max_percent=5, disk=disk))  # 3.2 chunks
     assert blobs.usage().cached == 3 * CS
     assert blobs.usage().limit == int(total * 5 / 100)
+
+
+def test_free_space_reserve_on_the_real_disk(store: Store) -> None:
+    blobs = blobs_of(store, CacheLimits(min_free_bytes=1 << 20))
+    a = blobs.ingest([content("fits", 2 * CS)])
+    assert blobs.set_limits(CacheLimits(min_free_percent=100)) == 2 * CS  # all evictable
+    assert not blobs.has_all(a)
+    with pytest.raises(CacheFull, match="free space"):
+        blobs.ingest([content("does not fit", CS)])
+    usage = blobs.usage()
+    assert usage.reserve == usage.disk_total and usage.cached == 0
 
 
 def test_trim_applies_lowered_limits(store: Store) -> None:

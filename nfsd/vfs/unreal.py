@@ -80,7 +80,8 @@ class UnrealLayer:
                 if data is None:
                     continue
                 try:
-                    self.blobs.put_chunk(blob, index, data)
+                    # In a thread: completing a blob re-hashes all of it against its id.
+                    await trio.to_thread.run_sync(self.blobs.put_chunk, blob, index, data)
                     return
                 except ChunkHashMismatch:
                     log.warning(

@@ -252,9 +252,29 @@ def run_foreground(config: ServerConfig, announce: bool = True) -> int:
 
     try:
         trio.run(main)
-    except OSError as e:
-        raise UsageError(f"cannot serve: {e.strerror or e} ({config.bind}:{config.port})") from e
+    except BaseException as e:
+        # trio reports a task's error inside an exception group: find what the user caused.
+        error = find_exception(e, OSError)
+        if error is not None:
+            raise UsageError(
+                f"cannot serve: {error.strerror or error} ({config.bind}:{config.port})"
+            ) from None
+        if find_exception(e, KeyboardInterrupt) is not None:
+            return 130
+        raise
     return 0
+
+
+def find_exception(error: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """`error` itself if it is a `kind`, else the first `kind` inside its exception groups."""
+    if isinstance(error, kind):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = find_exception(inner, kind)
+            if found is not None:
+                return found
+    return None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

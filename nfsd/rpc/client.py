@@ -138,16 +138,24 @@ async def open_client(
     stream = await trio.open_tcp_stream(host, port)
     stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
     client = RpcClient(stream, cred)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(client._read_replies)
-        try:
-            yield client
-        finally:
-            nursery.cancel_scope.cancel()
-            # Shielded: in the cancelled scope a bare await would raise Cancelled, which the
-            # nursery then absorbs, and an exception from the caller's block would be lost.
-            with trio.CancelScope(shield=True):
-                await client.aclose()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client._read_replies)
+            try:
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()
+                # Shielded: in the cancelled scope a bare await would raise Cancelled, which
+                # the nursery then absorbs, and an exception from the caller's block would be
+                # lost.
+                with trio.CancelScope(shield=True):
+                    await client.aclose()
+    except BaseExceptionGroup as group:
+        # The caller's own exception, not wrapped by the reader's nursery (trio groups every
+        # error of a nursery): `async with open_client(...)` behaves like a plain block.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 async def udp_call(

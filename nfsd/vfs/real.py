@@ -233,19 +233,10 @@ class RealTree(Tree):
         return node
 
     def _path(self, fid: int) -> bytes:
-        parts: list[bytes] = []
-        node = self._node(fid)
-        while node.parent:
-            parts.append(node.name)
-            if len(parts) > 4096:
-                raise FsError(nfsstat3.NFS3ERR_STALE, "cycle")
-            node = self._node(node.parent)
-        root = self.areas[node.area].path
-        if not parts:
-            return root
-        parts.append(root)
-        parts.reverse()
-        return b"/".join(parts)
+        """The absolute path of `fid`'s primary name."""
+        area, relative = self.area_path(fid)
+        root = self.areas[area].path
+        return root + b"/" + relative if relative else root
 
     def area_path(self, fid: int) -> tuple[int, bytes]:
         """(area, path relative to the area root) of `fid`'s primary name."""

@@ -61,8 +61,12 @@ def test_unreal_files_listed_read_cached_and_realized(tmp_path):
     assert "2 files" in realize(ours, "import", "area", str(source))
     assert not (ours_area / "big.bin").exists()  # listed, not copied
 
-    server = start_server({"area": ours_area}, ours, sources=[source],
-                          extra=["--cache-max", "1G", "--cache-free", "1%"])
+    server = start_server(
+        {"area": ours_area},
+        ours,
+        sources=[source],
+        extra=["--cache-max", "1G", "--cache-free", "1%"],
+    )
     seen: dict[str, object] = {}
 
     async def first(nfs: Nfs) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tests.conftest import Nfs, run_on
 from tests.support.server import REPO, start_server
-from xdr.nfs3 import NFSPROC3, READ3args, READLINK3args, RENAME3args, diropargs3, ftype3
+from xdr.nfs3 import NFSPROC3, LINK3args, READ3args, READLINK3args, RENAME3args, diropargs3, ftype3
 
 BIG = 3 * 1024 * 1024 + 12345  # several chunks and a partial last one
 
@@ -110,6 +110,7 @@ def test_unreal_files_listed_read_cached_and_realized(tmp_path):
         assert (await nfs.getattr(fh)).fileid == seen["fileid"]
         res = await nfs.read(fh, BIG - 100, 4096)
         assert bytes(res.data) == big[-100:] and res.eof
+        await nfs.ok(NFSPROC3.LINK, LINK3args(fh, diropargs3(root, b"big-link.bin")))
         await nfs.write(fh, b"CHANGED", 10)
         assert (await nfs.getattr(fh)).fileid == seen["fileid"]
         docs = await nfs.lookup(root, b"docs")
@@ -132,6 +133,7 @@ def test_unreal_files_listed_read_cached_and_realized(tmp_path):
     assert "Traceback" not in server.log(), server.log()
     on_disk = (ours_area / "big.bin").read_bytes()
     assert on_disk == big[:10] + b"CHANGED" + big[17:]
+    assert (ours_area / "big-link.bin").read_bytes() == on_disk  # one file, two names
     assert not (ours_area / "docs" / "note.txt").exists()
     report = realize(ours, "fsck")  # exits 0: nothing damaged
     assert "every Unreal file has its manifest" in report

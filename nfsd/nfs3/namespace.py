@@ -235,6 +235,7 @@ async def link(s: Nfs3State, ctx: CallContext, args: LINK3args) -> Arm:
         d = _DirChange.open(s, ctx, args.link, failed)
         if d.target.export.id != target.export.id:
             raise FsError(nfsstat3.NFS3ERR_XDEV)
+        await s.tree.prepare_change(fid)  # a second name needs the content here
         s.tree.link(fid, d.fid, args.link.name)
         return Arm(OK, LINK3resok(s.post_op(fid), d.wcc()))
     except FsError as e:

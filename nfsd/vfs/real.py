@@ -280,7 +280,9 @@ class RealTree(Tree):
     def _resolve(self, fid: int) -> tuple[bytes, os.stat_result]:
         """The path of `fid` and its lstat, checked to be the very inode recorded."""
         if self._unreal_entry(fid) is not None:
-            raise FsError(nfsstat3.NFS3ERR_JUKEBOX, "not here yet")  # callers realize first
+            # Callers realize an Unreal file first (prepare_change); reaching here is a bug,
+            # which must not make a client retry forever as JUKEBOX would.
+            raise FsError(nfsstat3.NFS3ERR_NOTSUPP, "not on this machine yet")
         node = self._node(fid)
         path = self._path(fid)
         try:

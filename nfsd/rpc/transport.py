@@ -1,12 +1,14 @@
 """trio transports for ONC RPC: TCP with record marking, and UDP datagrams.
 
-One task per TCP connection reads records and hands each call to its own task, so slow calls
-do not hold up fast ones and replies go out in completion order. Limits keep memory bounded
-whatever a client sends: a record size bound, calls in flight per connection and in total, a
-bound on the bytes of replies waiting for a client that does not read them, a connection cap,
-and timeouts for records that trickle in and connections that never call. Quick calls answered
-inline yield to other connections every few milliseconds, so one client's burst does not stall
-the others.
+One task per TCP connection reads records. Calls that never wait are answered there at once
+and their replies sent together; calls that may wait (READ, WRITE, COMMIT) get a task of their
+own, so slow calls do not hold up fast ones and replies go out in completion order.
+
+Limits keep memory bounded whatever a client sends: a record size bound, calls in flight per
+connection and in total, a bound on the bytes of replies waiting for a client that does not
+read them, a connection cap, and timeouts for records that trickle in and connections that
+never call. Quick calls answered inline yield to other connections every few milliseconds, so
+one client's burst does not stall the others.
 """
 
 from __future__ import annotations

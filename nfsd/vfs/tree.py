@@ -102,7 +102,7 @@ class Tree(abc.ABC):
 
     async def prepare_change(self, fid: int) -> None:  # noqa: B027 (a no-op by default)
         """Make `fid` changeable (an Unreal file is realized first); called before WRITE,
-        SETATTR and COMMIT."""
+        SETATTR and LINK."""
 
     @abc.abstractmethod
     def create(

@@ -1,4 +1,5 @@
-"""The control command `realize`: serve, init, area add, start, stop, status, mount-cmd.
+"""The control command `realize`: serve, init, area add, start, stop, status, mount-cmd,
+source add, import, mark, ls, history, fsck.
 
 State lives in a state directory: `config.json` (areas and export options), `db/` (RocksDB),
 and while a server runs `server.json` (pid and ports), `server.pid` and `server.log`.
@@ -17,15 +18,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import trio
 
+from nfsd import cli_control
+from nfsd.cli_control import ControlError, human
 from nfsd.exports import NOBODY, ExportOptions
 from nfsd.server import Server, ServerConfig, mount_commands
 from nfsd.store.db import Store
 from nfsd.store.history import History
 from nfsd.store.limits import CacheLimits
 from nfsd.vfs.journal import DEFAULT_REST
+from xdr.control import CONTROLPROC, ctlstat, importargs
 
 ENV_STATE_DIR = "REALIZE_STATE_DIR"
 
@@ -157,16 +162,6 @@ def parse_size(text: str, option: str) -> tuple[int | None, float | None]:
         return int(number * _UNITS[unit]), None
     except (ValueError, IndexError):
         raise UsageError(f"{option}: {text!r} is not a size like 10G, 500M or 20%") from None
-
-
-def human(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def merged_options(saved: dict, args: argparse.Namespace) -> dict:
@@ -526,7 +521,9 @@ def cmd_source_add(args: argparse.Namespace) -> int:
         "files here"
     )
     if _running(state_dir):
-        print("realize: restart the server (realize stop; realize start) to read from it")
+        res = cli_control.call(state_dir, CONTROLPROC.SOURCE, os.fsencode(source))
+        if res.status != ctlstat.OK:
+            raise UsageError(f"the running server cannot read it: {res.message.decode()}")
     return 0
 
 
@@ -540,11 +537,17 @@ def cmd_import(args: argparse.Namespace) -> int:
     config = load_config(state_dir)
     if args.area not in config["areas"]:
         raise UsageError(f"no area named {args.area} here: add it with 'realize area add'")
-    if _running(state_dir):
-        raise UsageError("stop the server first (realize stop): import writes to its database")
     source_dir = Path(args.source).expanduser().resolve()
     if not _is_state_dir(source_dir):
         raise UsageError(f"{args.source} is not a Realize state directory")
+    if _running(state_dir):
+        res = cli_control.call(
+            state_dir, CONTROLPROC.IMPORT, importargs(args.area.encode(), os.fsencode(source_dir))
+        )
+        if res.status != ctlstat.OK:
+            raise UsageError(res.message.decode(errors="replace"))
+        _imported(args.area, res, source_dir, config)
+        return 0
     try:
         source = StateDirSource(source_dir)
     except Exception as e:  # rocksdict reports open failures as plain Exception
@@ -561,57 +564,52 @@ def cmd_import(args: argparse.Namespace) -> int:
     finally:
         source.close()
         store.close()
+    _imported(args.area, report, source_dir, config)
+    return 0
+
+
+def _imported(area: str, report: Any, source_dir: Path, config: dict) -> None:
     print(
-        f"realize: {report.files} files ({report.bytes} bytes), {report.directories} "
-        f"directories, {report.symlinks} symlinks now listed in {args.area}; "
+        f"realize: {report.files} files ({human(report.bytes)}), {report.directories} "
+        f"directories, {report.symlinks} symlinks now listed in {area}; "
         f"{report.skipped} skipped"
     )
     if str(source_dir) not in config.get("sources", []):
         print(f"realize: attach it to read their content: realize source add {source_dir}")
-    return 0
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
     """Check the blob cache (manifests, chunks re-hashed) and the index's Unreal entries."""
     from nfsd.store.blobs import BlobStore
-    from nfsd.store.index import AreaIndex, Kind, Layer
+    from nfsd.store.check import check_store
 
     state_dir = Path(args.state_dir).resolve()
-    if _running(state_dir):
-        raise UsageError("stop the server first (realize stop): fsck needs the database alone")
     if not _is_state_dir(state_dir):
         raise UsageError(f"no server state in {state_dir}")
-    store = Store(state_dir / "db")
-    try:
-        blobs = BlobStore(store)
-        report = blobs.fsck(repair=args.repair)
-        for line in report.lines():
-            print(line)
-        index = AreaIndex(store)
-        meta = store.family("meta")
-        orphans = 0
-        for key, value in meta.items(from_key=b"area:"):
-            if not key.startswith(b"area:"):
-                break
-            area = int.from_bytes(value[:4], "big")
-            for path, entry in index.walk(area):
-                if (
-                    entry.layer == Layer.UNREAL
-                    and entry.kind == Kind.FILE
-                    and (blobs.manifest(entry.blob) is None)
-                ):
-                    orphans += 1
-                    print(
-                        f"  unreal file without a manifest: {key[5:].decode()}/{os.fsdecode(path)}"
-                    )
-        print(
-            f"index: {orphans} Unreal files whose content is unknown"
-            if orphans
-            else "index: every Unreal file has its manifest"
-        )
-    finally:
-        store.close()
-    return 0 if report.ok and not orphans else 1
+    if _running(state_dir):
+        res = cli_control.call(state_dir, CONTROLPROC.FSCK, args.repair)
+        lines, ok = [line.decode(errors="replace") for line in res.lines], res.ok
+    else:
+        store = Store(state_dir / "db")
+        try:
+            lines, ok = check_store(store, BlobStore(store), args.repair)
+        finally:
+            store.close()
+    for line in lines:
+        print(line)
+    return 0 if ok else 1
+
+
+def cmd_mark(args: argparse.Namespace) -> int:
+    """Say what paths should be; the running server applies it, with a progress bar."""
+    state_dir = Path(args.state_dir).resolve()
+    return cli_control.cmd_mark(args, load_config(state_dir), state_dir)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """Each entry's layer, mark and how much of it is cached."""
+    state_dir = Path(args.state_dir).resolve()
+    return cli_control.cmd_ls(args, load_config(state_dir), state_dir)
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -696,6 +694,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("area")
     p.add_argument("source", help="the source's state directory")
     p.set_defaults(func=cmd_import)
+    p = sub.add_parser(
+        "mark",
+        help="say what paths should be: real (local files), keep (cached, never evicted), "
+        "unreal (cached, evictable), inherit (as their parent)",
+    )
+    p.add_argument("mark", choices=sorted(cli_control.MARKS))
+    p.add_argument("paths", nargs="+", metavar="PATH", help="AREA/path, or a path in an area")
+    p.add_argument("--no-wait", action="store_true", help="return once the job is queued")
+    p.set_defaults(func=cmd_mark)
+    p = sub.add_parser("ls", help="show each entry's layer, mark and how much is cached")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="AREA/path (default: every area)")
+    p.set_defaults(func=cmd_ls)
     p = sub.add_parser("fsck", help="check the store and repair what can be repaired")
     p.add_argument("--repair", action="store_true", help="drop damaged chunks (refetched later)")
     p.set_defaults(func=cmd_fsck)
@@ -721,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except UsageError as e:
+    except (UsageError, ControlError) as e:
         print(f"realize: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -21,6 +21,7 @@ from pathlib import Path
 import trio
 
 from nfsd import sysrpcbind
+from nfsd.control import ControlService, open_control_listener
 from nfsd.exports import ROOT_EXPORT_ID, Export, ExportOptions, Exports
 from nfsd.mount import MountService
 from nfsd.nfs3.common import Nfs3State
@@ -37,6 +38,7 @@ from nfsd.vfs.handles import HandleCodec
 from nfsd.vfs.journal import DEFAULT_REST
 from nfsd.vfs.real import RealTree
 from nfsd.vfs.unreal import UnrealLayer
+from xdr.control import CONTROL_SOCKET
 from xdr.mount import MOUNT_PROGRAM, MOUNT_V1, MOUNT_V3
 from xdr.nfs3 import NFS_PROGRAM, NFS_V3
 from xdr.portmap import PMAP_PORT, PMAP_PROG
@@ -135,6 +137,7 @@ class Server:
             except Exception as e:  # rocksdict reports open failures as plain Exception
                 log.warning("source %s is not usable now: %s", path, e)
         self.tree.unreal = UnrealLayer(self.blobs, sources)
+        self.control = ControlService(self.tree, self.blobs)
         exports = Exports()
         exports.add(Export(ROOT_EXPORT_ID, "/", None, self.config.options))
         for area in self.tree.areas.values():
@@ -180,6 +183,11 @@ class Server:
                     registered = await self._register_with_system_rpcbind(nfs_port, mount_port)
                 running = Running(
                     nfs_port, mount_port, portmap_port, [e.path for e in self.exports]
+                )
+                control = await open_control_listener(self.state_dir)
+                self.control.nursery = nursery
+                await nursery.start(
+                    RpcServer(Dispatcher([self.control.program()])).serve_tcp, control
                 )
                 self._write_runtime(running)
                 nursery.start_soon(self._status_loop, running)
@@ -301,6 +309,7 @@ class Server:
             self.store.close()
             self.store = None
         (self.state_dir / "server.json").unlink(missing_ok=True)
+        (self.state_dir / CONTROL_SOCKET).unlink(missing_ok=True)
 
 
 def mount_commands(

@@ -137,7 +137,21 @@ async def open_client(
 ) -> AsyncIterator[RpcClient]:
     stream = await trio.open_tcp_stream(host, port)
     stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-    client = RpcClient(stream, cred)
+    async with _running(RpcClient(stream, cred)) as client:
+        yield client
+
+
+@asynccontextmanager
+async def open_unix_client(path: str, cred: Credential | None = None) -> AsyncIterator[RpcClient]:
+    """A client on a Unix socket (the control channel)."""
+    stream = await trio.open_unix_socket(path)
+    async with _running(RpcClient(stream, cred)) as client:
+        yield client
+
+
+@asynccontextmanager
+async def _running(client: RpcClient) -> AsyncIterator[RpcClient]:
+    """The client with its reply reader running, closed on the way out."""
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._read_replies)

@@ -106,9 +106,11 @@ class RpcServer:
                 nursery.start_soon(self._connection, stream)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
+        unix = stream.socket.family == socket.AF_UNIX
         try:
-            peer = stream.socket.getpeername()[:2]
-            local = stream.socket.getsockname()[0]
+            # A Unix socket's peer has no address: the control channel's caller is local.
+            peer = ("local", 0) if unix else stream.socket.getpeername()[:2]
+            local = "local" if unix else stream.socket.getsockname()[0]
         except OSError:
             await stream.aclose()
             return
@@ -118,7 +120,8 @@ class RpcServer:
             return
         self.connections += 1
         try:
-            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+            if not unix:
+                stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
             # Room for a whole 1 MiB READ reply, so it leaves in one or two sends rather than
             # eight waits for the socket to drain.
             stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)

@@ -37,6 +37,10 @@ class BlobSource(Protocol):
         """`length` bytes of the blob at `offset`, or None when this source cannot give them."""
         ...
 
+    def has(self, blob_id: bytes) -> bool:
+        """Whether this source says it holds the whole blob."""
+        ...
+
 
 def file_chunks(
     path: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -96,6 +100,9 @@ class StateDirSource:
         for path, entry in self._walk(area_id):
             location = join(root, path) if entry.layer == Layer.REAL else None
             yield SourceEntry(path, entry, location)
+
+    def has(self, blob_id: bytes) -> bool:
+        return blob_id in self._locations
 
     def read_chunk(self, blob_id: bytes, offset: int, length: int) -> bytes | None:
         location = self._locations.get(blob_id)

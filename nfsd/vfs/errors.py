@@ -46,6 +46,7 @@ class FsError(Exception):
     def __init__(self, status: nfsstat3, detail: str = "") -> None:
         super().__init__(f"{status.name} {detail}".strip())
         self.status = status
+        self.detail = detail
 
 
 def from_os_error(e: OSError) -> FsError:

@@ -59,6 +59,11 @@ class FdCache:
             if entry.closed and entry.borrowers == 0:
                 os.close(entry.fd)
 
+    def busy(self, fid: int) -> bool:
+        """Whether a call is using `fid`'s descriptor right now."""
+        entry = self._entries.get(fid)
+        return entry is not None and entry.borrowers > 0
+
     def invalidate(self, fid: int) -> None:
         entry = self._entries.pop(fid, None)
         if entry is not None:

@@ -114,6 +114,11 @@ class InodeTable:
             batch.put("inodes", _ino_key(node.area, node.dev, node.ino), _FID.pack(node.fid))
         self._nodes.pop(node.fid, None)
 
+    def forget_inode(self, batch: Batch, node: Node) -> None:
+        """The node's (dev, ino) no longer names it (its content left the disk)."""
+        if not node.unreal and self.by_inode(node.area, node.dev, node.ino) == node.fid:
+            batch.delete("inodes", _ino_key(node.area, node.dev, node.ino))
+
     def add_link(self, batch: Batch, fid: int, parent: int, name: bytes) -> None:
         batch.put("inodes", _child_key(parent, name), _FID.pack(fid))
         batch.put("inodes", _link_key(fid, parent, name), b"")
@@ -125,8 +130,7 @@ class InodeTable:
     def drop_node(self, batch: Batch, node: Node) -> None:
         """Forget a fid entirely (its last name is gone)."""
         batch.delete("inodes", b"F" + _FID.pack(node.fid))
-        if not node.unreal and self.by_inode(node.area, node.dev, node.ino) == node.fid:
-            batch.delete("inodes", _ino_key(node.area, node.dev, node.ino))
+        self.forget_inode(batch, node)
         for parent, name in self.links(node.fid):
             self.drop_link(batch, node.fid, parent, name)
         self._nodes.pop(node.fid, None)

@@ -98,6 +98,10 @@ class Journal:
         """Content changed (create, write, truncate): hash it once it rests."""
         self.dirty[(area, path)] = self.clock()
 
+    def is_dirty(self, area: int, path: bytes) -> bool:
+        """Whether the file was written and not yet hashed since."""
+        return (area, path) in self.dirty
+
     def created(self, area: int, path: bytes, st: os.stat_result) -> None:
         if self.index.get(area, path) is None:
             self._record(area, put=(path, entry_of(st)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import hashlib
+import logging
 import os
 import stat
 import struct
@@ -38,8 +39,10 @@ from nfsd.vfs.tree import (
     SetAttr,
     Tree,
 )
-from nfsd.vfs.unreal import UnrealLayer, unreal_attr
+from nfsd.vfs.unreal import TEMP_PREFIX, Progress, UnrealLayer, unreal_attr
 from xdr.nfs3 import ftype3, nfsstat3, stable_how
+
+log = logging.getLogger("realize.tree")
 
 DOT_COOKIE, DOTDOT_COOKIE = 1, 2
 _FIRST_NAME_COOKIE = 3
@@ -98,6 +101,8 @@ def check_new_name(name: bytes) -> None:
     check_name(name)
     if name in (b".", b".."):
         raise FsError(nfsstat3.NFS3ERR_EXIST, "dot name")
+    if name.startswith(TEMP_PREFIX):
+        raise FsError(nfsstat3.NFS3ERR_ACCES, "a name the server keeps for itself")
 
 
 @dataclass(slots=True)
@@ -186,6 +191,7 @@ class RealTree(Tree):
         self.journal = Journal(store, {a.id: a.path for a in self.areas.values()})
         self.unreal: UnrealLayer | None = None  # set when a blob cache is attached
         self.index_generation = 0  # bumped when Unreal entries change (listings depend on it)
+        self._realizing: dict[int, trio.Event] = {}
 
     # ---- areas ----
 
@@ -333,8 +339,11 @@ class RealTree(Tree):
         batch.commit()
         self._listings.pop(node.parent, None)
 
-    async def prepare_change(self, fid: int) -> None:
-        """Realize an Unreal file before it is written, truncated or its attributes set."""
+    async def prepare_change(self, fid: int, progress: Progress | None = None) -> None:
+        """Realize an Unreal file before it is written, truncated or its attributes set
+        (and when it is marked `real`: then `progress` hears of every chunk written)."""
+        while fid in self._realizing:  # one realization per file; later callers find it done
+            await self._realizing[fid].wait()
         entry = self._unreal_entry(fid)
         if entry is None:
             return
@@ -346,17 +355,96 @@ class RealTree(Tree):
         node = self._node(fid)
         self._materialize_dir(node.parent)
         path = self._path(fid)
+        done = self._realizing[fid] = trio.Event()
         try:
-            await self.unreal.realize(entry, path)
+            await self.unreal.realize(entry, path, progress)
             st = os.lstat(path)
         except OSError as e:
             raise from_os_error(e) from None
+        finally:
+            del self._realizing[fid]
+            done.set()
         area, rel = self.area_path(fid)
         batch = self.store.batch()
         self.inodes.put_node(batch, Node(fid, node.parent, area, st.st_dev, st.st_ino, node.name))
         real = entry_of(st, entry.blob)
         self.journal.index.put(batch, area, rel, real)
         batch.commit()
+
+    async def unrealize(self, fid: int, pin: str | None) -> int:
+        """Move a Real file's content into the blob cache (verified, pinned for `pin`) and
+        remove the file once the index holds it; the fid stays. Returns the bytes moved.
+
+        The file must rest: no write in flight, none waiting to be hashed, and no change
+        while its content is copied (BUSY otherwise, and the file stays as it was)."""
+        if self._unreal_entry(fid) is not None:
+            return 0
+        if self.unreal is None:
+            raise FsError(nfsstat3.NFS3ERR_NOTSUPP, "no blob cache attached")
+        path, st = self._resolve(fid)
+        if not stat.S_ISREG(st.st_mode):
+            raise FsError(nfsstat3.NFS3ERR_INVAL, "only files have content to move")
+        if st.st_nlink > 1:
+            raise FsError(nfsstat3.NFS3ERR_INVAL, f"the file has {st.st_nlink} names")
+        area, rel = self.area_path(fid)
+        if self.fds.busy(fid) or self.journal.is_dirty(area, rel):
+            raise FsError(nfsstat3.NFS3ERR_JUKEBOX, "being written; try again when it rests")
+        blobs = self.unreal.blobs
+        area_name = self.areas[area].name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise from_os_error(e) from None
+        try:
+            before = os.fstat(fd)
+            with open(fd, "rb", buffering=0, closefd=False) as f:
+                blob = await trio.to_thread.run_sync(
+                    lambda: blobs.ingest(f, area=area_name, pin=pin)
+                )
+        except OSError as e:
+            raise from_os_error(e) from None
+        finally:
+            os.close(fd)
+        # From here to the unlink nothing awaits, so no NFS call runs in between.
+        try:
+            after = os.lstat(path)
+        except OSError:
+            after = None
+        unchanged = after is not None and (
+            (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns)
+            == (before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns)
+        )
+        if not unchanged or self.fds.busy(fid) or self.journal.is_dirty(area, rel):
+            if pin is not None:
+                blobs.unpin(blob, pin)  # the copy stays, as evictable cache
+            raise FsError(nfsstat3.NFS3ERR_JUKEBOX, "changed while its content was moved")
+        node = self._node(fid)
+        entry = entry_of(before, blob)
+        entry.layer = Layer.UNREAL
+        batch = self.store.batch()
+        self.journal.index.put(batch, area, rel, entry)
+        self.inodes.forget_inode(batch, node)
+        self.inodes.put_node(batch, Node(fid, node.parent, area, 0, 0, node.name))
+        batch.commit()
+        self.fds.invalidate(fid)
+        # A crash here leaves both the file and an Unreal entry: the start-up scan then
+        # takes the file back as Real (the old state), and the cache copy stays as cache.
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("cannot remove %s after moving it to the cache: %s", path, e)
+        self.index_generation += 1
+        self._listings.pop(node.parent, None)
+        return before.st_size
+
+    def fid_of_path(self, area: int, rel: bytes) -> int:
+        """The fid of an area path, walked name by name as LOOKUP would."""
+        fid = self.areas[area].root_fid
+        for name in rel.split(b"/") if rel else ():
+            fid = self.lookup(fid, name)
+        return fid
 
     def _register(self, dir_fid: int, name: bytes, st: os.stat_result) -> int:
         """The fid of the entry `name` of `dir_fid`, whose lstat is `st`; recorded if new."""
@@ -527,7 +615,7 @@ class RealTree(Tree):
                 raise FsError(nfsstat3.NFS3ERR_NOENT)
             return area.root_fid
         path = self._dir(dir_fid) + b"/" + name
-        if path in self.hidden:
+        if path in self.hidden or name.startswith(TEMP_PREFIX):
             raise FsError(nfsstat3.NFS3ERR_NOENT)
         try:
             st = os.lstat(path)
@@ -587,7 +675,8 @@ class RealTree(Tree):
                     rows = [
                         (name_cookie(e.name), e.name, e.inode())
                         for e in it
-                        if not self.hidden or path + b"/" + e.name not in self.hidden
+                        if not e.name.startswith(TEMP_PREFIX)
+                        and (not self.hidden or path + b"/" + e.name not in self.hidden)
                     ]
             except OSError as e:
                 raise from_os_error(e) from None

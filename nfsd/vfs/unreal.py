@@ -11,8 +11,10 @@ renamed into place) before anything changes it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Callable
 
 import trio
 
@@ -27,6 +29,13 @@ log = logging.getLogger("realize.unreal")
 
 READ_AHEAD_CHUNKS = 4
 DEFAULT_WAIT = 3.0
+_LONG_WAIT = 3600.0  # realize and keep wait for the content however slow the source
+_FETCH_BATCH = 16
+# Realized content is written beside its final name under this prefix, then renamed; the
+# tree hides such names and the start-up scan removes ones a crash left behind.
+TEMP_PREFIX = b".realize-tmp-"
+
+Progress = Callable[[int], None]  # told how many more bytes are done
 
 _KINDS = {Kind.FILE: ftype3.NF3REG, Kind.DIR: ftype3.NF3DIR, Kind.SYMLINK: ftype3.NF3LNK}
 
@@ -63,6 +72,7 @@ class UnrealLayer:
         self.wait = wait
         self.nursery: trio.Nursery | None = None  # set by the server: fetches outlive reads
         self._fetching: dict[tuple[bytes, int], trio.Event] = {}
+        self._refused: dict[bytes, str] = {}  # why the cache last refused a blob's chunk
 
     # ---- fetching ----
 
@@ -90,6 +100,9 @@ class UnrealLayer:
             log.warning("no source has chunk %d of %s", index, blob.hex()[:16])
         except CacheFull as e:
             log.warning("cannot cache chunk %d of %s: %s", index, blob.hex()[:16], e)
+            if len(self._refused) > 1000:
+                self._refused.clear()
+            self._refused[blob] = str(e)
         finally:
             del self._fetching[key]
             done.set()
@@ -103,19 +116,45 @@ class UnrealLayer:
                 self.nursery.start_soon(self._fetch_chunk, blob, index)
         return event
 
-    async def _ensure(self, blob: bytes, indexes: list[int]) -> None:
-        """Fetch `indexes` (waiting at most `wait` seconds: then NFS3ERR_JUKEBOX)."""
+    async def _ensure(self, blob: bytes, indexes: list[int], wait: float | None = None) -> None:
+        """Fetch `indexes`, waiting at most `wait` seconds (default: the layer's; past it
+        NFS3ERR_JUKEBOX, as a client must retry rather than stall)."""
         events = [(i, self._start_fetch(blob, i)) for i in indexes]
         if self.nursery is None:  # no server around: fetch here and now
             for index, _ in events:
                 if (blob, index) in self._fetching:
                     await self._fetch_chunk(blob, index)
             return
-        with trio.move_on_after(self.wait) as waited:
+        with trio.move_on_after(self.wait if wait is None else wait) as waited:
             for _, event in events:
                 await event.wait()
         if waited.cancelled_caught:
             raise FsError(nfsstat3.NFS3ERR_JUKEBOX, "content still arriving")
+
+    def held_elsewhere(self, blob: bytes) -> bool:
+        """Whether an attached source holds the whole blob (so evicting it loses nothing)."""
+        return any(source.has(blob) for source in self.sources)
+
+    async def fetch_all(self, blob: bytes, progress: Progress | None = None) -> None:
+        """Bring every chunk of the blob into the cache (for `keep`), reporting bytes."""
+        manifest = self.blobs.manifest(blob)
+        if manifest is None:
+            raise FsError(nfsstat3.NFS3ERR_IO, "content unknown here")
+        for start in range(0, manifest.nchunks, _FETCH_BATCH):
+            batch = range(start, min(start + _FETCH_BATCH, manifest.nchunks))
+            missing = set(
+                self.blobs.missing(
+                    blob, batch.start * manifest.chunk_size, len(batch) * manifest.chunk_size
+                )
+            )
+            if missing:
+                await self._ensure(blob, sorted(missing), wait=_LONG_WAIT)
+                if self.blobs.missing(
+                    blob, batch.start * manifest.chunk_size, len(batch) * manifest.chunk_size
+                ):
+                    raise self._unavailable(blob)
+            if progress is not None:
+                progress(sum(manifest.chunk_length(i) for i in batch))
 
     def _read_ahead(self, blob: bytes, offset: int, count: int) -> None:
         manifest = self.blobs.manifest(blob)
@@ -152,38 +191,58 @@ class UnrealLayer:
 
     # ---- realizing ----
 
-    async def realize(self, entry: Entry, path: bytes) -> None:
-        """Write the entry's whole content as the Real file `path` (atomically)."""
-        missing = self.blobs.missing(entry.blob)
-        if missing:
-            saved, self.wait = self.wait, 3600.0  # a writer waits for the whole content
-            try:
-                await self._ensure(entry.blob, missing)
-            finally:
-                self.wait = saved
-            if self.blobs.missing(entry.blob):
-                raise FsError(nfsstat3.NFS3ERR_IO, "content not available")
+    async def realize(self, entry: Entry, path: bytes, progress: Progress | None = None) -> None:
+        """Write the entry's whole content as the Real file `path` (atomically: a temporary
+        file beside it, synced, then renamed). Streams chunk by chunk, fetching what is
+        missing as it goes, so a file larger than the cache realizes too."""
+        manifest = self.blobs.manifest(entry.blob)
+        if manifest is None:
+            raise FsError(nfsstat3.NFS3ERR_IO, "content unknown here")
         directory, _, name = path.rpartition(b"/")
-        temp = directory + b"/.realize-" + os.urandom(6).hex().encode() + b"-" + name[:180]
-        await trio.to_thread.run_sync(self._write_file, entry, temp)
-        try:
-            os.rename(temp, path)
-        except OSError:
-            os.unlink(temp)
-            raise
-
-    def _write_file(self, entry: Entry, temp: bytes) -> None:
+        temp = directory + b"/" + TEMP_PREFIX + os.urandom(6).hex().encode() + b"-" + name[:180]
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            for piece in self.blobs.iter_read(entry.blob):
-                view = memoryview(piece)
-                while view:
-                    view = view[os.write(fd, view) :]
+            for index in range(manifest.nchunks):
+                data = await self._chunk(entry.blob, index, manifest.nchunks)
+                await trio.to_thread.run_sync(_write_all, fd, data)
+                if progress is not None:
+                    progress(len(data))
             os.fchmod(fd, entry.mode & 0o7777)
-            os.fsync(fd)
-        except BaseException:
+            await trio.to_thread.run_sync(os.fsync, fd)
             os.close(fd)
-            os.unlink(temp)
+            fd = -1
+            os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns))
+            os.rename(temp, path)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
             raise
-        os.close(fd)
-        os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns))
+
+    async def _chunk(self, blob: bytes, index: int, nchunks: int) -> bytes:
+        """One verified chunk, fetched (with the next few) when the cache lacks it."""
+        for _ in range(3):
+            try:
+                return self.blobs.read_chunk(blob, index)
+            except MissingChunks:
+                ahead = range(index, min(index + READ_AHEAD_CHUNKS, nchunks))
+                manifest = self.blobs.manifest(blob)
+                size = manifest.chunk_size if manifest else 0
+                wanted = self.blobs.missing(blob, index * size, len(ahead) * size)
+                await self._ensure(blob, wanted or [index], wait=_LONG_WAIT)
+            except BlobError as e:
+                raise FsError(nfsstat3.NFS3ERR_IO, str(e)) from None
+        raise self._unavailable(blob)
+
+    def _unavailable(self, blob: bytes) -> FsError:
+        refused = self._refused.pop(blob, None)
+        if refused is not None:
+            return FsError(nfsstat3.NFS3ERR_NOSPC, refused)
+        return FsError(nfsstat3.NFS3ERR_IO, "content not available from any source")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -1,0 +1,225 @@
+"""The `realize` subcommands that talk to a running server over its control socket: `mark`
+(with a progress bar while the job runs) and `ls`; and the calls `import`, `fsck` and
+`source add` make when a server is running (the database is then its alone).
+
+Paths are given as "AREA/path/inside", or as a path on this machine inside an area's
+directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from nfsd.control import socket_address
+from nfsd.rpc.client import RpcError, open_unix_client
+from xdr.control import (
+    CONTROL_PROGRAM,
+    CONTROL_SOCKET,
+    CONTROL_V1,
+    CONTROLPROC,
+    PROCEDURES,
+    ctlstat,
+    jobstate,
+    layer,
+    lsargs,
+    lsentry,
+    mark,
+    markargs,
+)
+
+MARKS = {"real": mark.REAL, "keep": mark.KEEP, "unreal": mark.UNREAL, "inherit": mark.INHERIT}
+POLL = 0.2
+
+
+class ControlError(Exception):
+    """The server could not be reached or refused; printed for the user."""
+
+
+def call(state_dir: Path, proc: CONTROLPROC, args: Any = None) -> Any:
+    """One control call to the server of `state_dir`."""
+    _, args_type, res_type = PROCEDURES[proc]
+
+    async def run() -> Any:
+        with socket_address(state_dir) as address:
+            async with open_unix_client(address) as client:
+                return await client.call(
+                    CONTROL_PROGRAM, CONTROL_V1, proc, args_type, args, res_type
+                )
+
+    if not (state_dir / CONTROL_SOCKET).exists():
+        raise ControlError("no server is running: start it with 'realize start'")
+    try:
+        return trio.run(run)
+    except (OSError, ConnectionError) as e:
+        raise ControlError(f"cannot reach the server: {e}") from None
+    except RpcError as e:
+        raise ControlError(f"the server refused the call: {e}") from None
+
+
+def area_path(config: dict, text: str) -> bytes:
+    """The control path of what the user typed: "AREA/inside" as given, unless it names a
+    file or directory of this machine inside an area's directory."""
+    if os.path.lexists(text):
+        local = Path(os.path.realpath(os.path.dirname(os.path.abspath(text)) or "/"))
+        local = local / os.path.basename(os.path.abspath(text))
+        for name, directory in config["areas"].items():
+            root = Path(os.path.realpath(directory))
+            if local == root or root in local.parents:
+                inside = local.relative_to(root)
+                return os.fsencode(name if str(inside) == "." else f"{name}/{inside}")
+    return os.fsencode(text.strip("/"))
+
+
+# ---- output ----
+
+
+def human(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(n)
+
+
+class ProgressBar:
+    """One line redrawn on a terminal; on anything else a line per tenth of the way."""
+
+    def __init__(self, label: str, stream: Any = None) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.shown = -1
+
+    def update(self, files: int, files_total: int, done: int, total: int) -> None:
+        fraction = done / total if total else (files / files_total if files_total else 1.0)
+        fraction = min(fraction, 1.0)
+        text = (
+            f"{self.label} {fraction * 100:5.1f}%  {files}/{files_total} files  "
+            f"{human(done)} of {human(total)}"
+        )
+        if self.tty:
+            width = 30
+            filled = int(fraction * width)
+            bar = "#" * filled + "." * (width - filled)
+            self.stream.write(f"\r[{bar}] {text}\x1b[K")
+            self.stream.flush()
+        elif int(fraction * 10) > self.shown:
+            self.shown = int(fraction * 10)
+            print(text, file=self.stream, flush=True)
+
+    def end(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def follow(state_dir: Path, job_id: int, label: str) -> Any:
+    """Poll a job until it ends, drawing its progress; its last state."""
+    bar = ProgressBar(label)
+    try:
+        while True:
+            res = call(state_dir, CONTROLPROC.JOB, job_id)
+            if res.status != ctlstat.OK:
+                raise ControlError(res.message.decode(errors="replace"))
+            bar.update(res.files_done, res.files_total, res.bytes_done, res.bytes_total)
+            if res.state != jobstate.RUNNING:
+                return res
+            time.sleep(POLL)
+    finally:
+        bar.end()
+
+
+# ---- commands ----
+
+
+def cmd_mark(args: argparse.Namespace, config: dict, state_dir: Path) -> int:
+    wanted = MARKS[args.mark]
+    failed = False
+    for text in args.paths:
+        path = area_path(config, text)
+        res = call(state_dir, CONTROLPROC.MARK, markargs(path, wanted))
+        if res.status != ctlstat.OK:
+            print(f"realize: {res.message.decode(errors='replace')}", file=sys.stderr)
+            failed = True
+            continue
+        shown = os.fsdecode(path)
+        if args.no_wait:
+            print(f"realize: {shown} marked {args.mark}; job {res.job} applies it")
+            continue
+        end = follow(state_dir, res.job, f"{args.mark} {shown}:")
+        for error in end.errors:
+            print(f"realize: {error.decode(errors='replace')}", file=sys.stderr)
+        if end.state == jobstate.FAILED:
+            failed = True
+            print(
+                f"realize: {shown} marked {args.mark}; {len(end.errors)} of "
+                f"{end.files_total} files could not follow (see above)",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"realize: {shown} marked {args.mark}; {end.files_total} files, "
+                f"{human(end.bytes_done)} moved"
+            )
+    return 1 if failed else 0
+
+
+_LAYER = {layer.NONE: "-", layer.REAL: "real", layer.UNREAL: "unreal"}
+_KIND_SUFFIX = {2: "/", 3: "@"}
+
+
+def _mark_text(entry: lsentry, here: bytes) -> str:
+    if entry.own_mark != mark.INHERIT:
+        return entry.own_mark.name.lower()
+    if not entry.mark_from:
+        return "-"
+    return f"{entry.mark.name.lower()} (from {os.fsdecode(entry.mark_from)})"
+
+
+def _cached_text(entry: lsentry) -> str:
+    if entry.layer != layer.UNREAL or entry.kind != 1:
+        return "-"
+    percent = 100 * entry.cached / entry.size if entry.size else 100
+    return f"{percent:.0f}%" + (" pinned" if entry.pinned else "")
+
+
+def _row(entry: lsentry, name: str) -> str:
+    size = human(entry.size) if entry.kind == 1 else ""
+    return (
+        f"{_LAYER[entry.layer]:<7} {_mark_text(entry, b''):<24} {_cached_text(entry):<12} "
+        f"{size:>10}  {name}{_KIND_SUFFIX.get(int(entry.kind), '')}"
+    )
+
+
+def cmd_ls(args: argparse.Namespace, config: dict, state_dir: Path) -> int:
+    paths = [area_path(config, text) for text in args.paths] or [
+        os.fsencode(name) for name in sorted(config["areas"])
+    ]
+    print(f"{'LAYER':<7} {'MARK':<24} {'CACHED':<12} {'SIZE':>10}  NAME")
+    status = 0
+    for path in paths:
+        after = b""
+        while True:
+            res = call(state_dir, CONTROLPROC.LS, lsargs(path, after))
+            if res.status != ctlstat.OK:
+                print(f"realize: {res.message.decode(errors='replace')}", file=sys.stderr)
+                status = 1
+                break
+            if not after:
+                print(_row(res.self_entry[0], os.fsdecode(path)))
+            for entry in res.entries:
+                print(_row(entry, "  " + os.fsdecode(entry.name)))
+            if not res.more or not res.entries:
+                break
+            after = res.entries[-1].name
+    return status

@@ -1,0 +1,245 @@
+"""The control program: what `realize` asks of a running server over the state directory's
+Unix socket (xdr/control.py) — marks and their jobs, `ls`, import, sources, fsck.
+
+Handlers turn the tree's and the store's answers into the protocol's results; every failure a
+user can cause becomes a status and a sentence, never a dropped call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from nfsd.rpc.dispatch import CallContext, Procedure, Program
+from nfsd.store.blobs import BlobStore
+from nfsd.store.check import check_store
+from nfsd.store.index import Kind, Mark
+from nfsd.store.source import StateDirSource, import_area
+from nfsd.vfs.marks import Job, JobState, Marks, PathError, PathView
+from nfsd.vfs.real import RealTree
+from xdr.control import (
+    CONTROL_PROGRAM,
+    CONTROL_SOCKET,
+    CONTROL_V1,
+    CONTROLPROC,
+    LS_PAGE,
+    PROCEDURES,
+    ctlres,
+    ctlstat,
+    fsckres,
+    importargs,
+    importres,
+    jobres,
+    jobstate,
+    lsargs,
+    lsentry,
+    lsres,
+    markargs,
+    markres,
+)
+from xdr.control import kind as ctlkind
+from xdr.control import layer as ctllayer
+from xdr.control import mark as ctlmark
+from xdr.nfs3 import nfsstat3
+
+log = logging.getLogger("realize.control")
+
+_STATUS = {
+    nfsstat3.NFS3ERR_NOENT: ctlstat.NOENT,
+    nfsstat3.NFS3ERR_INVAL: ctlstat.INVAL,
+    nfsstat3.NFS3ERR_NOSPC: ctlstat.NOSPC,
+    nfsstat3.NFS3ERR_JUKEBOX: ctlstat.BUSY,
+}
+_JOB_STATE = {
+    JobState.WAITING: jobstate.RUNNING,
+    JobState.RUNNING: jobstate.RUNNING,
+    JobState.DONE: jobstate.DONE,
+    JobState.FAILED: jobstate.FAILED,
+}
+
+
+def _text(message: str) -> bytes:
+    return message.encode()[:4000]
+
+
+def is_state_dir(path: Path) -> bool:
+    return (path / "db" / "CURRENT").exists()
+
+
+@contextlib.contextmanager
+def socket_address(state_dir: Path) -> Iterator[str]:
+    """The address of the control socket, usable while the block runs. A Unix socket path
+    is limited to 107 bytes; a longer one is reached through the directory's descriptor."""
+    path = str(state_dir / CONTROL_SOCKET)
+    if len(os.fsencode(path)) < 100:
+        yield path
+        return
+    fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{CONTROL_SOCKET}"
+    finally:
+        os.close(fd)
+
+
+async def open_control_listener(state_dir: Path) -> trio.SocketListener:
+    """Listen on the state directory's control socket (owner only)."""
+    (state_dir / CONTROL_SOCKET).unlink(missing_ok=True)  # left by a killed server
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    with socket_address(state_dir) as address:
+        await sock.bind(address)
+    os.chmod(state_dir / CONTROL_SOCKET, 0o600)
+    sock.listen(16)
+    return trio.SocketListener(sock)
+
+
+class ControlService:
+    def __init__(self, tree: RealTree, blobs: BlobStore) -> None:
+        self.tree = tree
+        self.blobs = blobs
+        self.marks = Marks(tree)
+        self.nursery: trio.Nursery | None = None  # set by the server: jobs outlive calls
+
+    async def null(self, ctx: CallContext, args: Any) -> None:
+        return None
+
+    async def mark(self, ctx: CallContext, args: markargs) -> markres:
+        try:
+            area, rel = self.marks.resolve(args.path)
+        except PathError as e:
+            return markres(_STATUS.get(e.status, ctlstat.INVAL), _text(str(e)), 0)
+        if self.nursery is None or self.tree.unreal is None:
+            return markres(ctlstat.IO, b"the server is not ready for jobs", 0)
+        job = self.marks.set(area, rel, Mark(int(args.mark)))
+        self.nursery.start_soon(self.marks.run, job)
+        return markres(ctlstat.OK, b"", job.id)
+
+    def _row(self, view: PathView) -> lsentry:
+        return lsentry(
+            view.name,
+            ctlkind(int(view.kind)),
+            ctllayer.NONE if view.layer is None else ctllayer(int(view.layer)),
+            ctlmark(int(view.own_mark)),
+            ctlmark(int(view.mark)),
+            view.mark_from,
+            view.size,
+            view.cached,
+            view.pinned,
+        )
+
+    async def ls(self, ctx: CallContext, args: lsargs) -> lsres:
+        try:
+            area, rel = self.marks.resolve(args.path)
+        except PathError as e:
+            return lsres(_STATUS.get(e.status, ctlstat.INVAL), _text(str(e)), [], [], False)
+        top = self.marks.view(area, rel)
+        rows: list[PathView] = []
+        more = False
+        if top.kind == Kind.DIR:
+            rows, more = self.marks.listing(area, rel, args.after, LS_PAGE)
+        return lsres(ctlstat.OK, b"", [self._row(top)], [self._row(r) for r in rows], more)
+
+    async def job(self, ctx: CallContext, job_id: int) -> jobres:
+        job: Job | None = self.marks.jobs.get(job_id)
+        if job is None:
+            return jobres(ctlstat.NOENT, b"no such job", jobstate.FAILED, 0, 0, 0, 0, [])
+        return jobres(
+            ctlstat.OK,
+            b"",
+            _JOB_STATE[job.state],
+            job.files_done,
+            job.files_total,
+            job.bytes_done,
+            max(job.bytes_total, job.bytes_done),
+            [_text(e) for e in job.errors[:100]],
+        )
+
+    async def import_(self, ctx: CallContext, args: importargs) -> importres:
+        def failed(status: ctlstat, message: str) -> importres:
+            return importres(status, _text(message), 0, 0, 0, 0, 0)
+
+        name = os.fsdecode(args.area)
+        area = self.tree.area_by_name.get(name)
+        if area is None:
+            return failed(ctlstat.NOENT, f"no area named {name} here")
+        source_dir = Path(os.fsdecode(args.source))
+        if not is_state_dir(source_dir):
+            return failed(ctlstat.INVAL, f"{source_dir} is not a Realize state directory")
+        try:
+            source = await trio.to_thread.run_sync(StateDirSource, source_dir)
+        except Exception as e:  # rocksdict reports open failures as plain Exception
+            return failed(ctlstat.IO, f"cannot open {source_dir}: {e}")
+        try:
+            report = await trio.to_thread.run_sync(
+                import_area, self.tree.store, self.blobs, area.id, area.path, source, name
+            )
+        except KeyError as e:
+            return failed(ctlstat.NOENT, str(e.args[0]))
+        finally:
+            source.close()
+        self.tree.index_generation += 1  # directory listings now include the new entries
+        log.info("imported %d files into %s from %s", report.files, name, source_dir)
+        return importres(
+            ctlstat.OK,
+            b"",
+            report.files,
+            report.directories,
+            report.symlinks,
+            report.bytes,
+            report.skipped,
+        )
+
+    async def fsck(self, ctx: CallContext, repair: bool) -> fsckres:
+        lines, ok = await trio.to_thread.run_sync(check_store, self.tree.store, self.blobs, repair)
+        return fsckres(ctlstat.OK, [_text(line) for line in lines[:10000]], ok)
+
+    async def source(self, ctx: CallContext, path: bytes) -> ctlres:
+        """Attach another state directory as a source, from now on."""
+        unreal = self.tree.unreal
+        source_dir = Path(os.fsdecode(path))
+        if unreal is None:
+            return ctlres(ctlstat.IO, b"no blob cache attached")
+        if any(s.name == str(source_dir) for s in unreal.sources):
+            return ctlres(ctlstat.OK, b"already attached")
+        if not is_state_dir(source_dir):
+            return ctlres(ctlstat.INVAL, _text(f"{source_dir} is not a Realize state directory"))
+        try:
+            source = await trio.to_thread.run_sync(StateDirSource, source_dir)
+        except Exception as e:  # rocksdict reports open failures as plain Exception
+            return ctlres(ctlstat.IO, _text(f"cannot open {source_dir}: {e}"))
+        unreal.sources.append(source)
+        return ctlres(ctlstat.OK, b"attached")
+
+    def program(self) -> Program:
+        handlers = {
+            CONTROLPROC.NULL: self.null,
+            CONTROLPROC.MARK: self.mark,
+            CONTROLPROC.LS: self.ls,
+            CONTROLPROC.JOB: self.job,
+            CONTROLPROC.IMPORT: self.import_,
+            CONTROLPROC.FSCK: self.fsck,
+            CONTROLPROC.SOURCE: self.source,
+        }
+        quick = {CONTROLPROC.NULL, CONTROLPROC.JOB}
+        return Program(
+            CONTROL_PROGRAM,
+            "CONTROL",
+            {
+                CONTROL_V1: {
+                    number: Procedure(
+                        name,
+                        args,
+                        res,
+                        handlers[number],
+                        idempotent=number != CONTROLPROC.MARK,
+                        inline=number in quick,
+                    )
+                    for number, (name, args, res) in PROCEDURES.items()
+                }
+            },
+        )

@@ -1,0 +1,178 @@
+"""The control protocol: how the `realize` command talks to a running server.
+
+An ONC RPC program in the private range, served only on a Unix socket inside the state
+directory (whose 0700 mode is the access check). Paths are "AREA/path/inside", the way the
+root export shows them. Every result starts with a status and a message meant for the user.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+from .codec import (
+    Array,
+    Enum,
+    String,
+    XdrType,
+    boolean,
+    uint64,
+    void,
+    xdr_struct,
+    xf,
+)
+
+CONTROL_PROGRAM = 0x2052_4C5A  # "RLZ" in the range RFC 5531 leaves to private use
+CONTROL_V1 = 1
+CONTROL_SOCKET = "control.sock"
+
+MAX_PATH = 4096
+MAX_MESSAGE = 4096
+LS_PAGE = 1000  # entries per LS reply
+MAX_LINES = 10000
+
+
+class CONTROLPROC(IntEnum):
+    NULL = 0
+    MARK = 1
+    LS = 2
+    JOB = 3
+    IMPORT = 4
+    FSCK = 5
+    SOURCE = 6
+
+
+class ctlstat(IntEnum):
+    OK = 0
+    NOENT = 2  # no such area or path
+    IO = 5
+    INVAL = 22  # bad mark, path or argument
+    BUSY = 16  # another job holds what this one needs
+    NOSPC = 28  # the cache cannot hold what was asked
+
+
+class mark(IntEnum):
+    """What a path should be (see nfsd/store/index.py Mark)."""
+
+    INHERIT = 0
+    REAL = 1
+    KEEP = 2
+    UNREAL = 3
+
+
+class layer(IntEnum):
+    NONE = 0  # a directory the index does not know yet
+    REAL = 1
+    UNREAL = 2
+
+
+class kind(IntEnum):
+    FILE = 1
+    DIR = 2
+    SYMLINK = 3
+    OTHER = 4
+
+
+class jobstate(IntEnum):
+    RUNNING = 0
+    DONE = 1
+    FAILED = 2
+
+
+path_string = String(MAX_PATH)
+message_string = String(MAX_MESSAGE)
+
+
+@xdr_struct
+class ctlres:
+    status: ctlstat = xf(Enum(ctlstat))
+    message: bytes = xf(message_string)
+
+
+@xdr_struct
+class markargs:
+    path: bytes = xf(path_string)
+    mark: mark = xf(Enum(mark))
+
+
+@xdr_struct
+class markres:
+    status: ctlstat = xf(Enum(ctlstat))
+    message: bytes = xf(message_string)
+    job: int = xf(uint64)  # 0: nothing to do
+
+
+@xdr_struct
+class lsargs:
+    path: bytes = xf(path_string)
+    after: bytes = xf(path_string)  # the last name of the previous page, b"" for the first
+
+
+@xdr_struct
+class lsentry:
+    name: bytes = xf(String(MAX_PATH))
+    kind: kind = xf(Enum(kind))
+    layer: layer = xf(Enum(layer))
+    own_mark: mark = xf(Enum(mark))
+    mark: mark = xf(Enum(mark))  # in force: own, inherited, or the area's default
+    mark_from: bytes = xf(path_string)  # where the mark in force is set; b"" when it is the default
+    size: int = xf(uint64)
+    cached: int = xf(uint64)  # bytes of its content in the cache (Unreal files)
+    pinned: bool = xf(boolean)
+
+
+@xdr_struct
+class lsres:
+    status: ctlstat = xf(Enum(ctlstat))
+    message: bytes = xf(message_string)
+    self_entry: list[lsentry] = xf(Array(lsentry, 1))  # the path itself
+    entries: list[lsentry] = xf(Array(lsentry, LS_PAGE))  # a directory's children
+    more: bool = xf(boolean)
+
+
+@xdr_struct
+class jobres:
+    status: ctlstat = xf(Enum(ctlstat))
+    message: bytes = xf(message_string)
+    state: jobstate = xf(Enum(jobstate))
+    files_done: int = xf(uint64)
+    files_total: int = xf(uint64)
+    bytes_done: int = xf(uint64)
+    bytes_total: int = xf(uint64)
+    errors: list[bytes] = xf(Array(message_string, 100))
+
+
+@xdr_struct
+class importargs:
+    area: bytes = xf(String(255))
+    source: bytes = xf(path_string)  # the source's state directory
+
+
+@xdr_struct
+class importres:
+    status: ctlstat = xf(Enum(ctlstat))
+    message: bytes = xf(message_string)
+    files: int = xf(uint64)
+    directories: int = xf(uint64)
+    symlinks: int = xf(uint64)
+    bytes: int = xf(uint64)
+    skipped: int = xf(uint64)
+
+
+@xdr_struct
+class fsckres:
+    status: ctlstat = xf(Enum(ctlstat))
+    lines: list[bytes] = xf(Array(message_string, MAX_LINES))
+    ok: bool = xf(boolean)
+
+
+PROCEDURES: dict[int, tuple[str, XdrType[Any], XdrType[Any]]] = {
+    CONTROLPROC.NULL: ("NULL", void, void),
+    CONTROLPROC.MARK: ("MARK", markargs, markres),
+    CONTROLPROC.LS: ("LS", lsargs, lsres),
+    CONTROLPROC.JOB: ("JOB", uint64, jobres),
+    CONTROLPROC.IMPORT: ("IMPORT", importargs, importres),
+    CONTROLPROC.FSCK: ("FSCK", boolean, fsckres),
+    CONTROLPROC.SOURCE: ("SOURCE", path_string, ctlres),
+}
+"""Control procedure number -> (name, argument type, result type)."""

@@ -1,7 +1,9 @@
 """The Linux kernel's NFS client and the Unreal layer, in one qemu boot: Real and Unreal files
 listed together, a 64 MiB Unreal file read by checksum while its chunks arrive from an attached
 source, read again from the cache after the server restarted without the source, written to
-(which realizes it), renamed and deleted, with the changes in the history."""
+(which realizes it), renamed and deleted, Real files too, with the changes in the history;
+and a Real file marked `unreal` (its content moved into the cache) then `real` again while
+the client keeps reading it by the same handle."""
 
 from __future__ import annotations
 
@@ -42,6 +44,22 @@ printf 'CHANGED' | dd of=/mnt/u/big.bin bs=1 seek=10 conv=notrunc 2>/dev/null
 sync; echo 3 > /proc/sys/vm/drop_caches
 check write-realizes '[ "$(digest /mnt/u/big.bin)" = {changed} ]'
 check same-file-after '[ "$(stat -c %i /mnt/u/big.bin)" = "$ino" ]'
+photo=$(digest /mnt/u/photo.bin); photo_ino=$(stat -c %i /mnt/u/photo.bin)
+echo "HOST-ACTION: mark unreal area/photo.bin"
+read -r answer
+echo 3 > /proc/sys/vm/drop_caches
+check unrealized-reads-same '[ "$answer" = "HOST-DONE: ok" ] \
+    && [ "$(digest /mnt/u/photo.bin)" = "$photo" ]'
+check unrealized-same-file '[ "$(stat -c %i /mnt/u/photo.bin)" = "$photo_ino" ]'
+echo "HOST-ACTION: mark real area/photo.bin"
+read -r answer
+echo 3 > /proc/sys/vm/drop_caches
+check realized-again '[ "$answer" = "HOST-DONE: ok" ] \
+    && [ "$(digest /mnt/u/photo.bin)" = "$photo" ]'
+mv /mnt/u/local.txt /mnt/u/docs/renamed.txt
+check rename-real '[ "$(cat /mnt/u/docs/renamed.txt)" = real ] && [ ! -e /mnt/u/local.txt ]'
+rm /mnt/u/docs/renamed.txt
+check delete-real '[ ! -e /mnt/u/docs/renamed.txt ]'
 mv /mnt/u/docs/note.txt /mnt/u/moved.txt
 check rename-unreal '[ -e /mnt/u/moved.txt ] && [ ! -e /mnt/u/docs/note.txt ]'
 rm /mnt/u/moved.txt
@@ -72,6 +90,7 @@ def test_kernel_client_reads_and_changes_unreal_files(tmp_path):
     area, state = tmp_path / "area", tmp_path / "state"
     area.mkdir()
     (area / "local.txt").write_text("real\n")
+    (area / "photo.bin").write_bytes(os.urandom(3 * 1024 * 1024))
     state.mkdir()
     (state / "config.json").write_text(json.dumps({"areas": {"area": str(area)}}))
     realize(state, "import", "area", str(source))
@@ -80,6 +99,13 @@ def test_kernel_client_reads_and_changes_unreal_files(tmp_path):
     port = servers[0].nfs_port
 
     def on_line(line: str) -> str | None:
+        if line.startswith("HOST-ACTION: mark "):
+            _, mark, path = line.split(": ", 1)[1].split()
+            on_disk = area / path.split("/", 1)[1]
+            realize(state, "mark", mark, path)
+            # The host checks what the guest cannot see: where the content now lives.
+            ok = on_disk.exists() == (mark == "real")
+            return "HOST-DONE: ok\n" if ok else "HOST-DONE: wrong\n"
         if line.strip() != RESTART:
             return None
         servers[-1].stop()
@@ -104,9 +130,11 @@ def test_kernel_client_reads_and_changes_unreal_files(tmp_path):
             server.stop()
     logs = "\n".join(s.log() for s in servers)
     assert result.rc == 0, result.output[-3000:] + "\n--- server ---\n" + logs[-3000:]
-    assert sum(line.startswith("ok ") for line in result.output.splitlines()) == 9
+    assert sum(line.startswith("ok ") for line in result.output.splitlines()) == 14
     assert "Traceback" not in logs
     assert (area / "big.bin").read_bytes() == changed
     history = realize(state, "history", "area")
     assert "rename   docs/note.txt -> moved.txt" in history
     assert "delete   moved.txt" in history
+    assert "rename   local.txt -> docs/renamed.txt" in history
+    assert "delete   docs/renamed.txt" in history

@@ -28,7 +28,7 @@ from nfsd.exports import NOBODY, ExportOptions
 from nfsd.server import Server, ServerConfig, mount_commands
 from nfsd.store.db import Store
 from nfsd.store.history import History
-from nfsd.store.limits import CacheLimits
+from nfsd.store.limits import AreaLimit, CacheLimits
 from nfsd.vfs.journal import DEFAULT_REST
 from xdr.control import CONTROLPROC, ctlstat, importargs
 
@@ -119,6 +119,13 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
         help="free disk space the cache leaves: bytes (2G) or a share of the disk (5%%)",
     )
     p.add_argument(
+        "--area-cache-max",
+        action="append",
+        default=None,
+        metavar="AREA=SIZE",
+        help="largest share of the cache one area may use, e.g. photos=20G (repeatable)",
+    )
+    p.add_argument(
         "--rest",
         type=float,
         default=None,
@@ -141,6 +148,7 @@ SERVER_KEYS = (
     "rest",
     "cache_max",
     "cache_free",
+    "area_cache_max",
 )
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -181,11 +189,18 @@ def cache_limits(options: dict) -> CacheLimits:
     if options.get("cache_free"):
         free, free_percent = parse_size(str(options["cache_free"]), "--cache-free")
         free_bytes = free or 0
+    areas = {}
+    for item in options.get("area_cache_max") or []:
+        name, sep, size = str(item).partition("=")
+        if not sep or not name:
+            raise UsageError(f"--area-cache-max: {item!r} is not AREA=SIZE, like photos=20G")
+        areas[name] = AreaLimit(*parse_size(size, f"--area-cache-max {name}"))
     return CacheLimits(
         max_bytes=max_bytes,
         max_percent=max_percent,
         min_free_bytes=free_bytes,
         min_free_percent=free_percent,
+        areas=areas,
     )
 
 
@@ -202,6 +217,10 @@ def server_config(state_dir: Path, areas: dict[str, str], options: dict) -> Serv
         root_squash=bool(options.get("root_squash")),
         all_squash=bool(options.get("all_squash")),
     )
+    limits = cache_limits(options)
+    unknown = sorted(set(limits.areas) - set(areas))
+    if unknown:
+        raise UsageError(f"--area-cache-max: no area named {', '.join(unknown)}")
     return ServerConfig(
         state_dir=state_dir,
         areas=areas,
@@ -211,7 +230,7 @@ def server_config(state_dir: Path, areas: dict[str, str], options: dict) -> Serv
         portmap=options.get("portmap") or "auto",
         options=export_options,
         rest=float(options.get("rest") or DEFAULT_REST),
-        cache_limits=cache_limits(options),
+        cache_limits=limits,
         sources=list(options.get("sources") or []),
     )
 

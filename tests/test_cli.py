@@ -186,6 +186,19 @@ def test_start_without_areas(state: Path) -> None:
     assert not (state / "server.pid").exists()
 
 
+def test_cache_limit_mistakes_are_explained(state: Path, tmp_path: Path) -> None:
+    ok(realize(state, "init"))
+    ok(realize(state, "area", "add", "photos", str(tmp_path)))
+    for args, message in (
+        (["--area-cache-max", "music=1G"], "no area named music"),
+        (["--area-cache-max", "photos"], "is not AREA=SIZE"),
+        (["--area-cache-max", "photos=lots"], "is not a size like 10G"),
+        (["--cache-max", "120%"], "is not a size like 10G"),
+    ):
+        result = realize(state, "run", "--port", "0", "--portmap", "off", *args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+
+
 def test_commands_on_an_uninitialised_state_dir(state: Path) -> None:
     for args in (["status"], ["start", "--port", "0"], ["area", "list"], ["mount-cmd"]):
         result = realize(state, *args)

@@ -65,7 +65,7 @@ def test_unreal_files_listed_read_cached_and_realized(tmp_path):
         {"area": ours_area},
         ours,
         sources=[source],
-        extra=["--cache-max", "1G", "--cache-free", "1%"],
+        extra=["--cache-max", "1G", "--cache-free", "1%", "--area-cache-max", "area=512M"],
     )
     seen: dict[str, object] = {}
 
@@ -91,6 +91,7 @@ def test_unreal_files_listed_read_cached_and_realized(tmp_path):
         rows = [line.split() for line in status.splitlines() if line.startswith("  area ")]
         row = " ".join(rows[1])  # after the header: the area named "area"
         assert "3.0 MiB" in row or "3.1 MiB" in row, status
+        assert "512.0 MiB" in row, status  # the area's own cap
         link = await nfs.lookup(root, b"link")
         target = await nfs.ok(NFSPROC3.READLINK, READLINK3args(link))
         assert target.data == b"docs/note.txt"

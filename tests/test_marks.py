@@ -8,9 +8,23 @@ import json
 import os
 from pathlib import Path
 
+import trio
+
+from nfsd.control import socket_address
+from nfsd.rpc.client import open_unix_client
 from tests.conftest import Nfs, run_on
 from tests.support.server import start_server
 from tests.support.source import make_source, run_realize
+from xdr.control import (
+    CONTROL_PROGRAM,
+    CONTROL_V1,
+    CONTROLPROC,
+    PROCEDURES,
+    ctlstat,
+    importargs,
+    lsargs,
+)
+from xdr.rpc import accept_stat
 
 MiB = 1 << 20
 
@@ -37,6 +51,31 @@ async def read_all(nfs: Nfs, fh) -> bytes:
         data += res.data
         if res.eof:
             return bytes(data)
+
+
+async def hostile_control_calls(state: Path) -> None:
+    """Malformed control calls get the protocol's errors; nothing else happens."""
+    with socket_address(state) as address:
+        async with open_unix_client(address) as client:
+
+            async def call(proc: CONTROLPROC, args: object) -> object:
+                _, args_type, res_type = PROCEDURES[proc]
+                return await client.call(
+                    CONTROL_PROGRAM, CONTROL_V1, proc, args_type, args, res_type
+                )
+
+            for path in (b"area/a\0b", b"area/" + b"x" * 300, b"", b"/"):
+                res = await call(CONTROLPROC.LS, lsargs(path, b""))
+                assert res.status == ctlstat.INVAL, path
+            assert (await call(CONTROLPROC.JOB, 12345)).status == ctlstat.NOENT
+            res = await call(CONTROLPROC.IMPORT, importargs(b"area", b"/nonexistent"))
+            assert res.status == ctlstat.INVAL and b"not a Realize state" in res.message
+            reply, _ = await client.call_raw(
+                CONTROL_PROGRAM, CONTROL_V1, CONTROLPROC.MARK, b"\0\0\0\x05ab"
+            )
+            assert reply.accepted and reply.stat == accept_stat.GARBAGE_ARGS
+            reply, _ = await client.call_raw(CONTROL_PROGRAM, CONTROL_V1, 99, b"")
+            assert reply.accepted and reply.stat == accept_stat.PROC_UNAVAIL
 
 
 def test_marks_move_content_between_layers(tmp_path: Path) -> None:
@@ -120,6 +159,8 @@ def test_marks_move_content_between_layers(tmp_path: Path) -> None:
         assert done.returncode == 1 and "no '..'" in done.stderr, done
 
         assert "every Unreal file has its manifest" in ok(state, "fsck")
+        trio.run(hostile_control_calls, state)
+        assert "mine.bin" in ls_rows(state, "area/sub")  # still serving
     finally:
         server.stop()
     log = server.log()

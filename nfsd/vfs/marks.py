@@ -111,6 +111,8 @@ class Marks:
             raise PathError(nfsstat3.NFS3ERR_INVAL, "give a path that starts with an area name")
         if b".." in parts:
             raise PathError(nfsstat3.NFS3ERR_INVAL, "no '..' in a path")
+        if any(b"\0" in p or len(p) > 255 for p in parts):
+            raise PathError(nfsstat3.NFS3ERR_INVAL, "a name with a NUL byte or over 255 bytes")
         area = self.tree.area_by_name.get(os.fsdecode(parts[0]))
         if area is None:
             names = ", ".join(sorted(self.tree.area_by_name)) or "none"
@@ -118,6 +120,9 @@ class Marks:
                 nfsstat3.NFS3ERR_NOENT, f"no area {os.fsdecode(parts[0])} (areas: {names})"
             )
         rel = b"/".join(parts[1:])
+        full = join(area.path, rel) if rel else area.path
+        if any(full == h or full.startswith(h + b"/") for h in self.tree.hidden):
+            raise PathError(nfsstat3.NFS3ERR_NOENT, f"no {os.fsdecode(text)}")
         if (
             rel
             and self.index.get(area.id, rel) is None

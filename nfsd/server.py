@@ -38,6 +38,7 @@ from nfsd.vfs.handles import HandleCodec
 from nfsd.vfs.journal import DEFAULT_REST
 from nfsd.vfs.real import RealTree
 from nfsd.vfs.unreal import UnrealLayer
+from nfsd.vfs.watch import Watcher
 from xdr.control import CONTROL_SOCKET
 from xdr.mount import MOUNT_PROGRAM, MOUNT_V1, MOUNT_V3
 from xdr.nfs3 import NFS_PROGRAM, NFS_V3
@@ -274,11 +275,19 @@ class Server:
 
     async def _journal(self) -> None:
         """Catch up with what changed in the areas while we were away, then keep hashing
-        files that rest after changes."""
+        files that rest after changes and reconciling what changes outside NFS."""
         assert self.tree is not None
-        for area in self.tree.areas.values():
-            await self.tree.journal.scan(area.id, self.tree.hidden)
-        await self.tree.journal.run()
+        journal, hidden = self.tree.journal, self.tree.hidden
+        watcher = Watcher(journal, hidden)
+        await watcher.open()  # before the scans: a change made after its scan has an event
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watcher.run)
+                for area in self.tree.areas.values():
+                    await journal.scan(area.id, hidden)
+                await journal.run()
+        finally:
+            watcher.close()
 
     def _cache_usage(self) -> dict | None:
         if getattr(self, "blobs", None) is None:

@@ -1,14 +1,17 @@
 """Keeps the area index and the history in step with the Real layer.
 
-Every change made through NFS is reported here by the tree, and a scan at start finds what
-changed on the disk while the server was not looking. Deletes, renames, directories, links
-and symlinks go into the history at once. A file's content is hashed only once it has rested
-(`rest` seconds without a write), never per WRITE; then a CREATE (first content) or CHANGE
-(old blob → new blob) is recorded. Paths are relative to the area root.
+Every change made through NFS is reported here by the tree; a scan at start finds what
+changed on the disk while the server was not looking, and while it runs the watcher
+(`watch`) has each directory where something changed reconciled the same way. Deletes,
+renames, directories, links and symlinks go into the history at once. A file's content is
+hashed only once it has rested (`rest` seconds without a write), never per WRITE; then a
+CREATE (first content) or CHANGE (old blob → new blob) is recorded. Paths are relative to
+the area root.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -27,6 +30,9 @@ log = logging.getLogger("realize.journal")
 HASH_BLOCK = 1 << 20
 DEFAULT_REST = 3.0
 _INLINE_HASH = 64 * 1024
+# Realized content is written beside its final name under this prefix, then renamed in: the
+# tree hides such names, the scan and the watcher skip them, the start scan removes leftovers.
+TEMP_PREFIX = b".realize-tmp-"
 
 
 def kind_of(st: os.stat_result) -> Kind:
@@ -74,6 +80,7 @@ class Journal:
         self.history = History(store)
         self.dirty: dict[tuple[int, bytes], float] = {}
         self.clock: Callable[[], float] = time.monotonic
+        self.started_ns = time.time_ns()
 
     def _record(
         self,
@@ -212,45 +219,194 @@ class Journal:
             await trio.sleep(period)
             await self.settle()
 
-    # ---- the scan at start ----
+    # ---- reconciling with the disk: the scan at start, and what the watcher saw ----
 
-    async def scan(self, area: int, hidden: set[bytes] = frozenset()) -> None:
-        """Reconcile the index of `area` with its directory: what changed while we were away."""
+    async def scan(
+        self,
+        area: int,
+        hidden: set[bytes] = frozenset(),
+        below: bytes = b"",
+        *,
+        deep: bool = True,
+        soon: bool = True,
+    ) -> list[bytes]:
+        """Reconcile the index of `area` with its directory: what changed while we were away.
+
+        `below`: only that directory's subtree; with deep=False only its direct children,
+        plus the whole subtree of any directory that appeared there (those are returned).
+        `soon`: changed files are hashed at once (they changed while we were away) instead
+        of resting from now.
+        """
         root = self.roots[area]
-        on_disk = await trio.to_thread.run_sync(_walk, root, hidden)
-        for path, entry in list(self.index.walk(area)):
+        if below:
+            try:
+                if not stat.S_ISDIR(os.lstat(join(root, below)).st_mode):
+                    return []  # replaced by a file: the reconcile of its parent sees to it
+            except OSError:
+                return []  # gone: likewise
+
+        temporaries: list[bytes] = []
+
+        def snapshot() -> tuple[dict[bytes, tuple[os.stat_result, bytes]], dict[bytes, Entry]]:
+            on_disk = _walk(root, hidden, below, deep, temporaries)
+            if deep:
+                return on_disk, dict(self.index.walk(area, below))
+            children = self.index.children(area, below)
+            return on_disk, {join(below, name): entry for name, entry in children}
+
+        # Both in a thread: a big directory must not stall NFS calls while it is read.
+        on_disk, known = await trio.to_thread.run_sync(snapshot)
+        _remove_stale_temporaries(temporaries, self.started_ns)
+        appeared = await self._reconcile(area, on_disk, known, soon)
+        if deep:
+            return []
+        for directory in appeared:
+            await self.scan(area, hidden, directory, soon=soon)
+        return appeared
+
+    async def _reconcile(
+        self,
+        area: int,
+        on_disk: dict[bytes, tuple[os.stat_result, bytes]],
+        known: dict[bytes, Entry],
+        soon: bool,
+    ) -> list[bytes]:
+        """Bring the index to what is on the disk; the directories that appeared.
+
+        `on_disk` was walked in a thread, so NFS calls may have acted since: a difference is
+        decided on a fresh lstat and index entry, never on the walk's."""
+        root = self.roots[area]
+        for path, entry in known.items():  # parents before children
             if entry.layer != Layer.REAL or path in on_disk:
-                continue
-            if self.index.get(area, path) is not None:  # not already gone with its parent
-                self.removed(area, path)
+                continue  # Unreal entries live only in the index
+            if _look(join(root, path)) is not None:
+                continue  # back since the walk: its events bring another reconcile
+            current = self.index.get(area, path)
+            if current is not None and current.layer == Layer.REAL:  # not gone with its parent
+                self._vanished(area, path, current)
+        appeared: list[bytes] = []
         for count, (path, (st, target)) in enumerate(sorted(on_disk.items())):
             if count % 1000 == 999:
                 await trio.lowlevel.checkpoint()
-            known = self.index.get(area, path)
+            if _same(known.get(path), st, target):
+                continue
+            fresh = _look(join(root, path))
+            if fresh is None:
+                continue  # gone since the walk: its removal is reported or reconciled
+            st, target = fresh
+            entry = self.index.get(area, path)
             kind = kind_of(st)
-            if known is not None and known.kind != kind:
-                self.removed(area, path)
-                known = None
+            if entry is not None and (
+                entry.kind != kind or (kind == Kind.SYMLINK and entry.target != target)
+            ):
+                self.removed(area, path)  # replaced by another object
+                entry = None
             if kind == Kind.FILE:
-                if known is None:
+                if entry is None:
                     self._record(area, put=(path, entry_of(st)))
+                elif entry.layer != Layer.REAL:
+                    # A Real file where the index has an Unreal one (an unrealize interrupted
+                    # before the unlink, or a copy put there): the disk wins; the blob stays
+                    # until hashing says whether the content is the same.
+                    self._record(area, put=(path, entry_of(st, entry.blob)))
                 if (
-                    known is None
-                    or not known.blob
-                    or known.size != st.st_size
-                    or known.mtime_ns != st.st_mtime_ns
+                    entry is None
+                    or not entry.blob
+                    or entry.size != st.st_size
+                    or entry.mtime_ns != st.st_mtime_ns
                 ):
-                    self.dirty[(area, path)] = self.clock() - self.rest  # hash soon
-            elif known is None:
+                    self._changed(area, path, st, soon)
+                else:
+                    self.attributes(area, path, st)
+            elif entry is None:
                 self.made(area, path, st, target)
+                if kind == Kind.DIR:
+                    appeared.append(path)
             else:
-                self.attributes(area, path, st)
+                if kind == Kind.DIR and entry.layer != Layer.REAL:
+                    appeared.append(path)  # an Unreal directory made on the disk
+                self._restat(area, path, entry, st)
+        return appeared
+
+    def _changed(self, area: int, path: bytes, st: os.stat_result, soon: bool) -> None:
+        """A file's content differs from the index: hash it once it rests."""
+        key = (area, path)
+        when = self.dirty.get(key)
+        if when is None:
+            self.dirty[key] = self.clock() - (self.rest if soon else 0.0)
+            return
+        # Already waiting: a file written through NFS rests from its last WRITE; one changed
+        # since it was marked (its ctime is later, on the wall clock) rests from now.
+        marked_ns = time.time_ns() - int((self.clock() - when) * 1e9)
+        if st.st_ctime_ns > marked_ns:
+            self.dirty[key] = self.clock()
+
+    def _restat(self, area: int, path: bytes, entry: Entry, st: os.stat_result) -> None:
+        """A directory, symlink or special file still there. A new mode is a SETATTR; a new
+        mtime alone is not (a directory's changes whenever its content does)."""
+        mode = stat.S_IMODE(st.st_mode)
+        if (mode, st.st_mtime_ns, entry.layer) == (entry.mode, entry.mtime_ns, Layer.REAL):
+            return
+        change = Change(Op.SETATTR, path, mode=mode) if mode != entry.mode else None
+        entry.mode, entry.mtime_ns, entry.layer = mode, st.st_mtime_ns, Layer.REAL
+        self._record(area, put=(path, entry), change=change)
+
+    def _vanished(self, area: int, path: bytes, entry: Entry) -> None:
+        """A Real entry is gone from the disk. A directory holding Unreal entries stays, as an
+        Unreal directory, so that they do: only its Real contents go."""
+        if entry.kind != Kind.DIR or all(
+            e.layer == Layer.REAL for _, e in self.index.walk(area, path)
+        ):
+            self.removed(area, path)
+            return
+        for name, child in list(self.index.children(area, path)):
+            if child.layer == Layer.REAL:
+                self._vanished(area, join(path, name), child)
+        entry.layer = Layer.UNREAL
+        self._record(area, put=(path, entry))
 
 
-def _walk(root: bytes, hidden: set[bytes]) -> dict[bytes, tuple[os.stat_result, bytes]]:
-    """lstat of everything below root (paths relative to it), skipping hidden paths."""
+def _same(entry: Entry | None, st: os.stat_result, target: bytes) -> bool:
+    """Whether the index entry already says what this lstat does (the common case)."""
+    if entry is None or entry.layer != Layer.REAL or entry.kind != kind_of(st):
+        return False
+    if stat.S_IMODE(st.st_mode) != entry.mode or st.st_mtime_ns != entry.mtime_ns:
+        return False
+    if entry.kind == Kind.FILE:
+        return bool(entry.blob) and entry.size == st.st_size
+    return entry.target == target
+
+
+def _remove_stale_temporaries(paths: list[bytes], before_ns: int) -> None:
+    """Delete realize temporaries older than this server (a crash left them half written)."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            if os.lstat(path).st_mtime_ns < before_ns:
+                os.unlink(path)
+                log.info("removed %s, left by an interrupted realize", os.fsdecode(path))
+
+
+def _look(path: bytes) -> tuple[os.stat_result, bytes] | None:
+    """lstat and symlink target of `path` now; None when it is gone."""
+    try:
+        st = os.lstat(path)
+        return st, os.readlink(path) if stat.S_ISLNK(st.st_mode) else b""
+    except OSError:
+        return None
+
+
+def _walk(
+    root: bytes,
+    hidden: set[bytes],
+    below: bytes = b"",
+    deep: bool = True,
+    temporaries: list[bytes] | None = None,
+) -> dict[bytes, tuple[os.stat_result, bytes]]:
+    """lstat of everything below `below` (all of it, or its direct children when not deep),
+    paths relative to root, skipping hidden paths and the tree's realize temporaries (whose
+    full paths go to `temporaries`)."""
     found: dict[bytes, tuple[os.stat_result, bytes]] = {}
-    pending = [b""]
+    pending = [below]
     while pending:
         relative = pending.pop()
         directory = join(root, relative) if relative else root
@@ -261,7 +417,9 @@ def _walk(root: bytes, hidden: set[bytes]) -> dict[bytes, tuple[os.stat_result, 
             log.warning("cannot scan %s: %s", os.fsdecode(directory), e.strerror)
             continue
         for item in items:
-            if item.path in hidden:
+            if item.name.startswith(TEMP_PREFIX) and temporaries is not None:
+                temporaries.append(item.path)
+            if item.path in hidden or item.name.startswith(TEMP_PREFIX):
                 continue
             path = join(relative, item.name)
             try:
@@ -270,6 +428,6 @@ def _walk(root: bytes, hidden: set[bytes]) -> dict[bytes, tuple[os.stat_result, 
             except OSError:
                 continue
             found[path] = (st, target)
-            if stat.S_ISDIR(st.st_mode):
+            if deep and stat.S_ISDIR(st.st_mode):
                 pending.append(path)
     return found

@@ -109,6 +109,27 @@ def test_getattr_matches_the_local_file(server: Served) -> None:
     server.run(body)
 
 
+def test_names_the_server_keeps_for_itself_are_hidden_and_refused(server: Served) -> None:
+    """Realize writes realized content under a temporary name first: clients never see such
+    a file half written, nor make one."""
+
+    async def body(nfs: Nfs) -> None:
+        _, d, name = await nfs.scratch()
+        temp = ".realize-tmp-0123456789ab-photo.jpg"
+        (server.areas["a"] / name / temp).write_bytes(b"half")
+        assert temp.encode() not in await nfs.names(d)
+        assert await nfs.status(NFSPROC3.LOOKUP, LOOKUP3args(diropargs3(d, temp.encode()))) == (
+            nfsstat3.NFS3ERR_NOENT
+        )
+        args = CREATE3args(
+            diropargs3(d, b".realize-tmp-mine"), Arm(createmode3.GUARDED, sattr3(mode=0o644))
+        )
+        assert await nfs.status(NFSPROC3.CREATE, args) == nfsstat3.NFS3ERR_ACCES
+        await nfs.create(d, ".realize-notes.txt")  # only the exact prefix is kept
+
+    server.run(body)
+
+
 def test_directories_have_nlink_at_least_two(server: Served) -> None:
     async def body(nfs: Nfs) -> None:
         for export in ("/", "/a", "/b"):

@@ -29,7 +29,7 @@ from nfsd.store.index import Entry, Kind, Layer
 from nfsd.vfs.errors import FsError, from_os_error
 from nfsd.vfs.fdcache import FdCache
 from nfsd.vfs.inodes import ROOT_FID, InodeTable, Node
-from nfsd.vfs.journal import Journal, entry_of
+from nfsd.vfs.journal import TEMP_PREFIX, Journal, entry_of
 from nfsd.vfs.tree import (
     SERVER_TIME,
     Attr,
@@ -39,7 +39,7 @@ from nfsd.vfs.tree import (
     SetAttr,
     Tree,
 )
-from nfsd.vfs.unreal import TEMP_PREFIX, Progress, UnrealLayer, unreal_attr
+from nfsd.vfs.unreal import Progress, UnrealLayer, unreal_attr
 from xdr.nfs3 import ftype3, nfsstat3, stable_how
 
 log = logging.getLogger("realize.tree")

@@ -22,6 +22,7 @@ from nfsd.store.blobs import BlobError, BlobStore, CacheFull, ChunkHashMismatch,
 from nfsd.store.index import Entry, Kind
 from nfsd.store.source import BlobSource
 from nfsd.vfs.errors import FsError
+from nfsd.vfs.journal import TEMP_PREFIX
 from nfsd.vfs.tree import Attr
 from xdr.nfs3 import ftype3, nfsstat3
 
@@ -31,9 +32,6 @@ READ_AHEAD_CHUNKS = 4
 DEFAULT_WAIT = 3.0
 _LONG_WAIT = 3600.0  # realize and keep wait for the content however slow the source
 _FETCH_BATCH = 16
-# Realized content is written beside its final name under this prefix, then renamed; the
-# tree hides such names and the start-up scan removes ones a crash left behind.
-TEMP_PREFIX = b".realize-tmp-"
 
 Progress = Callable[[int], None]  # told how many more bytes are done
 
@@ -179,9 +177,9 @@ class UnrealLayer:
                 data = self.blobs.read(entry.blob, offset, count)
             except MissingChunks as e:
                 await self._ensure(entry.blob, e.indexes)
-                if self.blobs.missing(entry.blob, offset, count):
+                if set(e.indexes) & set(self.blobs.missing(entry.blob, offset, count)):
                     raise FsError(nfsstat3.NFS3ERR_IO, "content not available") from None
-                continue
+                continue  # chunks that were here may have been evicted meanwhile: again
             except BlobError as e:
                 log.warning("cannot read %s: %s", entry.blob.hex()[:16], e)
                 raise FsError(nfsstat3.NFS3ERR_IO, str(e)) from None

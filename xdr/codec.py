@@ -146,6 +146,23 @@ class FixedOpaque(XdrType[bytes]):
         return bytes(u.unpack_raw((self.size + 3) & ~3)[: self.size])
 
 
+class Gather:
+    """Opaque data held in several buffers, for encoders that send buffers as they are
+    (`len` is the total; `bytes()` joins them when a copy is needed after all)."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, parts: list[bytes | memoryview]) -> None:
+        self.parts = parts
+        self.size = sum(len(p) for p in parts)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+
 class Opaque(XdrType[bytes]):
     """Variable-length opaque (or string) of at most `maximum` bytes.
 

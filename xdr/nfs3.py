@@ -27,6 +27,7 @@ from .codec import (
     Arm,
     Enum,
     FixedOpaque,
+    Gather,
     LinkedList,
     Opaque,
     Optional,
@@ -498,7 +499,8 @@ def encode_read3res_ok(res: READ3resok) -> list[bytes]:
     boolean.pack(p, res.eof)
     n = len(res.data)
     p.pack_uint(n)
-    parts = [p.get_buffer(), res.data]
+    data = res.data
+    parts = [p.get_buffer(), *data.parts] if isinstance(data, Gather) else [p.get_buffer(), data]
     if n & 3:
         parts.append(b"\0" * (4 - (n & 3)))
     return parts

@@ -124,6 +124,8 @@ _ACCESS_GRANULARITY = 60  # seconds between updates of a manifest's last access
 _MULTIGET = 1024  # keys per multi-get when walking long chunk lists
 _INGEST_BATCH = 1 << 20  # chunk bytes an ingest writes per batch
 _CHECKPOINT = 64 << 20  # unlogged chunk bytes an ingest makes durable and records at once
+_RECLAIM_EVERY = 10.0  # seconds between compactions that collect evicted chunks' bytes
+_RECLAIM_AT = 64 << 20  # garbage in the blob files worth a compaction (or a quarter of the cache)
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -336,6 +338,7 @@ class BlobStore:
         self._unlogged.disable_wal = True
         self._next_token = 0
         self._last_reclaim = 0.0
+        self._reclaim_due = False
         raw = self._meta.get(CLOCK_KEY)
         self._clock = unpack_stamp(raw) if raw is not None else 0
         self._usage: dict[str, list[int]] = {}
@@ -473,16 +476,30 @@ class BlobStore:
         """Up to `count` bytes at `offset` (fewer at the end of the blob, b"" past it), every
         chunk verified. Raises MissingChunks listing what must be fetched first, UnknownBlob,
         or ManifestMismatch for a blob whose chunks were found not to make its id."""
+        pieces = self.read_pieces(blob_id, offset, count)
+        if len(pieces) == 1:
+            piece = pieces[0]
+            return piece if isinstance(piece, bytes) else bytes(piece)
+        return b"".join(pieces)
+
+    def read_pieces(self, blob_id: BlobId, offset: int, count: int) -> list[bytes | memoryview]:
+        """As `read`, the bytes left in their chunks' buffers (one piece per chunk): a READ
+        reply sends them as they are, without joining a megabyte."""
         m = self._manifest(blob_id)
         if m.bad:
             raise ManifestMismatch(blob_id, "chunks do not hash to the blob id")
         span = chunk_span(m.size, m.chunk_size, offset, count)
         if not span:
-            return b""
+            return [b""]
         hashes = self._slot_hashes(blob_id, span)
         infos = self._infos(hashes)
         missing = [i for i, info in zip(span, infos, strict=True) if not _present(info)]
         if missing:
+            # The chunks here are wanted again once the rest is fetched: make them the most
+            # recently used, so that fetching the rest does not evict them first.
+            here = [c for c, info in zip(hashes, infos, strict=True) if _present(info)]
+            if here:
+                self._touch(blob_id, here)
             raise MissingChunks(blob_id, missing, m.size, m.chunk_size)
         end = min(m.size, offset + count)
         pieces: list[memoryview | bytes] = []
@@ -508,10 +525,7 @@ class BlobStore:
             raise MissingChunks(blob_id, [index for index, _ in bad], m.size, m.chunk_size)
         if stale or time.time() - m.last_access > _ACCESS_GRANULARITY:
             self._touch(blob_id, stale)
-        if len(pieces) == 1:
-            piece = pieces[0]
-            return piece if isinstance(piece, bytes) else bytes(piece)
-        return b"".join(pieces)
+        return pieces
 
     def iter_read(
         self, blob_id: BlobId, offset: int = 0, count: int | None = None
@@ -611,7 +625,7 @@ class BlobStore:
         cs = chunk_size or self.chunk_size
         if not MIN_CHUNK_SIZE <= cs <= MAX_CHUNK_SIZE:
             raise ValueError(f"chunk size {cs} outside {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}")
-        whole = blake3()
+        whole = blake3(max_threads=blake3.AUTO)
         hashes = bytearray()
         size = 0
         pending: list[tuple[ChunkHash, bytes]] = []  # stored together, one batch per MiB
@@ -913,6 +927,9 @@ class BlobStore:
             check = m.present_hint >= m.nchunks or index == m.nchunks - 1
         if check:
             self._check_complete(blob_id)
+        if self._reclaim_due:
+            self._reclaim_due = False
+            self.reclaim()
         return True
 
     def _check_complete(self, blob_id: BlobId) -> None:
@@ -934,7 +951,7 @@ class BlobStore:
         (verified, or bad). Returns True when it matches; raises ManifestMismatch when not,
         MissingChunks when chunks are absent."""
         m = self._manifest(blob_id)
-        whole = blake3()
+        whole = blake3(max_threads=blake3.AUTO)
         for piece in self.iter_read(blob_id):
             whole.update(piece)
         ok = whole.digest() == blob_id
@@ -1045,10 +1062,15 @@ class BlobStore:
         return sum(u[0] for u in self._usage.values())
 
     def reclaim(self) -> None:
-        """Ask RocksDB to compact the chunk family now, so the blob files of evicted and
-        dropped chunks are given back to the disk (it also happens in the background)."""
+        """Compact the chunk family now with blob garbage collection on, so the blob files of
+        evicted and dropped chunks are given back to the disk (the oldest quarter of the
+        files, where LRU eviction leaves most garbage, have their live chunks moved)."""
         self._last_reclaim = time.monotonic()
-        self._chunks.compact_range(None, None)
+        self._chunks.set_options({"enable_blob_garbage_collection": "true"})
+        try:
+            self._chunks.compact_range(None, None)
+        finally:
+            self._chunks.set_options({"enable_blob_garbage_collection": "false"})
 
     def fsck(self, repair: bool = False, *, verify_data: bool = True) -> FsckReport:
         """Check manifests, chunk records, chunk bytes (re-hashed with `verify_data`), the
@@ -1200,6 +1222,11 @@ class BlobStore:
             garbage = 0 if limits.disk else max(0, self._blob_file_bytes() - txn.cached())
             short = reserve + length - disk.free - garbage
             self._evict(txn, short, None, "free space reserve", best_effort)
+        if not self._reclaim_due and time.monotonic() - self._last_reclaim > _RECLAIM_EVERY:
+            # Evicted bytes stay in the blob files until a compaction collects them: do not let
+            # them grow the store far past its limit. Done by `put_chunk` once out of the lock.
+            garbage = self._blob_file_bytes() - txn.cached()
+            self._reclaim_due = garbage > max(_RECLAIM_AT, txn.cached() // 4)
 
     def _blob_file_bytes(self) -> int:
         try:
@@ -1208,7 +1235,7 @@ class BlobStore:
             return 0
 
     def _maybe_reclaim(self) -> None:
-        if time.monotonic() - self._last_reclaim > 10:
+        if time.monotonic() - self._last_reclaim > _RECLAIM_EVERY:
             self.reclaim()
 
     def _evict(

@@ -40,6 +40,7 @@ from nfsd.vfs.tree import (
     Tree,
 )
 from nfsd.vfs.unreal import Progress, UnrealLayer, unreal_attr
+from xdr.codec import Gather
 from xdr.nfs3 import ftype3, nfsstat3, stable_how
 
 log = logging.getLogger("realize.tree")
@@ -771,7 +772,9 @@ class RealTree(Tree):
             raise from_os_error(e) from None
         return fd, writable
 
-    async def read(self, fid: int, offset: int, count: int) -> tuple[bytes, bool]:
+    async def read(
+        self, fid: int, offset: int, count: int
+    ) -> tuple[bytes | bytearray | memoryview | Gather, bool]:
         entry = self._unreal_entry(fid)
         if entry is not None:
             if self.unreal is None:

@@ -11,6 +11,7 @@ import abc
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from xdr.codec import Gather
 from xdr.nfs3 import ftype3, stable_how
 
 SERVER_TIME = -1  # a SetAttr time meaning "the server's clock now"
@@ -90,8 +91,11 @@ class Tree(abc.ABC):
     def readlink(self, fid: int) -> bytes: ...
 
     @abc.abstractmethod
-    async def read(self, fid: int, offset: int, count: int) -> tuple[bytes, bool]:
-        """Data at offset (at most count bytes) and whether it reaches the end of file."""
+    async def read(
+        self, fid: int, offset: int, count: int
+    ) -> tuple[bytes | bytearray | memoryview | Gather, bool]:
+        """Data at offset (at most count bytes) and whether it reaches the end of file; the
+        data may stay in several buffers (`Gather`) when joining them would only copy."""
 
     @abc.abstractmethod
     async def write(self, fid: int, offset: int, data: bytes, stable: stable_how) -> stable_how:

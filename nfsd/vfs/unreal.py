@@ -24,6 +24,7 @@ from nfsd.store.source import BlobSource
 from nfsd.vfs.errors import FsError
 from nfsd.vfs.journal import TEMP_PREFIX
 from nfsd.vfs.tree import Attr
+from xdr.codec import Gather
 from xdr.nfs3 import ftype3, nfsstat3
 
 log = logging.getLogger("realize.unreal")
@@ -166,7 +167,9 @@ class UnrealLayer:
 
     # ---- reading ----
 
-    async def read(self, entry: Entry, offset: int, count: int) -> tuple[bytes, bool]:
+    async def read(
+        self, entry: Entry, offset: int, count: int
+    ) -> tuple[bytes | memoryview | Gather, bool]:
         if entry.kind != Kind.FILE:
             raise FsError(nfsstat3.NFS3ERR_INVAL, "not a regular file")
         if offset >= entry.size:
@@ -174,7 +177,7 @@ class UnrealLayer:
         count = min(count, entry.size - offset)
         for _ in range(3):
             try:
-                data = self.blobs.read(entry.blob, offset, count)
+                pieces = self.blobs.read_pieces(entry.blob, offset, count)
             except MissingChunks as e:
                 await self._ensure(entry.blob, e.indexes)
                 if set(e.indexes) & set(self.blobs.missing(entry.blob, offset, count)):
@@ -184,6 +187,7 @@ class UnrealLayer:
                 log.warning("cannot read %s: %s", entry.blob.hex()[:16], e)
                 raise FsError(nfsstat3.NFS3ERR_IO, str(e)) from None
             self._read_ahead(entry.blob, offset, count)
+            data = pieces[0] if len(pieces) == 1 else Gather(pieces)
             return data, offset + len(data) >= entry.size
         raise FsError(nfsstat3.NFS3ERR_IO, "content keeps failing verification")
 

@@ -11,6 +11,9 @@ Calls go through `nfsd.rpc.client.RpcClient.call_raw` with arguments encoded onc
 `xdr` types and replies checked by their status word and the few fields the workload needs
 (a READ's count, a listing's cookies): the same client code and the same cost for either
 server. Every workload is bounded by a duration or a byte or file count, and a time cap.
+A READ answered NFS3ERR_JUKEBOX (an Unreal file whose content is still arriving) is retried
+after a pause, as the kernel's client does; `read` can also hash what it reads (`digest`),
+in file order, to prove the content.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from typing import Any
 
 import trio
+from blake3 import blake3
 
 from nfsd.rpc.client import RpcClient, RpcError, open_client
 from xdr.codec import Arm, decode, encode
@@ -54,6 +58,8 @@ _U64 = struct.Struct(">Q")
 _FATTR3_SIZE = 84
 _WCC_ATTR_SIZE = 24
 OK = b"\0\0\0\0"
+JUKEBOX = _U32.pack(nfsstat3.NFS3ERR_JUKEBOX)
+JUKEBOX_PAUSE = 0.1  # seconds before a call answered NFS3ERR_JUKEBOX is sent again
 
 
 class BenchError(Exception):
@@ -90,6 +96,19 @@ class Conn:
             status = _U32.unpack_from(body)[0]
             raise BenchError(f"{NFSPROC3(proc).name}: {nfsstat3(status).name}")
         return body
+
+    async def ok_patient(self, proc: int, args: bytes, waits: list[int]) -> bytes:
+        """`ok`, but a call answered NFS3ERR_JUKEBOX is sent again after a pause (counted in
+        `waits[0]`), for at most the job's time limit."""
+        while True:
+            body = await self.call(proc, args)
+            if body[:4] == OK:
+                return body
+            if body[:4] != JUKEBOX:
+                status = _U32.unpack_from(body)[0]
+                raise BenchError(f"{NFSPROC3(proc).name}: {nfsstat3(status).name}")
+            waits[0] += 1
+            await trio.sleep(JUKEBOX_PAUSE)
 
     async def decoded(self, proc: int, args: Any) -> Any:
         """A call with declarative arguments; the resok, decoded by the xdr types."""
@@ -235,16 +254,40 @@ async def transfer(
     return {"bytes": state["done"], "complete": state["done"] >= size}
 
 
+class OrderedHash:
+    """BLAKE3 of pieces that arrive out of order, fed to the hash in file order (holding at
+    most the pieces read ahead of the first one still missing)."""
+
+    def __init__(self) -> None:
+        self.hasher = blake3()
+        self.next = 0
+        self.waiting: dict[int, bytes] = {}
+
+    def add(self, offset: int, data: bytes) -> None:
+        self.waiting[offset] = data
+        while self.next in self.waiting:
+            piece = self.waiting.pop(self.next)
+            self.hasher.update(piece)
+            self.next += len(piece)
+
+    def hexdigest(self) -> str:
+        return self.hasher.hexdigest()
+
+
 async def job_read(conn: Conn, root: bytes, job: dict[str, Any]) -> dict[str, Any]:
     fh = fh_bytes(await lookup_path(conn, root, job["file"]))
     pack = struct.Struct(">QI").pack
+    digest = OrderedHash() if job.get("digest") else None
+    waits = [0]
 
     async def one(offset: int, n: int) -> int:
-        body = await conn.ok(NFSPROC3.READ, fh + pack(offset, n))
+        body = await conn.ok_patient(NFSPROC3.READ, fh + pack(offset, n), waits)
         pos = 8 + _FATTR3_SIZE if _U32.unpack_from(body, 4)[0] else 8
         (count,) = _U32.unpack_from(body, pos)
         if count != n:
             raise BenchError(f"READ at {offset} answered {count} of {n} bytes")
+        if digest is not None:  # count, eof, the opaque's length, then the data
+            digest.add(offset, bytes(body[pos + 12 : pos + 12 + count]))
         return count
 
     start = await wait_for_start()
@@ -253,6 +296,9 @@ async def job_read(conn: Conn, root: bytes, job: dict[str, Any]) -> dict[str, An
     )
     result["seconds"] = time.perf_counter() - start
     result["rate"] = result["bytes"] / result["seconds"] / 1e6
+    result["jukebox"] = waits[0]
+    if digest is not None:
+        result["blake3"] = digest.hexdigest()
     return result
 
 

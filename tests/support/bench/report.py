@@ -44,7 +44,8 @@ class Row:
         return f"≥ {self.target:g}"
 
 
-def _stats(values: list[float] | None) -> tuple[float, float, float] | None:
+def summarize(values: list[float] | None) -> tuple[float, float, float] | None:
+    """(median, min, max) of some measurements, or None when there are none."""
     if not values:
         return None
     return statistics.median(values), min(values), max(values)
@@ -66,7 +67,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
     out = []
     for m in results["metrics"]:
         values = results["values"].get(m["key"], {})
-        stats = {s: _stats(values.get(s)) for s in SERVERS}
+        stats = {s: summarize(values.get(s)) for s in SERVERS}
         r, g = stats["realize"], stats["ganesha"]
         ratio = r[0] / g[0] if r and g and g[0] else None
         met: bool | None = None
@@ -94,7 +95,8 @@ def fmt(value: float | None) -> str:
     return f"{value:.2f}"
 
 
-def _range(s: tuple[float, float, float] | None) -> str:
+def span(s: tuple[float, float, float] | None) -> str:
+    """The "min-max" text of a `summarize` result."""
     return "—" if s is None else f"{fmt(s[1])}-{fmt(s[2])}"
 
 
@@ -136,8 +138,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
         pr, pg = row.percent_of_ceiling("realize"), row.percent_of_ceiling("ganesha")
         percent = "—" if pr is None and pg is None else f"{fmt(pr)}% / {fmt(pg)}%"
         lines.append(
-            f"| {row.label} | {row.unit} | {fmt(r[0] if r else None)} | {_range(r)} "
-            f"| {fmt(g[0] if g else None)} | {_range(g)} | {fmt(row.ratio)} "
+            f"| {row.label} | {row.unit} | {fmt(r[0] if r else None)} | {span(r)} "
+            f"| {fmt(g[0] if g else None)} | {span(g)} | {fmt(row.ratio)} "
             f"| {row.target_text()} | {met} | {fmt(row.ceiling)} | {percent} |"
         )
     lines += [
@@ -151,8 +153,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
         values = results["values"].get(c["key"], {})
         cells = []
         for who in (*SERVERS, "machine"):
-            s = _stats(values.get(who))
-            cells.append("—" if s is None else f"{fmt(s[0])} ({_range(s)})")
+            s = summarize(values.get(who))
+            cells.append("—" if s is None else f"{fmt(s[0])} ({span(s)})")
         lines.append(f"| {c['label']} | {c['unit']} | {' | '.join(cells)} |")
     if results["errors"]:
         lines += ["", "Errors:", ""] + [f"- {e.splitlines()[0]}" for e in results["errors"]]
@@ -228,13 +230,23 @@ README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
 
 
+def replace_marked(text: str, start_marker: str, end_marker: str, body: str) -> str | None:
+    """`text` with what lies between the two markers replaced by `body` (markers kept), or
+    None when the markers are not there."""
+    start, end = text.find(start_marker), text.find(end_marker)
+    if start < 0 or end < start:
+        return None
+    section = f"{start_marker}\n{body}\n{end_marker}"
+    return text[:start] + section + text[end + len(end_marker) :]
+
+
 def update_readme(readme: Path, results_md: str, image: str) -> bool:
     """Replace what lies between the bench markers with the latest table and chart."""
-    text = readme.read_text()
-    start, end = text.find(README_START), text.find(README_END)
-    if start < 0 or end < start:
-        return False
     body = results_md.split("\n", 2)[2].strip()  # without the title
-    section = f"{README_START}\n{body}\n\n![benchmark chart]({image})\n{README_END}"
-    readme.write_text(text[:start] + section + text[end + len(README_END) :])
+    text = replace_marked(
+        readme.read_text(), README_START, README_END, f"{body}\n\n![benchmark chart]({image})"
+    )
+    if text is None:
+        return False
+    readme.write_text(text)
     return True

@@ -244,17 +244,24 @@ def wait_until_idle(
 
 
 class MemorySampler(threading.Thread):
-    """Samples VmRSS and VmHWM of some processes until stopped; keeps the peaks (bytes)."""
+    """Samples VmRSS and VmHWM of some processes until stopped; keeps the peaks (bytes) and,
+    with `keep_series`, every sample: (monotonic time, {name: VmRSS bytes})."""
 
-    def __init__(self, pids: dict[str, int], interval: float = 0.2) -> None:
+    def __init__(
+        self, pids: dict[str, int], interval: float = 0.2, keep_series: bool = False
+    ) -> None:
         super().__init__(daemon=True)
         self.pids = pids
         self.interval = interval
         self.peak_rss = dict.fromkeys(pids, 0)
         self.hwm = dict.fromkeys(pids, 0)
+        self.series: list[tuple[float, dict[str, int]]] | None = [] if keep_series else None
         self._stop_event = threading.Event()
 
-    def sample(self) -> None:
+    def sample(self) -> dict[str, int]:
+        """One sample; VmRSS of each process still there (bytes)."""
+        now = time.monotonic()
+        rss: dict[str, int] = {}
         for name, pid in self.pids.items():
             with contextlib.suppress(OSError):
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -263,6 +270,11 @@ class MemorySampler(threading.Thread):
                         kib = int(value.split()[0])
                         table = self.peak_rss if key == "VmRSS" else self.hwm
                         table[name] = max(table[name], kib * 1024)
+                        if key == "VmRSS":
+                            rss[name] = kib * 1024
+        if self.series is not None:
+            self.series.append((now, rss))
+        return rss
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval):
@@ -316,7 +328,7 @@ def _client_command(job: dict[str, Any]) -> list[str]:
     return [sys.executable, "-m", "tests.support.bench.client", json.dumps(job)]
 
 
-def _client_env() -> dict[str, str]:
+def client_env() -> dict[str, str]:
     path = os.environ.get("PYTHONPATH")
     return dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{path}" if path else str(REPO))
 
@@ -340,7 +352,7 @@ def _run_clients(
             procs.append(
                 subprocess.Popen(
                     _client_command(job), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    stderr=err, text=True, cwd=REPO, env=_client_env(),
+                    stderr=err, text=True, cwd=REPO, env=client_env(),
                 )
             )  # fmt: skip
         timer = threading.Timer(timeout, lambda: [p.kill() for p in procs])
@@ -384,14 +396,14 @@ def tcp_ceiling(size: int, timeout: float) -> float:
     """MB/s of one TCP stream between two Python processes on loopback."""
     recv_job = {"kind": "tcp_recv", "size": size}
     receiver = subprocess.Popen(
-        _client_command(recv_job), stdout=subprocess.PIPE, text=True, cwd=REPO, env=_client_env()
+        _client_command(recv_job), stdout=subprocess.PIPE, text=True, cwd=REPO, env=client_env()
     )
     try:
         assert receiver.stdout is not None
         port = int(receiver.stdout.readline().split()[1])
         subprocess.run(
             _client_command({"kind": "tcp_send", "size": size, "port": port}),
-            check=True, stdout=subprocess.DEVNULL, cwd=REPO, env=_client_env(), timeout=timeout,
+            check=True, stdout=subprocess.DEVNULL, cwd=REPO, env=client_env(), timeout=timeout,
         )  # fmt: skip
         line = receiver.stdout.readline()
         if not line.startswith("RESULT "):
@@ -543,16 +555,8 @@ class Bench:
             order.reverse()
 
 
-def machine_facts() -> dict[str, Any]:
-    def version(command: list[str]) -> str:
-        with contextlib.suppress(Exception):
-            out = subprocess.run(command, capture_output=True, text=True, timeout=10)
-            return (out.stdout or out.stderr).strip().splitlines()[0]
-        return "?"
-
-    def package(name: str) -> str:
-        return version(["dpkg-query", "-W", "-f=${Version}", name])
-
+def host_facts() -> dict[str, Any]:
+    """Date, CPU, cores, kernel and Python of this machine."""
     cpu = "?"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -565,6 +569,21 @@ def machine_facts() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "kernel": platform.release(),
         "python": platform.python_version(),
+    }
+
+
+def machine_facts() -> dict[str, Any]:
+    def version(command: list[str]) -> str:
+        with contextlib.suppress(Exception):
+            out = subprocess.run(command, capture_output=True, text=True, timeout=10)
+            return (out.stdout or out.stderr).strip().splitlines()[0]
+        return "?"
+
+    def package(name: str) -> str:
+        return version(["dpkg-query", "-W", "-f=${Version}", name])
+
+    return {
+        **host_facts(),
         "nfs-ganesha": package("nfs-ganesha"),
         "libnfs-utils": package("libnfs-utils"),
         "commit": version(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),

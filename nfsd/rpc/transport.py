@@ -28,6 +28,7 @@ log = logging.getLogger("realize.rpc")
 UDP_MAX_DATAGRAM = 65507
 # Replies are gathered into one send up to this size; bigger buffers are sent as they are.
 _COALESCE_LIMIT = 256 * 1024
+_IOV_MAX = 1024  # buffers one sendmsg takes (Linux UIO_MAXIOV)
 # Inline calls of one connection run for at most this long before other tasks get a turn.
 _INLINE_SLICE = 0.005
 _SEND_BUFFER = 4 * 1024 * 1024
@@ -315,20 +316,22 @@ class RpcServer:
 
 
 async def send_buffers(stream: trio.SocketStream, parts: list[bytes | memoryview]) -> None:
-    """Send buffers in order: small ones joined into one send, large ones as they are."""
-    pending: list[bytes | memoryview] = []
-    pending_size = 0
-    for part in parts:
-        if len(part) >= _COALESCE_LIMIT:
-            if pending:
-                await stream.send_all(b"".join(pending))
-                pending, pending_size = [], 0
-            await stream.send_all(part)
-        else:
-            pending.append(part)
-            pending_size += len(part)
-    if pending:
-        await stream.send_all(b"".join(pending) if len(pending) > 1 else pending[0])
+    """Send buffers in order with as few system calls as they need: one `sendmsg` gathers
+    them (a READ reply's header and its chunks' buffers) unless the socket takes less."""
+    views = [memoryview(part) for part in parts if len(part)]
+    try:
+        while views:
+            sent = await stream.socket.sendmsg(views[:_IOV_MAX])
+            while sent:
+                first = views[0]
+                if sent >= first.nbytes:
+                    sent -= first.nbytes
+                    del views[0]
+                else:
+                    views[0] = first[sent:]
+                    sent = 0
+    except OSError as e:
+        raise trio.BrokenResourceError(f"cannot send: {e}") from e
 
 
 async def open_udp_socket(host: str, port: int) -> trio.socket.SocketType:

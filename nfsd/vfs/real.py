@@ -193,6 +193,7 @@ class RealTree(Tree):
         self.unreal: UnrealLayer | None = None  # set when a blob cache is attached
         self.index_generation = 0  # bumped when Unreal entries change (listings depend on it)
         self._realizing: dict[int, trio.Event] = {}
+        self._owners: dict[int, tuple[float, tuple[int, int]]] = {}
 
     # ---- areas ----
 
@@ -513,12 +514,19 @@ class RealTree(Tree):
         return attr_from_stat(st, fid)
 
     def _area_owner(self, area: int) -> tuple[int, int]:
-        """Unreal objects belong to whoever owns the area's directory."""
+        """Unreal objects belong to whoever owns the area's directory (looked at once a
+        second: every GETATTR of an Unreal file asks)."""
+        now = time.monotonic()
+        known = self._owners.get(area)
+        if known is not None and now - known[0] < 1.0:
+            return known[1]
         try:
             st = os.stat(self.areas[area].path)
+            owner = st.st_uid, st.st_gid
         except OSError:
-            return 0, 0
-        return st.st_uid, st.st_gid
+            owner = 0, 0
+        self._owners[area] = (now, owner)
+        return owner
 
     def _unreal_child(self, dir_fid: int, name: bytes) -> int | None:
         """The fid of an Unreal entry `name` of `dir_fid` (recorded if new), or None."""

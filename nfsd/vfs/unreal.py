@@ -156,8 +156,10 @@ class UnrealLayer:
                 progress(sum(manifest.chunk_length(i) for i in batch))
 
     def _read_ahead(self, blob: bytes, offset: int, count: int) -> None:
+        if not self.sources or self.nursery is None:
+            return  # nowhere to fetch from: spare every READ the look at what is missing
         manifest = self.blobs.manifest(blob)
-        if manifest is None or self.nursery is None:
+        if manifest is None:
             return
         first = (offset + count) // manifest.chunk_size
         ahead = first * manifest.chunk_size

@@ -273,8 +273,9 @@ class RealTree(Tree):
         if not node.unreal:
             return None
         area, rel = self.area_path(fid)
+        root = self.areas[area].path
         try:
-            st = os.lstat(self._path(fid))
+            st = os.lstat(root + b"/" + rel if rel else root)
         except OSError:
             entry = self.journal.index.get(area, rel)
             if entry is None or entry.layer != Layer.UNREAL:

@@ -13,7 +13,17 @@ from pathlib import Path
 
 from tests.conftest import Nfs, run_on
 from tests.support.server import REPO, start_server
-from xdr.nfs3 import NFSPROC3, LINK3args, READ3args, READLINK3args, RENAME3args, diropargs3, ftype3
+from tests.support.source import make_source as make_source_of
+from xdr.nfs3 import (
+    NFSPROC3,
+    LINK3args,
+    READ3args,
+    READLINK3args,
+    RENAME3args,
+    diropargs3,
+    ftype3,
+    nfsstat3,
+)
 
 BIG = 3 * 1024 * 1024 + 12345  # several chunks and a partial last one
 
@@ -138,3 +148,42 @@ def test_unreal_files_listed_read_cached_and_realized(tmp_path):
     assert not (ours_area / "docs" / "note.txt").exists()
     report = realize(ours, "fsck")  # exits 0: nothing damaged
     assert "every Unreal file has its manifest" in report
+
+
+def test_renames_among_unreal_entries_follow_rename_2(tmp_path):
+    files = {"a.txt": b"first\n", "b.txt": b"second\n", "d/x.txt": b"x\n", "e/y.txt": b"y\n"}
+    source = make_source_of(tmp_path, files)
+    area, state = tmp_path / "area", tmp_path / "state"
+    area.mkdir()
+    state.mkdir()
+    (state / "config.json").write_text(json.dumps({"areas": {"area": str(area)}}))
+    assert "4 files" in realize(state, "import", "area", str(source))
+    server = start_server({"area": area}, state, sources=[source])
+
+    async def body(nfs: Nfs) -> None:
+        root = await nfs.mount(b"/area")
+
+        async def rename(old: bytes, new: bytes) -> int:
+            args = RENAME3args(diropargs3(root, old), diropargs3(root, new))
+            return (await nfs.call(NFSPROC3.RENAME, args)).tag
+
+        a = await nfs.lookup(root, b"a.txt")
+        assert await rename(b"a.txt", b"b.txt") == 0  # replaces the other Unreal file
+        assert await nfs.names(root) == {b"b.txt", b"d", b"e"}
+        b = await nfs.lookup(root, b"b.txt")
+        assert (await nfs.getattr(b)).fileid == (await nfs.getattr(a)).fileid
+        assert bytes((await nfs.read(b)).data) == b"first\n"
+        assert await rename(b"b.txt", b"b.txt") == 0  # onto itself: nothing happens
+        assert bytes((await nfs.read(b)).data) == b"first\n"
+        assert await rename(b"b.txt", b"d") == nfsstat3.NFS3ERR_ISDIR
+        assert await rename(b"d", b"b.txt") == nfsstat3.NFS3ERR_NOTDIR
+        assert await rename(b"d", b"e") == nfsstat3.NFS3ERR_NOTEMPTY
+        assert await rename(b"b.txt", b".realize-tmp-hidden") == nfsstat3.NFS3ERR_ACCES
+        assert await nfs.names(root) == {b"b.txt", b"d", b"e"}
+
+    try:
+        run_on(server.nfs_port, body)
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log(), server.log()
+    assert "rename   a.txt -> b.txt" in realize(state, "history", "area")

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import blake3
 import trio
 
-from nfsd.store.db import Store
+from nfsd.store.db import Batch, Store
 from nfsd.store.history import Change, History, Op
 from nfsd.store.index import AreaIndex, Entry, Kind, Layer, join
 
@@ -142,17 +142,22 @@ class Journal:
             self.history.append(batch, area, Change(op, path, old_blob=entry.blob))
         batch.commit()
 
-    def renamed(self, area: int, old: bytes, new: bytes) -> None:
+    def renamed(self, area: int, old: bytes, new: bytes, batch: Batch | None = None) -> None:
+        """`old` now is `new` (replacing whatever was there); in `batch` when the caller
+        commits other changes with it."""
         entry = self.index.get(area, old)
         replaced = self.index.get(area, new)
-        batch = self.store.batch()
+        own = batch is None
+        if batch is None:
+            batch = self.store.batch()
         if replaced is not None:
             self.index.remove_tree(batch, area, new)
         if entry is not None:
             self.index.move(batch, area, old, new)
             if _announced(entry):
                 self.history.append(batch, area, Change(Op.RENAME, old, new, old_blob=entry.blob))
-        batch.commit()
+        if own:
+            batch.commit()
         prefix = old + b"/"
         for key in [
             k for k in self.dirty if k[0] == area and (k[1] == old or k[1].startswith(prefix))

@@ -1010,6 +1010,22 @@ class RealTree(Tree):
                 self.inodes.drop_link(batch, fid, dir_fid, name)
                 batch.commit()
 
+    def _check_replaceable(
+        self, area: int, path: bytes, target: Entry | None, moved: Entry | None
+    ) -> None:
+        """RENAME onto an Unreal entry: a directory only by a directory, and only when empty;
+        a file only by a file (as rename(2) would)."""
+        if target is None:
+            return
+        target_dir = target.kind == Kind.DIR
+        moved_dir = moved is not None and moved.kind == Kind.DIR
+        if target_dir and not moved_dir:
+            raise FsError(nfsstat3.NFS3ERR_ISDIR)
+        if moved_dir and not target_dir:
+            raise FsError(nfsstat3.NFS3ERR_NOTDIR)
+        if target_dir and next(self.journal.index.children(area, path), None) is not None:
+            raise FsError(nfsstat3.NFS3ERR_NOTEMPTY)
+
     def _forget_unreal(self, dir_fid: int, name: bytes, directory: bool) -> None:
         """Remove an Unreal entry: only the index and the fileid table know it."""
         fid = self._unreal_child(dir_fid, name)
@@ -1041,6 +1057,8 @@ class RealTree(Tree):
             if name in (b".", b".."):
                 raise FsError(nfsstat3.NFS3ERR_INVAL, "dot name")
             check_name(name)
+        if to_name.startswith(TEMP_PREFIX):
+            raise FsError(nfsstat3.NFS3ERR_ACCES, "a name the server keeps for itself")
         from_path = self._writable_dir(from_dir) + b"/" + from_name
         to_path = self._writable_dir(to_dir) + b"/" + to_name
         self._not_hidden(from_path, nfsstat3.NFS3ERR_NOENT)
@@ -1099,6 +1117,8 @@ class RealTree(Tree):
         to_path: bytes,
     ) -> None:
         """Rename an Unreal entry: the index moves, nothing on the disk but what it replaces."""
+        if (from_dir, from_name) == (to_dir, to_name):
+            return  # onto itself: nothing to do, as rename(2)
         area, old_rel = self._child_path(from_dir, from_name)
         new_rel = self._child_path(to_dir, to_name)[1]
         entry = self.journal.index.get(area, old_rel)
@@ -1110,18 +1130,22 @@ class RealTree(Tree):
             raise FsError(nfsstat3.NFS3ERR_INVAL, "a directory cannot move into itself")
         if os.path.lexists(to_path):
             self._unlink(to_dir, to_name, directory=os.path.isdir(to_path))
-        elif self._unreal_child(to_dir, to_name) is not None:
-            target = self.journal.index.get(area, new_rel)
-            self._forget_unreal(to_dir, to_name, target is not None and target.kind == Kind.DIR)
-        self.journal.renamed(area, old_rel, new_rel)
-        self.index_generation += 1
-        self._listings.pop(from_dir, None)
-        self._listings.pop(to_dir, None)
         batch = self.store.batch()
+        replaced = self._unreal_child(to_dir, to_name)
+        if replaced is not None:
+            target = self.journal.index.get(area, new_rel)
+            self._check_replaceable(area, new_rel, target, entry)
+            self.inodes.drop_node(batch, self._node(replaced))
+        # The replaced entry, the move and the fileid table in one batch: a crash leaves the
+        # old names or the new.
+        self.journal.renamed(area, old_rel, new_rel, batch)
         self.inodes.drop_link(batch, fid, from_dir, from_name)
         self.inodes.add_link(batch, fid, to_dir, to_name)
         self.inodes.put_node(batch, Node(fid, to_dir, area, 0, 0, to_name))
         batch.commit()
+        self.index_generation += 1
+        self._listings.pop(from_dir, None)
+        self._listings.pop(to_dir, None)
 
     def link(self, fid: int, dir_fid: int, name: bytes) -> None:
         check_new_name(name)

@@ -1010,20 +1010,15 @@ class RealTree(Tree):
                 self.inodes.drop_link(batch, fid, dir_fid, name)
                 batch.commit()
 
-    def _check_replaceable(
-        self, area: int, path: bytes, target: Entry | None, moved: Entry | None
-    ) -> None:
-        """RENAME onto an Unreal entry: a directory only by a directory, and only when empty;
-        a file only by a file (as rename(2) would)."""
-        if target is None:
-            return
-        target_dir = target.kind == Kind.DIR
-        moved_dir = moved is not None and moved.kind == Kind.DIR
-        if target_dir and not moved_dir:
-            raise FsError(nfsstat3.NFS3ERR_ISDIR)
-        if moved_dir and not target_dir:
+    def _check_removable(self, area: int, path: bytes, entry: Entry | None, as_dir: bool) -> None:
+        """Whether an Unreal entry may go by RMDIR (`as_dir`), REMOVE, or be replaced by a
+        RENAME of a directory (`as_dir`) or not: as rmdir, unlink and rename(2) decide."""
+        is_dir = entry is not None and entry.kind == Kind.DIR
+        if as_dir and not is_dir:
             raise FsError(nfsstat3.NFS3ERR_NOTDIR)
-        if target_dir and next(self.journal.index.children(area, path), None) is not None:
+        if not as_dir and is_dir:
+            raise FsError(nfsstat3.NFS3ERR_ISDIR)
+        if is_dir and next(self.journal.index.children(area, path), None) is not None:
             raise FsError(nfsstat3.NFS3ERR_NOTEMPTY)
 
     def _forget_unreal(self, dir_fid: int, name: bytes, directory: bool) -> None:
@@ -1031,14 +1026,7 @@ class RealTree(Tree):
         fid = self._unreal_child(dir_fid, name)
         assert fid is not None
         area, rel = self._child_path(dir_fid, name)
-        entry = self.journal.index.get(area, rel)
-        is_dir = entry is not None and entry.kind == Kind.DIR
-        if directory and not is_dir:
-            raise FsError(nfsstat3.NFS3ERR_NOTDIR)
-        if not directory and is_dir:
-            raise FsError(nfsstat3.NFS3ERR_ISDIR)
-        if is_dir and next(self.journal.index.children(area, rel), None) is not None:
-            raise FsError(nfsstat3.NFS3ERR_NOTEMPTY)
+        self._check_removable(area, rel, self.journal.index.get(area, rel), directory)
         self.journal.removed(area, rel)
         self.index_generation += 1
         self._listings.pop(dir_fid, None)
@@ -1134,7 +1122,9 @@ class RealTree(Tree):
         replaced = self._unreal_child(to_dir, to_name)
         if replaced is not None:
             target = self.journal.index.get(area, new_rel)
-            self._check_replaceable(area, new_rel, target, entry)
+            if target is not None:
+                moving_dir = entry is not None and entry.kind == Kind.DIR
+                self._check_removable(area, new_rel, target, moving_dir)
             self.inodes.drop_node(batch, self._node(replaced))
         # The replaced entry, the move and the fileid table in one batch: a crash leaves the
         # old names or the new.

@@ -262,6 +262,11 @@ def run_foreground(config: ServerConfig, announce: bool = True) -> int:
                     print(f"  {os_name}:")
                     for line in lines:
                         print(f"    {line}")
+                if not (config.state_dir / "config.json").exists():  # `realize serve DIR`
+                    print(
+                        f"  marks, ls, history: realize --state-dir {config.state_dir} "
+                        "ls | mark | history ..."
+                    )
                 print("realize: ready (Ctrl-C stops)", flush=True)
 
     try:
@@ -619,16 +624,25 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _served_areas(state_dir: Path) -> dict:
+    """The areas of the server of `state_dir`: its configuration, or for `realize serve DIR`
+    (which has none) what the running server says."""
+    if (state_dir / "config.json").exists() or not _running(state_dir):
+        return load_config(state_dir)
+    runtime = _runtime(state_dir) or {}
+    return {"areas": runtime.get("areas", {})}
+
+
 def cmd_mark(args: argparse.Namespace) -> int:
     """Say what paths should be; the running server applies it, with a progress bar."""
     state_dir = Path(args.state_dir).resolve()
-    return cli_control.cmd_mark(args, load_config(state_dir), state_dir)
+    return cli_control.cmd_mark(args, _served_areas(state_dir), state_dir)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """Each entry's layer, mark and how much of it is cached."""
     state_dir = Path(args.state_dir).resolve()
-    return cli_control.cmd_ls(args, load_config(state_dir), state_dir)
+    return cli_control.cmd_ls(args, _served_areas(state_dir), state_dir)
 
 
 def cmd_history(args: argparse.Namespace) -> int:

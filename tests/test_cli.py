@@ -279,6 +279,10 @@ def test_serve_a_directory_in_the_foreground(tmp_path: Path) -> None:
 
         run_on(port, body)
         assert (shared / ".realize" / "db").is_dir()
+        # The control command reaches it by the state directory the start-up lines name.
+        assert f"realize --state-dir {shared / '.realize'} ls" in text, text
+        listing = ok(realize(shared / ".realize", "ls", str(shared / "hello.txt")))
+        assert listing.splitlines()[1].split()[0] == "real" and "shared/hello.txt" in listing
     finally:
         process.send_signal(signal.SIGTERM)
         try:

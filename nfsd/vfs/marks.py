@@ -27,6 +27,7 @@ from enum import Enum
 
 import trio
 
+from nfsd.store.blobs import BlobError
 from nfsd.store.index import Entry, Kind, Layer, Mark, join
 from nfsd.vfs.errors import FsError
 from nfsd.vfs.journal import kind_of
@@ -260,9 +261,10 @@ class Marks:
                 for path, entry, action in work:
                     try:
                         await self._apply(job, path, entry, action)
-                    except FsError as e:
+                    except (FsError, BlobError, OSError) as e:
+                        why = (e.detail or e.status.name) if isinstance(e, FsError) else str(e)
                         shown = os.fsdecode(self._display(job.area, path))
-                        job.errors.append(f"{shown}: {e.detail or e.status.name}")
+                        job.errors.append(f"{shown}: {why}")
                         job.bytes_total -= entry.size if action != Action.RELEASE else 0
                     job.files_done += 1
             except Exception as e:  # a job must end in a state the command can report

@@ -64,17 +64,30 @@ def call(state_dir: Path, proc: CONTROLPROC, args: Any = None) -> Any:
 
 
 def area_path(config: dict, text: str) -> bytes:
-    """The control path of what the user typed: "AREA/inside" as given, unless it names a
-    file or directory of this machine inside an area's directory."""
-    if os.path.lexists(text):
-        local = Path(os.path.realpath(os.path.dirname(os.path.abspath(text)) or "/"))
-        local = local / os.path.basename(os.path.abspath(text))
+    """The control path of what the user typed: "AREA/inside" as given, unless it is a path of
+    this machine (absolute, or starting at something in the current directory) inside an
+    area's directory, Unreal files included (they are not on the disk)."""
+    first = text.split(os.sep, 1)[0]
+    if os.path.isabs(text) or (first and os.path.lexists(first)):
+        local = _resolved(Path(os.path.abspath(text)))
         for name, directory in config["areas"].items():
             root = Path(os.path.realpath(directory))
             if local == root or root in local.parents:
                 inside = local.relative_to(root)
                 return os.fsencode(name if str(inside) == "." else f"{name}/{inside}")
+        if os.path.isabs(text):
+            where = ", ".join(f"{n} in {d}" for n, d in sorted(config["areas"].items()))
+            raise ControlError(f"{text} is not inside an area's directory ({where or 'none'})")
     return os.fsencode(text.strip("/"))
+
+
+def _resolved(path: Path) -> Path:
+    """`path` with the symlinks of its deepest existing ancestor resolved."""
+    missing: list[str] = []
+    while not path.exists() and path != path.parent:
+        missing.append(path.name)
+        path = path.parent
+    return Path(os.path.realpath(path)).joinpath(*reversed(missing))
 
 
 # ---- output ----

@@ -157,6 +157,10 @@ def test_marks_move_content_between_layers(tmp_path: Path) -> None:
         assert done.returncode == 1 and "no area elsewhere (areas: area)" in done.stderr, done
         done = run_realize(state, "ls", "area/../etc")
         assert done.returncode == 1 and "no '..'" in done.stderr, done
+        done = run_realize(state, "mark", "keep", "/etc/hostname")
+        assert done.returncode == 2 and "is not inside an area's directory" in done.stderr, done
+        # The local path of an Unreal file names it though the file is not on the disk.
+        assert ls_rows(state, str(area / "big.bin"))["area/big.bin"][0] == "unreal"
 
         assert "every Unreal file has its manifest" in ok(state, "fsck")
         trio.run(hostile_control_calls, state)

@@ -154,11 +154,17 @@ class AreaIndex:
 
     def mark(self, area: int, path: bytes, default: Mark = Mark.REAL) -> Mark:
         """The mark in force for `path`: its own, else the nearest marked parent's."""
+        mark, where = self.marked_at(area, path)
+        return default if where is None else mark
+
+    def marked_at(self, area: int, path: bytes) -> tuple[Mark, bytes | None]:
+        """The mark in force for `path` and the path that carries it (its own or the nearest
+        marked parent's); (INHERIT, None) when nothing above it is marked."""
         current = path
         while True:
             mark = self.own_mark(area, current)
             if mark != Mark.INHERIT:
-                return mark
+                return mark, current
             if not current:
-                return default
+                return Mark.INHERIT, None
             current = split(current)[0]

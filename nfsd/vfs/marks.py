@@ -136,17 +136,6 @@ class Marks:
         name = self.tree.areas[area].name.encode()
         return join(name, rel) if rel else name
 
-    def in_force(self, area: int, rel: bytes) -> tuple[Mark, bytes | None]:
-        """The mark in force for a path and the path where it is set (None: no mark)."""
-        current = rel
-        while True:
-            mark = self.index.own_mark(area, current)
-            if mark != Mark.INHERIT:
-                return mark, current
-            if not current:
-                return Mark.INHERIT, None
-            current = current.rpartition(b"/")[0]
-
     # ---- realize ls ----
 
     def view(self, area: int, rel: bytes, name: bytes | None = None) -> PathView:
@@ -164,7 +153,7 @@ class Marks:
                 layer = Layer.REAL
         else:
             kind, size = entry.kind, entry.size if entry.kind == Kind.FILE else 0
-        mark, where = self.in_force(area, rel)
+        mark, where = self.index.marked_at(area, rel)
         cached, pinned = self._cached(entry)
         return PathView(
             name if name is not None else self._display(area, rel),
@@ -233,7 +222,7 @@ class Marks:
         for path, entry in items:
             if entry is None or entry.kind != Kind.FILE:
                 continue
-            mark, _ = self.in_force(area, path)
+            mark, _ = self.index.marked_at(area, path)
             action = None
             if entry.layer == Layer.UNREAL:
                 if mark == Mark.REAL:
@@ -289,7 +278,7 @@ class Marks:
             blobs.pin(entry.blob, KEEP_PIN)
             await unreal.fetch_all(entry.blob, job.advance)
         else:
-            mark, _ = self.in_force(job.area, path)
+            mark, _ = self.index.marked_at(job.area, path)
             await self._unrealize(fid, entry, KEEP_PIN if mark == Mark.KEEP else None)
             job.advance(entry.size)
 

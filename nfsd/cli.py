@@ -29,6 +29,7 @@ from nfsd.server import Server, ServerConfig, mount_commands
 from nfsd.store.db import Store
 from nfsd.store.history import History
 from nfsd.store.limits import AreaLimit, CacheLimits
+from nfsd.store.source import is_state_dir
 from nfsd.vfs.journal import DEFAULT_REST
 from xdr.control import CONTROLPROC, ctlstat, importargs
 
@@ -522,15 +523,11 @@ def cmd_mount_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_state_dir(path: Path) -> bool:
-    return (path / "db" / "CURRENT").exists()
-
-
 def cmd_source_add(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).resolve()
     config = load_config(state_dir)
     source = Path(args.path).expanduser().resolve()
-    if not _is_state_dir(source):
+    if not is_state_dir(source):
         raise UsageError(f"{args.path} is not a Realize state directory (no db/ in it)")
     if source == state_dir:
         raise UsageError("a state directory cannot be its own source")
@@ -562,7 +559,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.area not in config["areas"]:
         raise UsageError(f"no area named {args.area} here: add it with 'realize area add'")
     source_dir = Path(args.source).expanduser().resolve()
-    if not _is_state_dir(source_dir):
+    if not is_state_dir(source_dir):
         raise UsageError(f"{args.source} is not a Realize state directory")
     if _running(state_dir):
         res = cli_control.call(
@@ -608,7 +605,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     from nfsd.store.check import check_store
 
     state_dir = Path(args.state_dir).resolve()
-    if not _is_state_dir(state_dir):
+    if not is_state_dir(state_dir):
         raise UsageError(f"no server state in {state_dir}")
     if _running(state_dir):
         res = cli_control.call(state_dir, CONTROLPROC.FSCK, args.repair)

@@ -20,7 +20,7 @@ from nfsd.rpc.dispatch import CallContext, Procedure, Program
 from nfsd.store.blobs import BlobStore
 from nfsd.store.check import check_store
 from nfsd.store.index import Kind, Mark
-from nfsd.store.source import StateDirSource, import_area
+from nfsd.store.source import StateDirSource, import_area, is_state_dir
 from nfsd.vfs.marks import Job, JobState, Marks, PathError, PathView
 from nfsd.vfs.real import RealTree
 from xdr.control import (
@@ -68,8 +68,14 @@ def _text(message: str) -> bytes:
     return message.encode()[:4000]
 
 
-def is_state_dir(path: Path) -> bool:
-    return (path / "db" / "CURRENT").exists()
+async def _open_source(source_dir: Path) -> StateDirSource | ctlres:
+    """The state directory opened as a source, or why it cannot be."""
+    if not is_state_dir(source_dir):
+        return ctlres(ctlstat.INVAL, _text(f"{source_dir} is not a Realize state directory"))
+    try:
+        return await trio.to_thread.run_sync(StateDirSource, source_dir)
+    except Exception as e:  # rocksdict reports open failures as plain Exception
+        return ctlres(ctlstat.IO, _text(f"cannot open {source_dir}: {e}"))
 
 
 @contextlib.contextmanager
@@ -168,12 +174,9 @@ class ControlService:
         if area is None:
             return failed(ctlstat.NOENT, f"no area named {name} here")
         source_dir = Path(os.fsdecode(args.source))
-        if not is_state_dir(source_dir):
-            return failed(ctlstat.INVAL, f"{source_dir} is not a Realize state directory")
-        try:
-            source = await trio.to_thread.run_sync(StateDirSource, source_dir)
-        except Exception as e:  # rocksdict reports open failures as plain Exception
-            return failed(ctlstat.IO, f"cannot open {source_dir}: {e}")
+        source = await _open_source(source_dir)
+        if isinstance(source, ctlres):
+            return failed(source.status, source.message.decode())
         try:
             report = await trio.to_thread.run_sync(
                 import_area, self.tree.store, self.blobs, area.id, area.path, source, name
@@ -206,12 +209,9 @@ class ControlService:
             return ctlres(ctlstat.IO, b"no blob cache attached")
         if any(s.name == str(source_dir) for s in unreal.sources):
             return ctlres(ctlstat.OK, b"already attached")
-        if not is_state_dir(source_dir):
-            return ctlres(ctlstat.INVAL, _text(f"{source_dir} is not a Realize state directory"))
-        try:
-            source = await trio.to_thread.run_sync(StateDirSource, source_dir)
-        except Exception as e:  # rocksdict reports open failures as plain Exception
-            return ctlres(ctlstat.IO, _text(f"cannot open {source_dir}: {e}"))
+        source = await _open_source(source_dir)
+        if isinstance(source, ctlres):
+            return source
         unreal.sources.append(source)
         return ctlres(ctlstat.OK, b"attached")
 

@@ -67,6 +67,11 @@ class SourceEntry:
     location: bytes | None  # the source's Real file, for files
 
 
+def is_state_dir(path: Path) -> bool:
+    """Whether `path` holds a Realize store (a state directory)."""
+    return (path / "db" / "CURRENT").exists()
+
+
 class StateDirSource:
     """Another Realize state directory, opened read-only."""
 

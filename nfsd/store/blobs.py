@@ -709,11 +709,7 @@ class BlobStore:
             fresh = WriteBatch(raw_mode=True)
             handle = self.store.handle("chunks")
             for chunk, data in chunks:
-                info = txn.info(chunk)
-                if info is not None and info.present:
-                    if info.stamp < start:  # else already protected by this ingest
-                        self._restamp(txn, chunk, info)
-                        self.stats.deduped_chunks += 1
+                if self._stored_already(txn, chunk, start):
                     continue
                 if chunk in self._pending:  # written already (by this or another ingest)
                     self._pending[chunk] += 1
@@ -770,14 +766,20 @@ class BlobStore:
         self, txn: _Txn, chunks: list[tuple[ChunkHash, bytes]], area: str, start: int
     ) -> None:
         for chunk, data in chunks:
-            info = txn.info(chunk)
-            if info is not None and info.present:
-                if info.stamp < start:  # else already protected by this ingest
-                    self._restamp(txn, chunk, info)
-                    self.stats.deduped_chunks += 1
-            else:
+            if not self._stored_already(txn, chunk, start):
                 self._make_room(txn, area, len(data))
-                self._store(txn, chunk, info or ChunkInfo(), data, area)
+                self._store(txn, chunk, txn.info(chunk) or ChunkInfo(), data, area)
+
+    def _stored_already(self, txn: _Txn, chunk: ChunkHash, start: int) -> bool:
+        """Whether an ingest's chunk is stored already (then it is not written again, and is
+        restamped once per ingest so that eviction spares it until the manifest names it)."""
+        info = txn.info(chunk)
+        if info is None or not info.present:
+            return False
+        if info.stamp < start:  # else already protected by this ingest
+            self._restamp(txn, chunk, info)
+            self.stats.deduped_chunks += 1
+        return True
 
     def _commit_ingest(
         self,

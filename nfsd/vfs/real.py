@@ -1045,8 +1045,7 @@ class RealTree(Tree):
             if name in (b".", b".."):
                 raise FsError(nfsstat3.NFS3ERR_INVAL, "dot name")
             check_name(name)
-        if to_name.startswith(TEMP_PREFIX):
-            raise FsError(nfsstat3.NFS3ERR_ACCES, "a name the server keeps for itself")
+        check_new_name(to_name)  # dot names are refused above: this is the kept prefix
         from_path = self._writable_dir(from_dir) + b"/" + from_name
         to_path = self._writable_dir(to_dir) + b"/" + to_name
         self._not_hidden(from_path, nfsstat3.NFS3ERR_NOENT)

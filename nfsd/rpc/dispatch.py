@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nfsd.rpc.drc import DuplicateRequestCache, Lookup
+from nfsd.waiting import WouldWait, allow_waiting, forbid_waiting
 from xdr.codec import Packer, XdrError, as_type, decode
 from xdr.rpc import accept_stat
 from xdr.rpc_fast import (
@@ -58,8 +59,10 @@ class Procedure:
     res: Any
     handler: Handler
     idempotent: bool = True
-    # Inline handlers never wait (no thread hand-off, no network): the connection's reader
-    # runs them at once, without a task of their own, and batches their replies.
+    # Inline handlers are usually quick: the connection's reader runs them at once, without a
+    # task of their own, and batches their replies. Whether one call must wait (realize an
+    # Unreal file, fetch, fsync) is for the tree to say: it raises WouldWait before changing
+    # anything, and the call is run again in a task (`handle` answers DEFERRED).
     inline: bool = True
 
     def __post_init__(self) -> None:
@@ -107,6 +110,15 @@ class OncePerWindow:
 Reply = list[bytes | memoryview]
 
 
+class _Deferred:
+    """`handle`'s answer for an inline call that must wait: run it again with inline=False."""
+
+    __slots__ = ()
+
+
+DEFERRED = _Deferred()
+
+
 class Dispatcher:
     def __init__(self, programs: list[Program], drc: DuplicateRequestCache | None = None):
         self.programs = {p.number: p for p in programs}
@@ -129,9 +141,18 @@ class Dispatcher:
         return procedure is None or procedure.inline
 
     async def handle(
-        self, record: bytes, client: tuple[str, int], transport: str, server: str | None = None
-    ) -> Reply | None:
-        """The reply to `record`, or None when nothing must be sent."""
+        self,
+        record: bytes,
+        client: tuple[str, int],
+        transport: str,
+        server: str | None = None,
+        *,
+        inline: bool = False,
+    ) -> Reply | _Deferred | None:
+        """The reply to `record`, or None when nothing must be sent.
+
+        `inline`: the caller is a connection's reader, which must not wait; a call that
+        would is answered DEFERRED, having changed nothing, for the caller to run again."""
         self.calls += 1
         try:
             call = parse_call(record)
@@ -167,7 +188,7 @@ class Dispatcher:
             call.xid, call.prog, call.vers, call.proc, call.cred, client, transport, server
         )
         if procedure.idempotent:
-            return await self._run(procedure, ctx, args)
+            return await self._run(procedure, ctx, args, inline)
 
         key = self.drc.key(
             client[0], call.xid, call.prog, call.vers, call.proc, record[call.args_offset :]
@@ -178,19 +199,33 @@ class Dispatcher:
         if state is Lookup.IN_PROGRESS:
             return None
         try:
-            reply = await self._run(procedure, ctx, args)
+            reply = await self._run(procedure, ctx, args, inline)
         except BaseException:
             self.drc.abandon(key)
             raise
+        if reply is DEFERRED:
+            self.drc.abandon(key)
+            return reply
         self.drc.finish(key, b"".join(reply))
         return reply
 
-    async def _run(self, procedure: Procedure, ctx: CallContext, args: Any) -> Reply:
+    async def _run(
+        self, procedure: Procedure, ctx: CallContext, args: Any, inline: bool
+    ) -> Reply | _Deferred:
+        token = forbid_waiting() if inline else None
         try:
             result = await procedure.handler(ctx, args)
+        except WouldWait:
+            if inline:
+                return DEFERRED
+            log.error("%s: WouldWait outside an inline call", procedure.name)
+            return [accepted_reply(ctx.xid, accept_stat.SYSTEM_ERR)]
         except Exception:
             log.exception("%s failed", procedure.name)
             return [accepted_reply(ctx.xid, accept_stat.SYSTEM_ERR)]
+        finally:
+            if token is not None:
+                allow_waiting(token)
         if isinstance(result, RawReply):
             return [accepted_reply(ctx.xid), *result.parts]
         p = Packer()

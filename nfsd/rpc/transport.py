@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import trio
 
-from nfsd.rpc.dispatch import Dispatcher, Reply
+from nfsd.rpc.dispatch import DEFERRED, Dispatcher, Reply
 from nfsd.rpc.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge, frame
 
 log = logging.getLogger("realize.rpc")
@@ -196,15 +196,16 @@ class RpcServer:
             for record in records:
                 await outbox.wait_for_room()
                 if self.dispatcher.is_inline(record):
-                    reply = await self.dispatcher.handle(record, peer, "tcp", local)
-                    if reply is not None:
-                        ready.append(reply)
-                    if trio.current_time() > slice_end:
-                        await self._send_ready(stream, outbox, sending, ready)
-                        ready = []
-                        await trio.lowlevel.checkpoint()  # let other connections run
-                        slice_end = trio.current_time() + _INLINE_SLICE
-                    continue
+                    reply = await self.dispatcher.handle(record, peer, "tcp", local, inline=True)
+                    if reply is not DEFERRED:  # else: it must wait, so it gets a task below
+                        if reply is not None:
+                            ready.append(reply)
+                        if trio.current_time() > slice_end:
+                            await self._send_ready(stream, outbox, sending, ready)
+                            ready = []
+                            await trio.lowlevel.checkpoint()  # let other connections run
+                            slice_end = trio.current_time() + _INLINE_SLICE
+                        continue
                 await per_connection.acquire()
                 # A token of its own per call: identical records (a retransmission) may be in
                 # flight together, and the limiter refuses a borrower that holds a token.

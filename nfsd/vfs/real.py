@@ -40,6 +40,7 @@ from nfsd.vfs.tree import (
     Tree,
 )
 from nfsd.vfs.unreal import Progress, UnrealLayer, unreal_attr
+from nfsd.waiting import about_to_wait
 from xdr.codec import Gather
 from xdr.nfs3 import ftype3, nfsstat3, stable_how
 
@@ -346,6 +347,7 @@ class RealTree(Tree):
         """Realize an Unreal file before it is written, truncated or its attributes set
         (and when it is marked `real`: then `progress` hears of every chunk written)."""
         while fid in self._realizing:  # one realization per file; later callers find it done
+            about_to_wait()
             await self._realizing[fid].wait()
         entry = self._unreal_entry(fid)
         if entry is None:
@@ -355,6 +357,7 @@ class RealTree(Tree):
             return
         if entry.kind != Kind.FILE or self.unreal is None:
             raise FsError(nfsstat3.NFS3ERR_NOTSUPP, "cannot change this Unreal object")
+        about_to_wait()  # realizing fetches and writes the whole file
         node = self._node(fid)
         self._materialize_dir(node.parent)
         path = self._path(fid)

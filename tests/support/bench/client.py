@@ -14,6 +14,11 @@ server. Every workload is bounded by a duration or a byte or file count, and a t
 A READ answered NFS3ERR_JUKEBOX (an Unreal file whose content is still arriving) is retried
 after a pause, as the kernel's client does; `read` can also hash what it reads (`digest`),
 in file order, to prove the content.
+
+Two jobs use no event loop but a plain blocking socket, one call outstanding (`BlockingConn`):
+the RPC NULL ceiling, and the metadata walk, which models a blocking walker (`find -exec
+stat`, `ls -lR` on a mount: each system call waits for its one RPC) and whose per-call cost on
+the client side should be as small as Python allows, so the walk measures the servers.
 """
 
 from __future__ import annotations
@@ -43,13 +48,14 @@ from xdr.nfs3 import (
     RMDIR3args,
     createmode3,
     diropargs3,
+    ftype3,
     nfs_fh3,
     nfsstat3,
     sattr3,
     stable_how,
 )
 from xdr.rpc import auth_flavor
-from xdr.rpc_fast import Credential, encode_call
+from xdr.rpc_fast import Credential, encode_call, parse_reply
 
 ROOT = Credential(auth_flavor.AUTH_SYS, 0, 0, [], b"realize-bench")
 _CALL_FIXED = struct.Struct(">6I")
@@ -524,6 +530,187 @@ def null_raw(job: dict[str, Any]) -> dict[str, Any]:
     return {"ops": calls, "seconds": seconds, "rate": calls / seconds}
 
 
+# ---- the metadata walk: a blocking client, one call outstanding ----
+
+
+class BlockingConn:
+    """Calls of one program over a blocking TCP socket, one at a time: the shape of a
+    blocking walker's traffic, at the smallest client cost (no event loop, no tasks)."""
+
+    _LAST_FRAGMENT = 0x80000000
+
+    def __init__(self, host: str, port: int, prog: int = NFS_PROGRAM, vers: int = NFS_V3) -> None:
+        self.sock = socket.create_connection((host, port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.prog = prog
+        self.vers = vers
+        self.xid = 0
+        self.calls = 0
+        self._auth = encode_call(0, prog, vers, 0, ROOT)[_CALL_FIXED.size :]
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _recv_exact(self, n: int) -> bytes:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = self.sock.recv_into(view[got:])
+            if not k:
+                raise BenchError("the server closed the connection")
+            got += k
+        return bytes(buf)
+
+    def call(self, proc: int, args: bytes) -> bytes:
+        """The reply body (the procedure's result) of an accepted call."""
+        self.xid += 1
+        self.calls += 1
+        header = _CALL_FIXED.pack(self.xid, 0, 2, self.prog, self.vers, proc) + self._auth
+        size = len(header) + len(args)
+        self.sock.sendall(b"".join((_U32.pack(self._LAST_FRAGMENT | size), header, args)))
+        pieces = []
+        while True:
+            (mark,) = _U32.unpack(self._recv_exact(4))
+            pieces.append(self._recv_exact(mark & 0x7FFFFFFF))
+            if mark & self._LAST_FRAGMENT:
+                break
+        record = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        reply = parse_reply(record)
+        if reply.xid != self.xid:
+            raise BenchError(f"reply to xid {reply.xid}, expected {self.xid}")
+        if not reply.accepted or reply.stat != 0:
+            raise BenchError(f"call {proc} not accepted: {reply}")
+        return record[reply.body_offset :]
+
+    def ok(self, proc: int, args: bytes) -> bytes:
+        """The reply body of a call that must answer NFS3_OK."""
+        body = self.call(proc, args)
+        if body[:4] != OK:
+            status = _U32.unpack_from(body)[0]
+            raise BenchError(f"{NFSPROC3(proc).name}: {nfsstat3(status).name}")
+        return body
+
+
+def blocking_mount(server: dict[str, Any]) -> bytes:
+    """The export's root handle, from MNT over a blocking socket."""
+    conn = BlockingConn(server["host"], server["mount_port"], MOUNT_PROGRAM, MOUNT_V3)
+    try:
+        body = conn.call(MOUNTPROC3.MNT, encode(dirpath, server["export"].encode()))
+    finally:
+        conn.close()
+    res = decode(mountres3, body)
+    if res.tag != mountstat3.MNT3_OK:
+        raise BenchError(f"MNT {server['export']}: {mountstat3(res.tag).name}")
+    return res.value.fhandle
+
+
+def plus_entries(body: bytes) -> tuple[list[tuple[bytes, bytes | None]], int, bytes, bool]:
+    """([(name, handle or None)], last cookie, cookieverf, eof) of a READDIRPLUS3resok body,
+    "." and ".." left out (a walker neither stats nor descends into them)."""
+    u32 = _U32.unpack_from
+    pos = 8 + _FATTR3_SIZE if u32(body, 4)[0] else 8
+    verf = bytes(body[pos : pos + 8])
+    pos += 8
+    entries: list[tuple[bytes, bytes | None]] = []
+    cookie = 0
+    while u32(body, pos)[0]:
+        # value_follows, fileid, name, cookie, post_op_attr, post_op_fh3
+        (n,) = u32(body, pos + 12)
+        name = bytes(body[pos + 16 : pos + 16 + n])
+        pos += 16 + _pad(n)
+        (cookie,) = _U64.unpack_from(body, pos)
+        pos += 8
+        pos += 4 + _FATTR3_SIZE if u32(body, pos)[0] else 4
+        handle = None
+        if u32(body, pos)[0]:
+            (length,) = u32(body, pos + 4)
+            handle = bytes(body[pos + 8 : pos + 8 + length])
+            pos += 8 + _pad(length)
+        else:
+            pos += 4
+        if name not in (b".", b".."):
+            entries.append((name, handle))
+    (eof,) = u32(body, pos + 4)
+    return entries, cookie, verf, bool(eof)
+
+
+def walk_tree(conn: BlockingConn, top: bytes, count: int) -> tuple[int, int]:
+    """Walk the tree below the directory `top` as `find TOP -exec stat` does on a mount, one
+    call at a time: READDIRPLUS of a directory (every page), then a GETATTR of each entry's
+    handle (LOOKUP first when the listing gave none), then its subdirectories in order,
+    depth first (fts's order). (entries, directories listed).
+
+    READDIRPLUS, not READDIR + LOOKUP: the Linux client lists a directory the first time with
+    READDIRPLUS (`ls -l` does too) and takes names, handles and attributes from it, so it
+    sends no LOOKUP for what it has just listed. The GETATTR per entry is `stat` revalidating
+    the attributes the listing brought once they are older than the attribute cache's 3 s, as
+    in any walk longer than that: the most a walk on a mount sends, the listings the least."""
+    sizes = struct.pack(">II", count, count)
+    entries = directories = 0
+    stack = [top]
+    while stack:
+        directory = fh_bytes(stack.pop())
+        directories += 1
+        listed: list[tuple[bytes, bytes | None]] = []
+        cookie, verf = 0, b"\0" * 8
+        while True:
+            body = conn.ok(NFSPROC3.READDIRPLUS, directory + _U64.pack(cookie) + verf + sizes)
+            page, last, verf, eof = plus_entries(body)
+            listed += page
+            if eof:
+                break
+            if not page:
+                raise BenchError("a listing reply with no entries and no eof")
+            cookie = last
+        below = []
+        for name, handle in listed:
+            if handle is None:
+                found = conn.ok(NFSPROC3.LOOKUP, directory + _U32.pack(len(name)) + name
+                                + b"\0" * (-len(name) % 4))  # fmt: skip
+                handle = bytes(found[8 : 8 + _U32.unpack_from(found, 4)[0]])
+            attrs = conn.ok(NFSPROC3.GETATTR, fh_bytes(handle))
+            entries += 1
+            if _U32.unpack_from(attrs, 4)[0] == ftype3.NF3DIR:
+                below.append(handle)
+        stack.extend(reversed(below))  # the first subdirectory is walked first
+    return entries, directories
+
+
+def walk(job: dict[str, Any]) -> dict[str, Any]:
+    """One timed walk of the tree `job["dir"]` (looked up before the start)."""
+    server = job["server"]
+    root = blocking_mount(server)
+    conn = BlockingConn(server["host"], server["nfs_port"])
+    try:
+        top = root
+        for part in job["dir"].strip("/").split("/"):
+            found = conn.ok(NFSPROC3.LOOKUP, encode(
+                LOOKUP3args, LOOKUP3args(diropargs3(nfs_fh3(top), part.encode()))
+            ))  # fmt: skip
+            top = bytes(found[8 : 8 + _U32.unpack_from(found, 4)[0]])
+        print("READY", flush=True)
+        delay = float(sys.stdin.readline()) - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        calls_before = conn.calls
+        start = time.perf_counter()
+        entries, directories = walk_tree(conn, top, job["count"])
+        seconds = time.perf_counter() - start
+        calls = conn.calls - calls_before
+    finally:
+        conn.close()
+    if entries != job["expect"]:
+        raise BenchError(f"the walk found {entries} entries, expected {job['expect']}")
+    return {
+        "ops": entries,
+        "directories": directories,
+        "calls": calls,
+        "seconds": seconds,
+        "rate": entries / seconds,
+    }
+
+
 def tcp_recv(job: dict[str, Any]) -> dict[str, Any]:
     """Receive `size` bytes on a loopback socket; prints the port, then READY is implied."""
     listener = socket.create_server(("127.0.0.1", 0))
@@ -563,6 +750,8 @@ def main(argv: list[str]) -> int:
     kind = job["kind"]
     if kind == "null_raw":
         result = null_raw(job)
+    elif kind == "walk":
+        result = walk(job)
     elif kind == "tcp_recv":
         result = tcp_recv(job)
     elif kind == "tcp_send":

@@ -100,6 +100,40 @@ def span(s: tuple[float, float, float] | None) -> str:
     return "—" if s is None else f"{fmt(s[1])}-{fmt(s[2])}"
 
 
+def tree_text(settings: dict[str, Any]) -> str:
+    """The walked tree in words."""
+    fanout, depth, files = settings["tree_fanout"], settings["tree_depth"], settings["tree_files"]
+    directories = sum(fanout**level for level in range(1, depth + 1))
+    entries = directories + (directories + 1) * files
+    return (
+        f"a tree of {entries:,} entries for the metadata walk ({fanout} subdirectories per "
+        f"directory, {depth} levels, {files} empty files in each of its {directories + 1:,} "
+        "directories)"
+    )
+
+
+def walk_text(results: dict[str, Any]) -> str:
+    """A sentence on the metadata walk: its total time and calls per server, and how."""
+    values = results["values"]
+    parts = []
+    for server in SERVERS:
+        seconds = summarize(values.get("walk_seconds", {}).get(server))
+        calls = summarize(values.get("walk_calls", {}).get(server))
+        if seconds is not None and calls is not None:
+            parts.append(f"{fmt(seconds[0])} s ({span(seconds)}) against {server} "
+                         f"({calls[0]:,.0f} calls)")  # fmt: skip
+    if not parts:
+        return ""
+    return (
+        "Metadata walk: one walk of the whole tree took " + ", ".join(parts) + ". It is "
+        "`find TREE -exec stat` as a Linux mount serves it, from a blocking client (a plain "
+        "socket, one call at a time, as each system call of a walker waits for its RPC): "
+        "READDIRPLUS of each directory (the kernel's first listing of a directory, whose "
+        "handles and attributes spare it a LOOKUP per name), a GETATTR per entry (stat "
+        "revalidating attributes older than the attribute cache), depth first."
+    )
+
+
 def markdown(results: dict[str, Any], command: str) -> str:
     settings, machine = results["settings"], results["machine"]
     table = rows(results)
@@ -113,7 +147,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
         f"run took {results['seconds'] / 60:.1f} min.",
         "",
         f"Data: a {settings['file_size'] / (1 << 20):g} MiB random file, a directory of "
-        f"{settings['dir_entries']:,} empty files, {settings['small_files']:,} small files of "
+        f"{settings['dir_entries']:,} empty files, {tree_text(settings)}, "
+        f"{settings['small_files']:,} small files of "
         f"{settings['small_file_size']:,} bytes ({settings['small_file_workers']} in flight). "
         f"Rates are measured for {settings['rate_seconds']:g} s each. MB = 10^6 bytes. "
         '"Own client" is the package\'s `nfsd.rpc.client` in separate processes, the same for '
@@ -142,6 +177,9 @@ def markdown(results: dict[str, Any], command: str) -> str:
             f"| {fmt(g[0] if g else None)} | {span(g)} | {fmt(row.ratio)} "
             f"| {row.target_text()} | {met} | {fmt(row.ceiling)} | {percent} |"
         )
+    walk = walk_text(results)
+    if walk:
+        lines += ["", walk]
     lines += [
         "",
         "Ceilings of this machine, measured in the same run:",

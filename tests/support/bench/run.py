@@ -1,15 +1,16 @@
 """The benchmark run: two servers on identical data, every workload against both, in rounds.
 
-`run_bench(settings)` makes the data once (a large file, a directory of many empty files) and
-copies it, starts Realize (`realize run`, tests/support/server.py) on one copy and nfs-ganesha
-(FSAL VFS, tests/support/ganesha.py) on the other, then for each round runs every workload
-against both servers one after the other, the order alternating from round to round. Client
-workloads run in their own processes (tests/support/bench/client.py, or libnfs's `nfs-cp`),
-so each server is the only thing in its process. Measuring starts once both servers are idle
-after their start, and every measurement first waits until both are idle again, so background
-work (Realize scans and hashes its areas at start and hashes files that rest after writes) is
-not charged to whichever workload happens to run next. A sampler thread follows both servers'
-resident memory all along. The result is a plain dict (see `report.py` for its use).
+`run_bench(settings)` makes the data once (a large file, a directory of many empty files, a
+tree of directories and files for the metadata walk) and copies it, starts Realize (`realize
+run`, tests/support/server.py) on one copy and nfs-ganesha (FSAL VFS, tests/support/ganesha.py)
+on the other, then for each round runs every workload against both servers one after the other,
+the order alternating from round to round. Client workloads run in their own processes
+(tests/support/bench/client.py, or libnfs's `nfs-cp`), so each server is the only thing in its
+process. Measuring starts once both servers are idle after their start, and every measurement
+first waits until both are idle again, so background work (Realize scans and hashes its areas
+at start and hashes files that rest after writes) is not charged to whichever workload happens
+to run next. A sampler thread follows both servers' resident memory all along. The result is a
+plain dict (see `report.py` for its use).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ HOST = "127.0.0.1"
 BIG = "big.bin"
 LISTED = "listed"
 ENTRY_FORMAT = "entry-%06d"
+TREE = "tree"
 MiB = 1 << 20
 STARTUP_QUIET = 3.0  # seconds in a row a server must be idle before the first measurement
 
@@ -60,6 +62,16 @@ class Settings:
     quiet: float = 0.5  # seconds both servers must be idle before each measurement
     listing_count: int = 65536  # READDIR count, READDIRPLUS dircount and maxcount
     lookup_names: int = 1000  # distinct names LOOKUP cycles through
+    # the walked tree: `tree_fanout` subdirectories per directory down to `tree_depth` levels
+    # below its top, `tree_files` empty files in every directory (10, 3, 17: 19,997 entries)
+    tree_fanout: int = 10
+    tree_depth: int = 3
+    tree_files: int = 17
+
+    def tree_counts(self) -> tuple[int, int]:
+        """(directories, files) below the walked tree's top."""
+        directories = sum(self.tree_fanout**level for level in range(1, self.tree_depth + 1))
+        return directories, (directories + 1) * self.tree_files
 
     @classmethod
     def full(cls) -> Settings:
@@ -95,6 +107,9 @@ class Settings:
             transfer_cap=30.0,
             quiet=0.25,
             lookup_names=500,
+            tree_fanout=3,
+            tree_depth=2,
+            tree_files=5,
         )
 
 
@@ -142,6 +157,8 @@ METRICS: list[Metric] = [
     *_rates("lookup", "LOOKUP", 1.0),
     Metric("readdirplus", "READDIRPLUS of the large directory", "entries/s", 0.5),
     Metric("readdir", "READDIR of the large directory", "entries/s"),
+    Metric("walk", "metadata walk: READDIRPLUS + GETATTR per entry, blocking, 1 outstanding",
+           "entries/s"),
     Metric("small_create", "small files: CREATE + WRITE 4 KiB + COMMIT", "files/s", 0.5),
     Metric("small_remove", "small files: REMOVE", "files/s"),
     Metric("rss", "server peak resident memory (VmHWM)", "MB", 150.0, higher_is_better=False),
@@ -290,11 +307,24 @@ class MemorySampler(threading.Thread):
 # ---- data ----
 
 
+def make_tree(top: Path, fanout: int, depth: int, files: int) -> None:
+    """`files` empty files in `top` and `fanout` subdirectories, each such a tree `depth` - 1
+    levels deep."""
+    top.mkdir()
+    for i in range(files):
+        os.close(os.open(top / f"file-{i:03d}", os.O_CREAT | os.O_WRONLY, 0o644))
+    if depth > 0:
+        for i in range(fanout):
+            make_tree(top / f"dir-{i:02d}", fanout, depth - 1, files)
+
+
 def make_data(root: Path, settings: Settings, log: Callable[[str], None]) -> None:
-    """The reference copy: a random file and a directory of empty files."""
+    """The reference copy: a random file, a directory of empty files and the walked tree."""
     root.mkdir(parents=True)
-    log(f"writing {settings.file_size // MiB} MiB of random data and "
-        f"{settings.dir_entries} directory entries in {root}")  # fmt: skip
+    directories, files = settings.tree_counts()
+    log(f"writing {settings.file_size // MiB} MiB of random data, "
+        f"{settings.dir_entries} directory entries and a tree of {directories} directories "
+        f"and {files} files in {root}")  # fmt: skip
     with open(root / BIG, "wb") as f:
         left = settings.file_size
         while left:
@@ -305,6 +335,7 @@ def make_data(root: Path, settings: Settings, log: Callable[[str], None]) -> Non
     listed.mkdir()
     for i in range(settings.dir_entries):
         os.close(os.open(listed / (ENTRY_FORMAT % i), os.O_CREAT | os.O_WRONLY, 0o644))
+    make_tree(root / TREE, settings.tree_fanout, settings.tree_depth, settings.tree_files)
     os.chmod(root, 0o777)
 
 
@@ -314,6 +345,7 @@ def copy_data(source: Path, target: Path) -> None:
     (target / LISTED).mkdir()
     for name in os.listdir(source / LISTED):
         os.close(os.open(target / LISTED / name, os.O_CREAT | os.O_WRONLY, 0o644))
+    shutil.copytree(source / TREE, target / TREE)
     os.chmod(target, 0o777)
 
 
@@ -510,6 +542,16 @@ class Bench:
             )  # fmt: skip
             self.record(kind, target.name, result["rate"])
 
+    def walk(self, target: Target, tag: str) -> None:
+        """One walk of the tree by one blocking client (client.py's `walk`)."""
+        s = self.settings
+        [result] = self.clients(
+            target, "walk", dir=TREE, count=s.listing_count, expect=sum(s.tree_counts())
+        )
+        self.record("walk", target.name, result["rate"])
+        self.record("walk_seconds", target.name, result["seconds"])
+        self.record("walk_calls", target.name, result["calls"])
+
     def small_files(self, target: Target, tag: str) -> None:
         s = self.settings
         [result] = self.clients(
@@ -521,13 +563,18 @@ class Bench:
         self.record("small_remove", target.name, result["remove_rate"])
 
     def warm_up(self, target: Target) -> None:
-        """One listing of the large directory, so both servers know its entries."""
+        """One listing of the large directory and one walk of the tree, untimed, so both
+        servers know their entries before the first round."""
+        s = self.settings
         self.clients(
-            target, "readdirplus", dir=LISTED, duration=0, count=self.settings.listing_count,
-            expect=self.settings.dir_entries,
+            target, "readdirplus", dir=LISTED, duration=0, count=s.listing_count,
+            expect=s.dir_entries,
         )  # fmt: skip
+        self.clients(target, "walk", dir=TREE, count=s.listing_count, expect=sum(s.tree_counts()))
 
-    WORKLOADS: tuple[str, ...] = ("nfs_cp", "sequential", "rates", "listings", "small_files")
+    WORKLOADS: tuple[str, ...] = (
+        "nfs_cp", "sequential", "rates", "listings", "walk", "small_files",
+    )  # fmt: skip
 
     def measure(self, workload: str, target: Target, tag: str) -> None:
         start = time.monotonic()

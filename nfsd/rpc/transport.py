@@ -9,6 +9,9 @@ connection and in total, a bound on the bytes of replies waiting for a client th
 read them, a connection cap, and timeouts for records that trickle in and connections that
 never call. Quick calls answered inline yield to other connections every few milliseconds, so
 one client's burst does not stall the others.
+
+`serve_stream` serves any connected trio Stream (tests use in-memory ones): a stream without
+a socket gets its replies through `send_all` instead of gathered `sendmsg` calls.
 """
 
 from __future__ import annotations
@@ -115,25 +118,33 @@ class RpcServer:
         except OSError:
             await stream.aclose()
             return
+        await self.serve_stream(stream, peer, local)
+
+    async def serve_stream(
+        self, stream: trio.abc.Stream, peer: tuple[str, int], local: str
+    ) -> None:
+        """Serve the calls of one connected stream until its client goes, then close it.
+
+        Accepted TCP and Unix connections come here; so can any other trio Stream (an
+        in-memory one in tests), given the addresses a socket would have told."""
         if self.connections >= self.limits.max_connections:
             self.dispatcher.bad_input.warn("connection refused", peer[0], "too many connections")
             await stream.aclose()
             return
         self.connections += 1
         try:
-            if not unix:
-                stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-            # Room for a whole 1 MiB READ reply, so it leaves in one or two sends rather than
-            # eight waits for the socket to drain.
-            stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
+            if isinstance(stream, trio.SocketStream):
+                if stream.socket.family != socket.AF_UNIX:
+                    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+                # Room for a whole 1 MiB READ reply, so it leaves in one or two sends rather
+                # than eight waits for the socket to drain.
+                stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
             await self._read_calls(stream, peer, local)
         finally:
             self.connections -= 1
             await stream.aclose()
 
-    async def _read_calls(
-        self, stream: trio.SocketStream, peer: tuple[str, int], local: str
-    ) -> None:
+    async def _read_calls(self, stream: trio.abc.Stream, peer: tuple[str, int], local: str) -> None:
         limits = self.limits
         reader = RecordReader(limits.max_record)
         per_connection = trio.Semaphore(limits.inflight_per_connection)
@@ -180,7 +191,7 @@ class RpcServer:
     async def _dispatch(
         self,
         records: list[bytes],
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         outbox: _Outbox,
         sending: trio.Lock,
         nursery: trio.Nursery,
@@ -221,7 +232,7 @@ class RpcServer:
 
     @staticmethod
     async def _send_ready(
-        stream: trio.SocketStream, outbox: _Outbox, sending: trio.Lock, ready: list[Reply]
+        stream: trio.abc.Stream, outbox: _Outbox, sending: trio.Lock, ready: list[Reply]
     ) -> None:
         """Send inline replies from the reader itself when nothing else is being sent (saving
         the hand-off to the writer, which is most of a quick call's latency); else queue them."""
@@ -235,7 +246,7 @@ class RpcServer:
             outbox.put(reply)
 
     async def _write_replies(
-        self, stream: trio.SocketStream, outbox: _Outbox, sending: trio.Lock
+        self, stream: trio.abc.Stream, outbox: _Outbox, sending: trio.Lock
     ) -> None:
         """Send replies as they come, coalescing all that are ready into one send."""
         try:
@@ -316,9 +327,13 @@ class RpcServer:
             self._inflight.release_on_behalf_of(token)
 
 
-async def send_buffers(stream: trio.SocketStream, parts: list[bytes | memoryview]) -> None:
+async def send_buffers(stream: trio.abc.Stream, parts: list[bytes | memoryview]) -> None:
     """Send buffers in order with as few system calls as they need: one `sendmsg` gathers
-    them (a READ reply's header and its chunks' buffers) unless the socket takes less."""
+    them (a READ reply's header and its chunks' buffers) unless the socket takes less. A
+    stream without a socket gets them joined, in one `send_all`."""
+    if not isinstance(stream, trio.SocketStream):
+        await stream.send_all(b"".join(parts))
+        return
     views = [memoryview(part) for part in parts if len(part)]
     try:
         while views:

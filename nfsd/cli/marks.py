@@ -1,10 +1,6 @@
-"""The `realize` subcommands that talk to a running server over its control socket: `mark`
-(with a progress bar while the job runs) and `ls`; and the calls `import`, `fsck` and
-`source add` make when a server is running (the database is then its alone).
-
-Paths are given as "AREA/path/inside", or as a path on this machine inside an area's
-directory.
-"""
+"""`mark` and `ls`, which only a running server answers: paths as the user types them
+("AREA/path/inside", or a path on this machine inside an area's directory), a mark job
+followed with a progress bar, and the `ls` table of layers, marks and what is cached."""
 
 from __future__ import annotations
 
@@ -15,52 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import trio
-
-from nfsd.control import socket_address
-from nfsd.rpc.client import RpcError, open_unix_client
-from xdr.control import (
-    CONTROL_PROGRAM,
-    CONTROL_SOCKET,
-    CONTROL_V1,
-    CONTROLPROC,
-    PROCEDURES,
-    ctlstat,
-    jobstate,
-    layer,
-    lsargs,
-    lsentry,
-    mark,
-    markargs,
-)
+from nfsd.cli.control_client import ControlError, call
+from nfsd.cli.daemon import served_areas
+from nfsd.cli.output import ProgressBar, human
+from xdr.control import CONTROLPROC, ctlstat, jobstate, layer, lsargs, lsentry, mark, markargs
 
 MARKS = {"real": mark.REAL, "keep": mark.KEEP, "unreal": mark.UNREAL, "inherit": mark.INHERIT}
 POLL = 0.2
-
-
-class ControlError(Exception):
-    """The server could not be reached or refused; printed for the user."""
-
-
-def call(state_dir: Path, proc: CONTROLPROC, args: Any = None) -> Any:
-    """One control call to the server of `state_dir`."""
-    _, args_type, res_type = PROCEDURES[proc]
-
-    async def run() -> Any:
-        with socket_address(state_dir) as address:
-            async with open_unix_client(address) as client:
-                return await client.call(
-                    CONTROL_PROGRAM, CONTROL_V1, proc, args_type, args, res_type
-                )
-
-    if not (state_dir / CONTROL_SOCKET).exists():
-        raise ControlError("no server is running: start it with 'realize start'")
-    try:
-        return trio.run(run)
-    except (OSError, ConnectionError) as e:
-        raise ControlError(f"cannot reach the server: {e}") from None
-    except RpcError as e:
-        raise ControlError(f"the server refused the call: {e}") from None
 
 
 def area_path(config: dict, text: str) -> bytes:
@@ -90,52 +47,6 @@ def _resolved(path: Path) -> Path:
     return Path(os.path.realpath(path)).joinpath(*reversed(missing))
 
 
-# ---- output ----
-
-
-def human(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(n)
-
-
-class ProgressBar:
-    """One line redrawn on a terminal; on anything else a line per tenth of the way."""
-
-    def __init__(self, label: str, stream: Any = None) -> None:
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.shown = -1
-
-    def update(self, files: int, files_total: int, done: int, total: int) -> None:
-        fraction = done / total if total else (files / files_total if files_total else 1.0)
-        fraction = min(fraction, 1.0)
-        text = (
-            f"{self.label} {fraction * 100:5.1f}%  {files}/{files_total} files  "
-            f"{human(done)} of {human(total)}"
-        )
-        if self.tty:
-            width = 30
-            filled = int(fraction * width)
-            bar = "#" * filled + "." * (width - filled)
-            self.stream.write(f"\r[{bar}] {text}\x1b[K")
-            self.stream.flush()
-        elif int(fraction * 10) > self.shown:
-            self.shown = int(fraction * 10)
-            print(text, file=self.stream, flush=True)
-
-    def end(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def follow(state_dir: Path, job_id: int, label: str) -> Any:
     """Poll a job until it ends, drawing its progress; its last state."""
     bar = ProgressBar(label)
@@ -152,10 +63,10 @@ def follow(state_dir: Path, job_id: int, label: str) -> Any:
         bar.end()
 
 
-# ---- commands ----
-
-
-def cmd_mark(args: argparse.Namespace, config: dict, state_dir: Path) -> int:
+def cmd_mark(args: argparse.Namespace) -> int:
+    """Say what paths should be; the running server applies it, with a progress bar."""
+    state_dir = Path(args.state_dir).resolve()
+    config = served_areas(state_dir)
     wanted = MARKS[args.mark]
     failed = False
     for text in args.paths:
@@ -191,7 +102,7 @@ _LAYER = {layer.NONE: "-", layer.REAL: "real", layer.UNREAL: "unreal"}
 _KIND_SUFFIX = {2: "/", 3: "@"}
 
 
-def _mark_text(entry: lsentry, here: bytes) -> str:
+def _mark_text(entry: lsentry) -> str:
     if entry.own_mark != mark.INHERIT:
         return entry.own_mark.name.lower()
     if not entry.mark_from:
@@ -209,12 +120,15 @@ def _cached_text(entry: lsentry) -> str:
 def _row(entry: lsentry, name: str) -> str:
     size = human(entry.size) if entry.kind == 1 else ""
     return (
-        f"{_LAYER[entry.layer]:<7} {_mark_text(entry, b''):<24} {_cached_text(entry):<12} "
+        f"{_LAYER[entry.layer]:<7} {_mark_text(entry):<24} {_cached_text(entry):<12} "
         f"{size:>10}  {name}{_KIND_SUFFIX.get(int(entry.kind), '')}"
     )
 
 
-def cmd_ls(args: argparse.Namespace, config: dict, state_dir: Path) -> int:
+def cmd_ls(args: argparse.Namespace) -> int:
+    """Each entry's layer, mark and how much of it is cached."""
+    state_dir = Path(args.state_dir).resolve()
+    config = served_areas(state_dir)
     paths = [area_path(config, text) for text in args.paths] or [
         os.fsencode(name) for name in sorted(config["areas"])
     ]

@@ -1,0 +1,146 @@
+"""The state directory's configuration: where the state directory is, its config.json (areas,
+sources and saved server options), area names, sizes, cache limits, and the ServerConfig that
+saved and given options make together."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+from pathlib import Path
+
+from nfsd.cli.errors import UsageError
+from nfsd.cli.options import SERVER_KEYS
+from nfsd.exports import NOBODY, ExportOptions
+from nfsd.server import ServerConfig
+from nfsd.store.limits import AreaLimit, CacheLimits
+from nfsd.vfs.journal import DEFAULT_REST
+
+ENV_STATE_DIR = "REALIZE_STATE_DIR"
+CONFIG_FILE = "config.json"
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get(ENV_STATE_DIR) or Path.home() / ".realize")
+
+
+def is_configured(state_dir: Path) -> bool:
+    """Whether `realize init` made `state_dir` (`realize serve DIR` writes no configuration)."""
+    return (state_dir / CONFIG_FILE).exists()
+
+
+def area_name(name: str) -> str:
+    if not name or "/" in name or name in (".", "..") or len(name.encode()) > 255:
+        raise UsageError(f"invalid area name {name!r}: use a plain name like 'photos'")
+    return name
+
+
+def load_config(state_dir: Path) -> dict:
+    path = state_dir / CONFIG_FILE
+    if not path.exists():
+        raise UsageError(f"{state_dir} is not initialised: run 'realize init' first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path} is damaged: {e}") from None
+
+
+def save_config(state_dir: Path, config: dict) -> None:
+    path = state_dir / CONFIG_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def areas_to_serve(config: dict) -> dict[str, str]:
+    """The configuration's areas; a UsageError that says what to do when there are none."""
+    areas = config.get("areas")
+    if not areas:
+        raise UsageError("no areas configured: add one with 'realize area add NAME DIR'")
+    return areas
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str, option: str) -> tuple[int | None, float | None]:
+    """(bytes, percent) from "10G", "500M", "123" or "20%"."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if value.endswith("%"):
+            percent = float(value[:-1])
+            if not 0 <= percent <= 100:
+                raise ValueError
+            return None, percent
+        unit = value[-1] if value and value[-1] in _UNITS else ""
+        number = float(value[: len(value) - len(unit)])
+        if number < 0:
+            raise ValueError
+        return int(number * _UNITS[unit]), None
+    except (ValueError, IndexError):
+        raise UsageError(f"{option}: {text!r} is not a size like 10G, 500M or 20%") from None
+
+
+def merged_options(saved: dict, args: argparse.Namespace) -> dict:
+    """The saved server options, overridden by those given on the command line."""
+    options = dict(saved)
+    for key in SERVER_KEYS:
+        value = getattr(args, key, None)
+        if value is not None:
+            options[key] = value
+    return options
+
+
+def cache_limits(options: dict) -> CacheLimits:
+    max_bytes = max_percent = None
+    free_bytes, free_percent = 0, None
+    if options.get("cache_max"):
+        max_bytes, max_percent = parse_size(str(options["cache_max"]), "--cache-max")
+    if options.get("cache_free"):
+        free, free_percent = parse_size(str(options["cache_free"]), "--cache-free")
+        free_bytes = free or 0
+    areas = {}
+    for item in options.get("area_cache_max") or []:
+        name, sep, size = str(item).partition("=")
+        if not sep or not name:
+            raise UsageError(f"--area-cache-max: {item!r} is not AREA=SIZE, like photos=20G")
+        areas[name] = AreaLimit(*parse_size(size, f"--area-cache-max {name}"))
+    return CacheLimits(
+        max_bytes=max_bytes,
+        max_percent=max_percent,
+        min_free_bytes=free_bytes,
+        min_free_percent=free_percent,
+        areas=areas,
+    )
+
+
+def server_config(state_dir: Path, areas: dict[str, str], options: dict) -> ServerConfig:
+    try:
+        allowed = [ipaddress.ip_network(n, strict=False) for n in options.get("allow") or []]
+    except ValueError as e:
+        raise UsageError(f"--allow: {e}") from None
+    export_options = ExportOptions(
+        read_only=bool(options.get("read_only")),
+        allowed=allowed,
+        anon_uid=options.get("anon_uid", NOBODY) or NOBODY,
+        anon_gid=options.get("anon_gid", NOBODY) or NOBODY,
+        root_squash=bool(options.get("root_squash")),
+        all_squash=bool(options.get("all_squash")),
+    )
+    limits = cache_limits(options)
+    unknown = sorted(set(limits.areas) - set(areas))
+    if unknown:
+        raise UsageError(f"--area-cache-max: no area named {', '.join(unknown)}")
+    return ServerConfig(
+        state_dir=state_dir,
+        areas=areas,
+        bind=options.get("bind") or "127.0.0.1",
+        port=options.get("port"),
+        mount_port=options.get("mount_port"),
+        portmap=options.get("portmap") or "auto",
+        options=export_options,
+        rest=float(options.get("rest") or DEFAULT_REST),
+        cache_limits=limits,
+        sources=list(options.get("sources") or []),
+    )

@@ -1,0 +1,94 @@
+"""The command line of `realize`: its global options and every subcommand, each with its
+arguments and the function that carries it out."""
+
+from __future__ import annotations
+
+import argparse
+
+from nfsd.cli.config import ENV_STATE_DIR
+from nfsd.cli.configure import cmd_area_add, cmd_area_list, cmd_init, cmd_source_add
+from nfsd.cli.daemon import cmd_mount_cmd, cmd_run, cmd_serve, cmd_start, cmd_status, cmd_stop
+from nfsd.cli.marks import MARKS, cmd_ls, cmd_mark
+from nfsd.cli.options import add_server_options
+from nfsd.cli.store_commands import cmd_fsck, cmd_history, cmd_import
+
+DESCRIPTION = (
+    "The control command `realize`: serve, init, area add, start, stop, status, mount-cmd,"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="realize", description=DESCRIPTION)
+    parser.add_argument(
+        "--state-dir",
+        default=None,
+        help=f"state directory (default ${ENV_STATE_DIR} or ~/.realize)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="export one directory in the foreground, no setup needed")
+    p.add_argument("directory")
+    p.add_argument("--name", help="export name (default: the directory's name)")
+    add_server_options(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("init", help="create a state directory")
+    add_server_options(p)
+    p.set_defaults(func=cmd_init)
+
+    area = sub.add_parser("area", help="manage areas").add_subparsers(
+        dest="area_command", required=True, metavar="ACTION"
+    )
+    p = area.add_parser("add", help="add an area: a local directory exported as /NAME")
+    p.add_argument("name")
+    p.add_argument("directory")
+    p.set_defaults(func=cmd_area_add)
+    p = area.add_parser("list", help="list the areas")
+    p.set_defaults(func=cmd_area_list)
+
+    p = sub.add_parser("start", help="start the server in the background")
+    add_server_options(p)
+    p.set_defaults(func=cmd_start)
+    p = sub.add_parser("run", help="serve the configured areas in the foreground")
+    add_server_options(p)
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("stop", help="stop the background server")
+    p.set_defaults(func=cmd_stop)
+    p = sub.add_parser("status", help="show the server, its clients and areas")
+    p.set_defaults(func=cmd_status)
+    source = sub.add_parser("source", help="attach other state directories").add_subparsers(
+        dest="source_command", required=True, metavar="ACTION"
+    )
+    p = source.add_parser("add", help="read missing content from another state directory")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_source_add)
+    p = sub.add_parser("import", help="list a source's files of an area here (no copying)")
+    p.add_argument("area")
+    p.add_argument("source", help="the source's state directory")
+    p.set_defaults(func=cmd_import)
+    p = sub.add_parser(
+        "mark",
+        help="say what paths should be: real (local files), keep (cached, never evicted), "
+        "unreal (cached, evictable), inherit (as their parent)",
+    )
+    p.add_argument("mark", choices=sorted(MARKS))
+    p.add_argument("paths", nargs="+", metavar="PATH", help="AREA/path, or a path in an area")
+    p.add_argument("--no-wait", action="store_true", help="return once the job is queued")
+    p.set_defaults(func=cmd_mark)
+    p = sub.add_parser("ls", help="show each entry's layer, mark and how much is cached")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="AREA/path (default: every area)")
+    p.set_defaults(func=cmd_ls)
+    p = sub.add_parser("fsck", help="check the store and repair what can be repaired")
+    p.add_argument("--repair", action="store_true", help="drop damaged chunks (refetched later)")
+    p.set_defaults(func=cmd_fsck)
+    p = sub.add_parser("history", help="show the changes recorded for an area")
+    p.add_argument("area")
+    p.add_argument("--after", type=int, default=0, metavar="SEQUENCE")
+    p.add_argument("--limit", type=int, default=0)
+    p.set_defaults(func=cmd_history)
+    p = sub.add_parser("mount-cmd", help="print the commands that mount the areas")
+    p.add_argument("--os", choices=["linux", "macos", "windows"], default="linux")
+    p.add_argument("--host", help="the name clients reach this machine by")
+    p.set_defaults(func=cmd_mount_cmd)
+    return parser

@@ -120,7 +120,8 @@ def walk_text(results: dict[str, Any]) -> str:
         seconds = summarize(values.get("walk_seconds", {}).get(server))
         calls = summarize(values.get("walk_calls", {}).get(server))
         if seconds is not None and calls is not None:
-            parts.append(f"{fmt(seconds[0])} s ({span(seconds)}) against {server} "
+            low, high = seconds[1], seconds[2]
+            parts.append(f"{seconds[0]:.3g} s ({low:.3g}-{high:.3g}) against {server} "
                          f"({calls[0]:,.0f} calls)")  # fmt: skip
     if not parts:
         return ""

@@ -12,8 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.bench.run import CEILINGS, METRICS
 from tests.support.server import REPO
+
+pytestmark = pytest.mark.slow
 
 NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?"
 
@@ -41,6 +45,15 @@ def test_bench_quick_writes_table_chart_and_json(tmp_path: Path) -> None:
     for ceiling in CEILINGS:
         assert f"| {ceiling.label} |" in table, f"no row for ceiling {ceiling.label!r}"
 
+    # the metadata walk by name, so the check fails if its row is dropped from METRICS too
+    [walk] = [m for m in METRICS if m.key == "walk"]
+    assert walk.unit == "entries/s"
+    [row] = [line for line in table.splitlines() if line.startswith(f"| {walk.label} |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    for cell in (cells[2], cells[4], cells[6]):
+        assert float(cell.replace(",", "")) > 0, f"metadata walk: {cell!r} in {row}"
+    assert "Metadata walk: one walk of the whole tree took" in table
+
     png = (out / "results.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
 
@@ -49,3 +62,7 @@ def test_bench_quick_writes_table_chart_and_json(tmp_path: Path) -> None:
     assert raw["values"]["tcp"]["machine"], "no loopback TCP ceiling"
     for server in ("realize", "ganesha"):
         assert raw["values"]["null_1x1"][server], f"no RPC NULL ceiling against {server}"
+        # one walk per round; the client checked it found every entry of the tree
+        walks = raw["values"]["walk"][server]
+        assert len(walks) == 1 and walks[0] > 0, f"metadata walk against {server}: {walks}"
+        assert raw["values"]["walk_calls"][server][0] > 0, server

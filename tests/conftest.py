@@ -1,16 +1,33 @@
-"""Fixtures for the wire tests: real server processes on temporary areas, and a small NFSv3
-and MOUNT client built on `nfsd.rpc.client` for test bodies, which run under trio.
+"""Fixtures for the tests: servers in-process and real server processes on temporary areas,
+and a small NFSv3 and MOUNT client built on `nfsd.rpc.client` for test bodies, which run under
+trio.
 
-- `server`: one server per test module, exporting two areas `a` and `b` (plus the root "/").
-- `make_server`: a factory for servers of one test (other options, restarts, stops).
-- `Served.run(body)`: runs `async def body(nfs)` under trio with a root AUTH_SYS connection;
-  `Served.run(body, connect=False)` runs `async def body()` as it is.
+The tests come in three tiers, each a pytest marker (`-m inproc`, `-m wire`, `-m slow`):
 
-Every server's log is checked for tracebacks when the server is stopped.
+- `inproc`, the fast tier: protocol code, the NFS procedures over a tree in a temporary
+  directory and the RPC transport over in-memory streams (tests/support/inproc.py); no server
+  process, no sockets. `scripts/test --quick` runs it, also with REALIZE_FORCE_FALLBACKS=1.
+- `wire`: tests that start server processes and talk to them over sockets. A test with no
+  tier marker is in this tier.
+- `slow`: the kernel-client guest under qemu (also marked `kernel`), the SIGKILL rounds and
+  the benchmark smoke tests.
+
+Fixtures:
+
+- `server`: one server process per test module, exporting areas `a` and `b` (plus "/").
+- `make_server`: a factory for server processes of one test (options, restarts, stops).
+- `inproc_server`: the same programs and areas in-process, one per test module.
+- `served`: a test taking it runs twice, once per tier: on `inproc_server` and on `server`.
+- `Served.run(body)` (and `InProcessServed.run`): runs `async def body(nfs)` under trio with a
+  root AUTH_SYS connection; `run(body, connect=False)` runs `async def body()` as it is.
+
+Every server process's log is checked for tracebacks when the server is stopped.
 """
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -23,6 +40,7 @@ import pytest
 import trio
 
 from nfsd.rpc.client import RpcClient, open_client
+from tests.support.inproc import InProcessServer, make_dispatcher, server_umask
 from tests.support.server import ServerProcess, start_server
 from xdr.codec import Arm
 from xdr.mount import MOUNT_PROGRAM, MOUNT_V3, MOUNTPROC3, dirpath, mountres3, mountstat3
@@ -54,6 +72,43 @@ from xdr.rpc_fast import Credential
 # pytest imports this file as `conftest`; the test modules import their helpers from
 # `tests.conftest`. One module under both names, so its classes are the same for both.
 sys.modules.setdefault("tests.conftest", sys.modules[__name__])
+
+TIERS = ("inproc", "wire", "slow")
+# Fixtures that start server processes: no test of the in-process tier may use them.
+_PROCESS_FIXTURES = {"server", "make_server"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test without a tier marker is a wire test; an in-process test starts no server."""
+    for item in items:
+        tiers = [tier for tier in TIERS if item.get_closest_marker(tier) is not None]
+        if not tiers:
+            item.add_marker(pytest.mark.wire)
+        elif len(tiers) > 1:
+            raise pytest.UsageError(f"{item.nodeid} is in more than one tier: {tiers}")
+        if "inproc" in tiers and _PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            raise pytest.UsageError(f"{item.nodeid} is marked inproc but starts a server process")
+
+
+def _refuse_in_inproc(what: str) -> Callable[..., Any]:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"an inproc test {what}: it belongs to the wire tier")
+
+    return refuse
+
+
+@pytest.fixture(autouse=True)
+def _inproc_tier_stays_in_process(request: pytest.FixtureRequest) -> Iterator[None]:
+    """An inproc test that starts a process or binds or connects a socket fails."""
+    if request.node.get_closest_marker("inproc") is None:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess.Popen, "_execute_child", _refuse_in_inproc("starts a process"))
+        patch.setattr(socket.socket, "bind", _refuse_in_inproc("binds a socket"))
+        patch.setattr(socket.socket, "connect", _refuse_in_inproc("connects a socket"))
+        yield
+
 
 HOST = "127.0.0.1"
 ROOT = Credential(auth_flavor.AUTH_SYS, 0, 0, [], b"test")
@@ -182,7 +237,15 @@ def run_on(
 ) -> Any:
     """Run `async def body(nfs)` under trio with a connection to the server on `port`
     (`async def body()` with connect=False), failing after `timeout` seconds."""
+    return _run_body(lambda: open_client(HOST, port, cred), body, connect, timeout)
 
+
+def _run_body(
+    open_rpc: Callable[[], Any],
+    body: Callable[..., Awaitable[Any]],
+    connect: bool,
+    timeout: float,
+) -> Any:
     finished = False
 
     async def main() -> Any:
@@ -191,7 +254,7 @@ def run_on(
             if not connect:
                 result = await body()
             else:
-                async with open_client(HOST, port, cred) as rpc:
+                async with open_rpc() as rpc:
                     result = await body(Nfs(rpc))
         finished = True
         return result
@@ -261,6 +324,39 @@ def _serve(base: Path, extra: list[str] | None, area_names: tuple[str, ...]) -> 
     return Served(process, areas, state_dir, list(extra or []))
 
 
+@dataclass
+class InProcessServed:
+    """The programs of a server and its areas in-process: what `Served` offers a test body,
+    over in-memory connections to the real transport instead of sockets."""
+
+    inproc: InProcessServer
+
+    @property
+    def areas(self) -> dict[str, Path]:
+        return self.inproc.areas
+
+    @property
+    def state_dir(self) -> Path:
+        return self.inproc.state_dir
+
+    @asynccontextmanager
+    async def connect(self, cred: Credential | None = ROOT) -> AsyncIterator[Nfs]:
+        async with self.inproc.connect(cred) as rpc:
+            yield Nfs(rpc)
+
+    def run(
+        self,
+        body: Callable[..., Awaitable[Any]],
+        *,
+        connect: bool = True,
+        cred: Credential | None = ROOT,
+        timeout: float = TEST_TIMEOUT,
+    ) -> Any:
+        """Run an async test body under trio, given a connected `Nfs` unless connect=False."""
+        with server_umask():
+            return _run_body(lambda: self.inproc.connect(cred), body, connect, timeout)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """One server for the whole test module, exporting areas `a` and `b`."""
@@ -268,6 +364,26 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     yield served
     assert served.alive(), f"the server died:\n{served.log()}"
     served.stop()
+
+
+@pytest.fixture(scope="module")
+def inproc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServed]:
+    """One in-process server for the whole test module, with areas `a` and `b`."""
+    inproc = make_dispatcher(tmp_path_factory.mktemp("inproc"), ("a", "b"))
+    yield InProcessServed(inproc)
+    inproc.close()
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param("inproc_server", id="inproc", marks=pytest.mark.inproc),
+        pytest.param("server", id="wire", marks=pytest.mark.wire),
+    ],
+)
+def served(request: pytest.FixtureRequest) -> Served | InProcessServed:
+    """The module's server in each tier in turn: a test taking it runs once per tier."""
+    return request.getfixturevalue(request.param)
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.bench.unreal import (
     CEILINGS,
     CHECKS,
@@ -22,6 +24,8 @@ from tests.support.bench.unreal import (
     update_readme,
 )
 from tests.support.server import REPO
+
+pytestmark = pytest.mark.slow
 
 
 def test_bench_unreal_quick_measures_everything_and_verifies_content(tmp_path: Path) -> None:

@@ -81,6 +81,8 @@ from xdr.nfs3 import (
     stable_how,
 )
 
+pytestmark = pytest.mark.slow
+
 SLOW = os.environ.get("REALIZE_SLOW_TESTS") == "1"
 ROUNDS = int(os.environ.get("REALIZE_CRASH_ROUNDS") or (300 if SLOW else 50))
 FSCK_EVERY = 10

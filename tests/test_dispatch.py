@@ -3,12 +3,15 @@ connection's reader, and running it again later leaves the duplicate-request cac
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from nfsd.rpc.dispatch import DEFERRED, Dispatcher, Procedure, Program
 from nfsd.waiting import about_to_wait
 from xdr.codec import uint32, void
 from xdr.rpc_fast import encode_call, parse_reply
+
+pytestmark = pytest.mark.inproc
 
 PROG, VERS = 0x20000099, 1
 QUICK, SLOW = 1, 2

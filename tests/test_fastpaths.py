@@ -16,6 +16,8 @@ from xdr.nfs3 import (
     specdata3,
 )
 
+pytestmark = pytest.mark.inproc
+
 ATTRS = fattr3(
     ftype3.NF3REG,
     0o644,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from nfsd.store.db import Store
 from nfsd.store.history import Change, History, Op
 from nfsd.store.index import AreaIndex, Entry, Kind, Layer, Mark
+
+pytestmark = pytest.mark.inproc
 
 
 def file_entry(size: int = 1, blob: bytes = b"b" * 32) -> Entry:

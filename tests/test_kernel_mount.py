@@ -14,7 +14,7 @@ from tests.support.kernel_mount import KernelMountConfig, run_kernel_mount_test
 from tests.support.qemu_guest import unavailable_reason
 from tests.support.server import ServerProcess, start_server
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.slow, pytest.mark.kernel]
 
 
 def test_kernel_client_posix_behaviour_both_mount_paths_and_restart(tmp_path, capsys):

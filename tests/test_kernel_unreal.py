@@ -19,7 +19,7 @@ from tests.support.qemu_guest import HOST_ADDR, mount_options, run_guest, unavai
 from tests.support.server import ServerProcess, start_server
 from tests.test_unreal import realize
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.slow, pytest.mark.kernel]
 SIZE = 64 * 1024 * 1024
 RESTART = "HOST-ACTION: restart-without-source"
 

@@ -1,7 +1,10 @@
-"""The 22 NFSv3 procedures over the wire against a running server, on success and on their
-main error paths, plus what clients rely on across calls: stable handles and fileids,
-directory paging, export boundaries, and the export options (read-only, allowed networks,
-root squash).
+"""The 22 NFSv3 procedures on success and on their main error paths, plus what clients rely
+on across calls: stable handles and fileids, directory paging, export boundaries, and the
+export options (read-only, allowed networks, root squash).
+
+Tests taking `served` run in two tiers: in-process (`[inproc]`, the same programs over
+in-memory connections) and over the wire against a server process (`[wire]`). Tests taking
+`server` or `make_server` need a process (UDP, restarts, command-line options, large scales).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import random
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -90,10 +94,10 @@ def pad(n: int) -> int:
 # ---- GETATTR ----
 
 
-def test_getattr_matches_the_local_file(server: Served) -> None:
+def test_getattr_matches_the_local_file(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
-        local = server.areas["a"] / name / "f"
+        local = served.areas["a"] / name / "f"
         local.write_bytes(b"hello world")
         os.chmod(local, 0o640)
         fh = await nfs.lookup(d, "f")
@@ -106,17 +110,17 @@ def test_getattr_matches_the_local_file(server: Served) -> None:
         assert dattr.type == ftype3.NF3DIR and dattr.nlink >= 2
         assert dattr.fsid == attr.fsid
 
-    server.run(body)
+    served.run(body)
 
 
-def test_names_the_server_keeps_for_itself_are_hidden_and_refused(server: Served) -> None:
+def test_names_the_server_keeps_for_itself_are_hidden_and_refused(served: Served) -> None:
     """Realize writes realized content under a temporary name first: clients never see such
     a file half written, nor make one."""
 
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
         temp = ".realize-tmp-0123456789ab-photo.jpg"
-        (server.areas["a"] / name / temp).write_bytes(b"half")
+        (served.areas["a"] / name / temp).write_bytes(b"half")
         assert temp.encode() not in await nfs.names(d)
         assert await nfs.status(NFSPROC3.LOOKUP, LOOKUP3args(diropargs3(d, temp.encode()))) == (
             nfsstat3.NFS3ERR_NOENT
@@ -127,10 +131,10 @@ def test_names_the_server_keeps_for_itself_are_hidden_and_refused(server: Served
         assert await nfs.status(NFSPROC3.CREATE, args) == nfsstat3.NFS3ERR_ACCES
         await nfs.create(d, ".realize-notes.txt")  # only the exact prefix is kept
 
-    server.run(body)
+    served.run(body)
 
 
-def test_directories_have_nlink_at_least_two(server: Served) -> None:
+def test_directories_have_nlink_at_least_two(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         for export in ("/", "/a", "/b"):
             root = await nfs.mount(export)
@@ -141,17 +145,17 @@ def test_directories_have_nlink_at_least_two(server: Served) -> None:
         assert (await nfs.getattr(sub)).nlink >= 2
         assert (await nfs.getattr(d)).nlink >= 3
 
-    server.run(body)
+    served.run(body)
 
 
 # ---- SETATTR ----
 
 
-def test_setattr_mode_size_and_times(server: Served) -> None:
+def test_setattr_mode_size_and_times(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
         fh = await nfs.create(d, "f")
-        local = server.areas["a"] / name / "f"
+        local = served.areas["a"] / name / "f"
         await nfs.write(fh, b"0123456789")
 
         res = await nfs.ok(NFSPROC3.SETATTR, SETATTR3args(fh, sattr3(mode=0o600), None))
@@ -183,10 +187,10 @@ def test_setattr_mode_size_and_times(server: Served) -> None:
         status = await nfs.status(NFSPROC3.SETATTR, SETATTR3args(d, sattr3(size=0), None))
         assert status in (E.NFS3ERR_ISDIR, E.NFS3ERR_INVAL)
 
-    server.run(body)
+    served.run(body)
 
 
-def test_setattr_guard(server: Served) -> None:
+def test_setattr_guard(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, _ = await nfs.scratch()
         fh = await nfs.create(d, "f", 0o644)
@@ -198,10 +202,10 @@ def test_setattr_guard(server: Served) -> None:
         await nfs.ok(NFSPROC3.SETATTR, SETATTR3args(fh, sattr3(mode=0o600), ctime))
         assert (await nfs.getattr(fh)).mode == 0o600
 
-    server.run(body)
+    served.run(body)
 
 
-def test_setattr_permissions_of_other_users(server: Served) -> None:
+def test_setattr_permissions_of_other_users(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, _ = await nfs.scratch()
         fh = await nfs.create(d, "f", 0o644)
@@ -224,13 +228,13 @@ def test_setattr_permissions_of_other_users(server: Served) -> None:
         attr = await nfs.getattr(fh)
         assert (attr.uid, attr.gid, attr.mode) == (1000, 1000, 0o600)
 
-    server.run(body)
+    served.run(body)
 
 
 # ---- LOOKUP ----
 
 
-def test_lookup(server: Served) -> None:
+def test_lookup(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         root, d, name = await nfs.scratch()
         fh = await nfs.create(d, "f")
@@ -252,23 +256,23 @@ def test_lookup(server: Served) -> None:
         top = await nfs.mount("/")
         assert await nfs.lookup(top, "..") == top
 
-    server.run(body)
+    served.run(body)
 
 
-def test_lookup_sees_files_made_locally(server: Served) -> None:
+def test_lookup_sees_files_made_locally(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
-        (server.areas["a"] / name / "local.txt").write_text("made outside")
+        (served.areas["a"] / name / "local.txt").write_text("made outside")
         fh = await nfs.lookup(d, "local.txt")
         assert bytes((await nfs.read(fh)).data) == b"made outside"
 
-    server.run(body)
+    served.run(body)
 
 
 # ---- ACCESS ----
 
 
-def test_access_for_root_and_for_a_user(server: Served) -> None:
+def test_access_for_root_and_for_a_user(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, _ = await nfs.scratch()
         secret = await nfs.create(d, "secret", 0o600)
@@ -309,13 +313,13 @@ def test_access_for_root_and_for_a_user(server: Served) -> None:
         )
         assert status == E.NFS3ERR_ACCES
 
-    server.run(body)
+    served.run(body)
 
 
 # ---- READLINK, READ ----
 
 
-def test_readlink(server: Served) -> None:
+def test_readlink(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
         target = b"some/where/../else"
@@ -325,14 +329,14 @@ def test_readlink(server: Served) -> None:
         res = await nfs.ok(NFSPROC3.READLINK, READLINK3args(res.obj))
         assert res.data == target
         assert res.symlink_attributes.type == ftype3.NF3LNK
-        assert os.readlink(server.areas["a"] / name / "ln") == target.decode()
+        assert os.readlink(served.areas["a"] / name / "ln") == target.decode()
         fh = await nfs.create(d, "plain")
         assert await nfs.status(NFSPROC3.READLINK, READLINK3args(fh)) == E.NFS3ERR_INVAL
 
-    server.run(body)
+    served.run(body)
 
 
-def test_read_eof(server: Served) -> None:
+def test_read_eof(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, _ = await nfs.scratch()
         fh = await nfs.create(d, "f")
@@ -355,10 +359,10 @@ def test_read_eof(server: Served) -> None:
         assert (bytes(res.data), res.eof) == (b"", True)
         assert await nfs.status(NFSPROC3.READ, READ3args(d, 0, 10)) == E.NFS3ERR_ISDIR
 
-    server.run(body)
+    served.run(body)
 
 
-def test_read_and_write_a_megabyte(server: Served) -> None:
+def test_read_and_write_a_megabyte(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
         fh = await nfs.create(d, "big")
@@ -367,15 +371,15 @@ def test_read_and_write_a_megabyte(server: Served) -> None:
         assert res.count == len(data)
         res = await nfs.read(fh, 0, 1 << 20)
         assert bytes(res.data) == data and res.eof
-        assert (server.areas["a"] / name / "big").read_bytes() == data
+        assert (served.areas["a"] / name / "big").read_bytes() == data
 
-    server.run(body)
+    served.run(body)
 
 
 # ---- WRITE, COMMIT ----
 
 
-def test_write_unstable_then_commit(server: Served) -> None:
+def test_write_unstable_then_commit(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
         fh = await nfs.create(d, "f")
@@ -386,20 +390,20 @@ def test_write_unstable_then_commit(server: Served) -> None:
         assert second.file_wcc.before.size == 6 and second.file_wcc.after.size == 11
         res = await nfs.ok(NFSPROC3.COMMIT, COMMIT3args(fh, 0, 0))
         assert res.verf == first.verf
-        assert (server.areas["a"] / name / "f").read_bytes() == b"hello world"
+        assert (served.areas["a"] / name / "f").read_bytes() == b"hello world"
         synced = await nfs.write(fh, b"!", 11, stable_how.FILE_SYNC)
         assert synced.committed == stable_how.FILE_SYNC and synced.verf == first.verf
-        assert (server.areas["a"] / name / "f").read_bytes() == b"hello world!"
+        assert (served.areas["a"] / name / "f").read_bytes() == b"hello world!"
         # a write with count below the data length writes count bytes
         res = await nfs.ok(NFSPROC3.WRITE, WRITE3args(fh, 0, 1, stable_how.FILE_SYNC, b"HE"))
         assert res.count == 1
-        assert (server.areas["a"] / name / "f").read_bytes() == b"Hello world!"
+        assert (served.areas["a"] / name / "f").read_bytes() == b"Hello world!"
         assert (
             await nfs.status(NFSPROC3.WRITE, WRITE3args(d, 0, 1, stable_how.FILE_SYNC, b"x"))
             == E.NFS3ERR_ISDIR
         )
 
-    server.run(body)
+    served.run(body)
 
 
 def test_write_verifier_changes_after_a_restart(make_server) -> None:
@@ -429,10 +433,10 @@ def test_write_verifier_changes_after_a_restart(make_server) -> None:
 # ---- CREATE ----
 
 
-def test_create_modes(server: Served) -> None:
+def test_create_modes(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
-        local = server.areas["a"] / name
+        local = served.areas["a"] / name
 
         fh = await nfs.create(d, "g", 0o640, how=createmode3.GUARDED)
         assert stat.S_IMODE((local / "g").stat().st_mode) == 0o640
@@ -464,10 +468,10 @@ def test_create_modes(server: Served) -> None:
         )
         assert res.tag in (E.NFS3ERR_EXIST, E.NFS3ERR_ISDIR)
 
-    server.run(body)
+    served.run(body)
 
 
-def test_create_exclusive(server: Served) -> None:
+def test_create_exclusive(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
         verf = b"verf-001"
@@ -487,21 +491,21 @@ def test_create_exclusive(server: Served) -> None:
         assert (await exclusive("x", b"verf-002")).tag == E.NFS3ERR_EXIST
         await nfs.create(d, "plain")
         assert (await exclusive("plain", verf)).tag == E.NFS3ERR_EXIST
-        assert (server.areas["a"] / name / "x").exists()
+        assert (served.areas["a"] / name / "x").exists()
 
-    server.run(body)
+    served.run(body)
 
 
 # ---- MKDIR, SYMLINK, MKNOD ----
 
 
-def test_mkdir(server: Served) -> None:
+def test_mkdir(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
         res = await nfs.ok(NFSPROC3.MKDIR, MKDIR3args(where(d, "sub"), sattr3(mode=0o750)))
         assert res.obj_attributes.type == ftype3.NF3DIR
         assert res.obj_attributes.mode == 0o750
-        assert (server.areas["a"] / name / "sub").is_dir()
+        assert (served.areas["a"] / name / "sub").is_dir()
         again = await nfs.call(NFSPROC3.MKDIR, MKDIR3args(where(d, "sub"), sattr3()))
         assert again.tag == E.NFS3ERR_EXIST
         inner = await nfs.mkdir(res.obj, "inner")
@@ -510,10 +514,10 @@ def test_mkdir(server: Served) -> None:
             status = await nfs.status(NFSPROC3.MKDIR, MKDIR3args(where(d, bad), sattr3()))
             assert status == E.NFS3ERR_EXIST
 
-    server.run(body)
+    served.run(body)
 
 
-def test_symlink(server: Served) -> None:
+def test_symlink(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
         res = await nfs.ok(
@@ -521,19 +525,19 @@ def test_symlink(server: Served) -> None:
         )
         assert res.obj_attributes.type == ftype3.NF3LNK
         assert res.obj_attributes.size == len(b"target")
-        assert os.readlink(server.areas["a"] / name / "ln") == "target"
+        assert os.readlink(served.areas["a"] / name / "ln") == "target"
         again = await nfs.call(
             NFSPROC3.SYMLINK, SYMLINK3args(where(d, "ln"), symlinkdata3(sattr3(), b"other"))
         )
         assert again.tag == E.NFS3ERR_EXIST
 
-    server.run(body)
+    served.run(body)
 
 
-def test_mknod(server: Served) -> None:
+def test_mknod(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
-        local = server.areas["a"] / name
+        local = served.areas["a"] / name
         for kind, check, fname in [
             (ftype3.NF3FIFO, stat.S_ISFIFO, "fifo"),
             (ftype3.NF3SOCK, stat.S_ISSOCK, "sock"),
@@ -566,13 +570,13 @@ def test_mknod(server: Served) -> None:
         )
         assert status in (E.NFS3ERR_PERM, E.NFS3ERR_ACCES)
 
-    server.run(body)
+    served.run(body)
 
 
 # ---- REMOVE, RMDIR ----
 
 
-def test_remove_and_rmdir(server: Served) -> None:
+def test_remove_and_rmdir(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
         f = await nfs.create(d, "f")
@@ -593,17 +597,17 @@ def test_remove_and_rmdir(server: Served) -> None:
 
         res = await nfs.ok(NFSPROC3.REMOVE, REMOVE3args(where(d, "f")))
         assert res.dir_wcc.before is not None and res.dir_wcc.after is not None
-        assert not (server.areas["a"] / name / "f").exists()
+        assert not (served.areas["a"] / name / "f").exists()
         assert await nfs.status(NFSPROC3.GETATTR, GETATTR3args(f)) == E.NFS3ERR_STALE
         await nfs.remove(sub, "inner")
         await nfs.ok(NFSPROC3.RMDIR, RMDIR3args(where(d, "sub")))
         assert await nfs.names(d) == set()
         assert await nfs.status(NFSPROC3.GETATTR, GETATTR3args(sub)) == E.NFS3ERR_STALE
 
-    server.run(body)
+    served.run(body)
 
 
-def test_sticky_directory_protects_other_users_files(server: Served) -> None:
+def test_sticky_directory_protects_other_users_files(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, _ = await nfs.scratch()
         await nfs.ok(NFSPROC3.SETATTR, SETATTR3args(d, sattr3(mode=0o1777), None))
@@ -614,16 +618,16 @@ def test_sticky_directory_protects_other_users_files(server: Served) -> None:
         await nfs.create(d, "alices", cred=alice)
         await nfs.ok(NFSPROC3.REMOVE, REMOVE3args(where(d, "alices")), cred=alice)
 
-    server.run(body)
+    served.run(body)
 
 
 # ---- RENAME ----
 
 
-def test_rename_file_and_directory(server: Served) -> None:
+def test_rename_file_and_directory(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
-        local = server.areas["a"] / name
+        local = served.areas["a"] / name
         f = await nfs.create(d, "f")
         await nfs.write(f, b"content")
         res = await nfs.ok(NFSPROC3.RENAME, RENAME3args(where(d, "f"), where(d, "g")))
@@ -658,13 +662,13 @@ def test_rename_file_and_directory(server: Served) -> None:
         assert status == E.NFS3ERR_INVAL
         assert await nfs.lookup(other, "moved") == top
 
-    server.run(body)
+    served.run(body)
 
 
-def test_rename_over_existing(server: Served) -> None:
+def test_rename_over_existing(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
-        local = server.areas["a"] / name
+        local = served.areas["a"] / name
         src = await nfs.create(d, "src")
         await nfs.write(src, b"new")
         old = await nfs.create(d, "dst")
@@ -694,10 +698,10 @@ def test_rename_over_existing(server: Served) -> None:
         status = await nfs.status(NFSPROC3.RENAME, RENAME3args(where(d, "dst"), where(d, "db")))
         assert status == E.NFS3ERR_ISDIR
 
-    server.run(body)
+    served.run(body)
 
 
-def test_rename_across_areas_is_xdev(server: Served) -> None:
+def test_rename_across_areas_is_xdev(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, da, name = await nfs.scratch("/a")
         _, db, _ = await nfs.scratch("/b")
@@ -712,13 +716,13 @@ def test_rename_across_areas_is_xdev(server: Served) -> None:
         assert status == E.NFS3ERR_XDEV
         assert await nfs.names(da) == {b"f"}
 
-    server.run(body)
+    served.run(body)
 
 
 # ---- LINK ----
 
 
-def test_link_counts(server: Served) -> None:
+def test_link_counts(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
         f = await nfs.create(d, "f")
@@ -728,7 +732,7 @@ def test_link_counts(server: Served) -> None:
         assert res.file_attributes.nlink == 2
         assert res.linkdir_wcc.after is not None
         assert await nfs.lookup(sub, "g") == f
-        assert (server.areas["a"] / name / "sub" / "g").stat().st_nlink == 2
+        assert (served.areas["a"] / name / "sub" / "g").stat().st_nlink == 2
         status = await nfs.status(NFSPROC3.LINK, LINK3args(f, where(sub, "g")))
         assert status == E.NFS3ERR_EXIST
         status = await nfs.status(NFSPROC3.LINK, LINK3args(sub, where(d, "dirlink")))
@@ -742,17 +746,17 @@ def test_link_counts(server: Served) -> None:
         await nfs.remove(sub, "g")
         assert await nfs.status(NFSPROC3.GETATTR, GETATTR3args(f)) == E.NFS3ERR_STALE
 
-    server.run(body)
+    served.run(body)
 
 
-def test_link_across_areas_is_xdev(server: Served) -> None:
+def test_link_across_areas_is_xdev(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, da, _ = await nfs.scratch("/a")
         _, db, _ = await nfs.scratch("/b")
         f = await nfs.create(da, "f")
         assert await nfs.status(NFSPROC3.LINK, LINK3args(f, where(db, "f"))) == E.NFS3ERR_XDEV
 
-    server.run(body)
+    served.run(body)
 
 
 # ---- READDIR, READDIRPLUS ----
@@ -857,10 +861,42 @@ def test_readdirplus_pages_a_large_directory_exactly(server: Served) -> None:
     server.run(body)
 
 
-def test_readdir_while_the_directory_changes(server: Served) -> None:
+def test_readdir_and_readdirplus_page_at_small_counts(served: Served) -> None:
+    """What the large-directory tests check, on fewer entries and smaller pages (so in both
+    tiers): every entry once, each page as full as its count allows, working handles."""
+
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
-        local = server.areas["a"] / name
+        expected = _make_names(served.areas["a"] / name, 400)
+        for count in (512, 2048):
+            names = await _readdir_pages(nfs, d, count)
+            assert len(names) == len(set(names)), "duplicates"
+            assert set(names) == expected | {b".", b".."}
+        seen: dict[bytes, Any] = {}
+        cookie, verf, pages = 0, ZERO_VERF, 0
+        while True:
+            args = READDIRPLUS3args(d, cookie, verf, 256, 2048)
+            res = await nfs.ok(NFSPROC3.READDIRPLUS, args)
+            for e in res.reply.entries:
+                assert e.name not in seen, f"{e.name!r} twice"
+                seen[e.name] = e
+            pages += 1
+            if res.reply.eof:
+                break
+            cookie, verf = res.reply.entries[-1].cookie, res.cookieverf
+        assert set(seen) == expected | {b".", b".."}
+        assert pages > 10
+        entry = seen[sorted(expected)[0]]
+        assert entry.name_handle is not None and entry.name_attributes is not None
+        assert (await nfs.getattr(entry.name_handle)).fileid == entry.fileid
+
+    served.run(body)
+
+
+def test_readdir_while_the_directory_changes(served: Served) -> None:
+    async def body(nfs: Nfs) -> None:
+        _, d, name = await nfs.scratch()
+        local = served.areas["a"] / name
         original = _make_names(local, 800)
         rng = random.Random(7)
         deleted: set[bytes] = set()
@@ -891,15 +927,15 @@ def test_readdir_while_the_directory_changes(server: Served) -> None:
         # a fresh listing shows exactly what is there
         assert await nfs.names(d) == survivors | added
 
-    server.run(body)
+    served.run(body)
 
 
-def test_local_changes_show_in_the_next_listing(server: Served) -> None:
+def test_local_changes_show_in_the_next_listing(served: Served) -> None:
     """A file made in the area directory right after a listing is in the next listing."""
 
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
-        local = server.areas["a"] / name
+        local = served.areas["a"] / name
         expected: set[bytes] = set()
         for i in range(60):
             assert await nfs.names(d) == expected
@@ -910,7 +946,7 @@ def test_local_changes_show_in_the_next_listing(server: Served) -> None:
                 os.unlink(local / f"n{i}")
                 expected.discard(f"n{i}".encode())
 
-    server.run(body)
+    served.run(body)
 
 
 def test_readdir_resumes_after_a_restart(make_server) -> None:
@@ -952,7 +988,7 @@ def test_readdir_resumes_after_a_restart(make_server) -> None:
     srv.run(rest)
 
 
-def test_readdir_too_small(server: Served) -> None:
+def test_readdir_too_small(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, _ = await nfs.scratch()
         status = await nfs.status(NFSPROC3.READDIR, READDIR3args(d, 0, ZERO_VERF, 40))
@@ -967,10 +1003,10 @@ def test_readdir_too_small(server: Served) -> None:
         res = await nfs.ok(NFSPROC3.READDIR, READDIR3args(e, 0, ZERO_VERF, 200))
         assert [x.name for x in res.reply.entries] == [b".", b".."] and res.reply.eof
 
-    server.run(body)
+    served.run(body)
 
 
-def test_readdir_dot_entries_and_fileids(server: Served) -> None:
+def test_readdir_dot_entries_and_fileids(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         root, d, name = await nfs.scratch()
         f = await nfs.create(d, "f")
@@ -983,13 +1019,13 @@ def test_readdir_dot_entries_and_fileids(server: Served) -> None:
         assert top[b".."] == top[b"."] == (await nfs.getattr(root)).fileid
         assert name.encode() in top
 
-    server.run(body)
+    served.run(body)
 
 
 # ---- FSSTAT, FSINFO, PATHCONF ----
 
 
-def test_fsstat_fsinfo_pathconf(server: Served) -> None:
+def test_fsstat_fsinfo_pathconf(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         for export in ("/a", "/"):
             root = await nfs.mount(export)
@@ -1006,13 +1042,13 @@ def test_fsstat_fsinfo_pathconf(server: Served) -> None:
             assert pc.name_max == 255 and pc.no_trunc and pc.case_preserving
             assert pc.linkmax >= 1
 
-    server.run(body)
+    served.run(body)
 
 
 # ---- handles ----
 
 
-def test_handles_survive_renames(server: Served) -> None:
+def test_handles_survive_renames(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, _ = await nfs.scratch()
         parent = await nfs.mkdir(d, "parent")
@@ -1029,13 +1065,13 @@ def test_handles_survive_renames(server: Served) -> None:
         await nfs.write(f, b"DATA")
         assert await nfs.names(parent) == set()
 
-    server.run(body)
+    served.run(body)
 
 
-def test_handles_survive_local_renames(server: Served) -> None:
+def test_handles_survive_local_renames(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
-        local = server.areas["a"] / name
+        local = served.areas["a"] / name
         sub = await nfs.mkdir(d, "sub")
         f = await nfs.create(sub, "f")
         await nfs.write(f, b"local")
@@ -1045,7 +1081,7 @@ def test_handles_survive_local_renames(server: Served) -> None:
         assert await nfs.lookup(sub2, "f") == f
         assert bytes((await nfs.read(f)).data) == b"local"
 
-    server.run(body)
+    served.run(body)
 
 
 def test_handles_survive_a_restart(make_server) -> None:
@@ -1077,7 +1113,7 @@ def test_handles_survive_a_restart(make_server) -> None:
     srv.run(after)
 
 
-def test_stale_and_bad_handles(server: Served) -> None:
+def test_stale_and_bad_handles(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
         f = await nfs.create(d, "f")
@@ -1092,12 +1128,12 @@ def test_stale_and_bad_handles(server: Served) -> None:
             assert await nfs.status(proc, args) == E.NFS3ERR_STALE, proc.name
         # a file deleted locally is stale too, as is one replaced by another file
         g = await nfs.create(d, "g")
-        os.unlink(server.areas["a"] / name / "g")
+        os.unlink(served.areas["a"] / name / "g")
         assert await nfs.status(NFSPROC3.GETATTR, GETATTR3args(g)) == E.NFS3ERR_STALE
         h = await nfs.create(d, "h")
         await nfs.read(h)
-        (server.areas["a"] / name / "h.new").write_bytes(b"other")
-        os.replace(server.areas["a"] / name / "h.new", server.areas["a"] / name / "h")
+        (served.areas["a"] / name / "h.new").write_bytes(b"other")
+        os.replace(served.areas["a"] / name / "h.new", served.areas["a"] / name / "h")
         assert await nfs.status(NFSPROC3.READ, READ3args(h, 0, 10)) == E.NFS3ERR_STALE
         assert bytes((await nfs.read(await nfs.lookup(d, "h"))).data) == b"other"
 
@@ -1111,10 +1147,10 @@ def test_stale_and_bad_handles(server: Served) -> None:
             status = await nfs.status(NFSPROC3.GETATTR, GETATTR3args(nfs_fh3(bad)))
             assert status == E.NFS3ERR_BADHANDLE, bad
 
-    server.run(body)
+    served.run(body)
 
 
-def test_handles_do_not_cross_exports(server: Served) -> None:
+def test_handles_do_not_cross_exports(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         root_a = await nfs.mount("/a")
         root_b = await nfs.mount("/b")
@@ -1134,10 +1170,10 @@ def test_handles_do_not_cross_exports(server: Served) -> None:
         status = await nfs.status(NFSPROC3.LOOKUP, LOOKUP3args(where(root_a, "b")))
         assert status == E.NFS3ERR_NOENT
 
-    server.run(body)
+    served.run(body)
 
 
-def test_root_export_lists_the_areas(server: Served) -> None:
+def test_root_export_lists_the_areas(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         top = await nfs.mount("/")
         names = {e.name for e in await nfs.readdir_all(top)}
@@ -1158,19 +1194,19 @@ def test_root_export_lists_the_areas(server: Served) -> None:
         assert status in (E.NFS3ERR_ACCES, E.NFS3ERR_ROFS, E.NFS3ERR_PERM)
         status = await nfs.status(NFSPROC3.RENAME, RENAME3args(where(top, "a"), where(top, "z")))
         assert status in (E.NFS3ERR_ACCES, E.NFS3ERR_ROFS, E.NFS3ERR_PERM)
-        assert server.areas["a"].is_dir()
+        assert served.areas["a"].is_dir()
         # READDIRPLUS of the root gives working handles
         res = await nfs.ok(NFSPROC3.READDIRPLUS, READDIRPLUS3args(top, 0, ZERO_VERF, 4096, 8192))
         by_name = {e.name: e for e in res.reply.entries}
         assert await nfs.getattr(by_name[b"b"].name_handle)
 
-    server.run(body)
+    served.run(body)
 
 
 # ---- names ----
 
 
-def test_invalid_names(server: Served) -> None:
+def test_invalid_names(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
         for bad in (b"a/b", b"/", b"x\0y", b""):
@@ -1197,23 +1233,23 @@ def test_invalid_names(server: Served) -> None:
         odd = b"caf\xe9 \xff"
         fh = await nfs.create(d, odd)
         assert odd in await nfs.names(d)
-        assert os.path.exists(os.fsencode(server.areas["a"] / name) + b"/" + odd)
+        assert os.path.exists(os.fsencode(served.areas["a"] / name) + b"/" + odd)
         # a slash in the target of a RENAME is refused too
         status = await nfs.status(NFSPROC3.RENAME, RENAME3args(where(d, odd), where(d, b"x/y")))
         assert status == E.NFS3ERR_INVAL
         assert await nfs.lookup(d, odd) == fh
 
-    server.run(body)
+    served.run(body)
 
 
-def test_symlinks_do_not_lead_out_of_the_export(server: Served, tmp_path: Path) -> None:
+def test_symlinks_do_not_lead_out_of_the_export(served: Served, tmp_path: Path) -> None:
     outside = tmp_path / "outside.txt"
     outside.write_bytes(b"outside secret")
     os.chmod(outside, 0o644)
 
     async def body(nfs: Nfs) -> None:
         root, d, name = await nfs.scratch()
-        local = server.areas["a"] / name
+        local = served.areas["a"] / name
         os.symlink("/etc", local / "etc")
         os.symlink(str(outside), local / "out")
         os.symlink("../../../../../../..", local / "up")
@@ -1253,16 +1289,16 @@ def test_symlinks_do_not_lead_out_of_the_export(server: Served, tmp_path: Path) 
             here = await nfs.lookup(here, "..")
         assert here == root
 
-    server.run(body)
+    served.run(body)
 
 
 # ---- fileids ----
 
 
-def test_fileids_unique_and_stable(server: Served) -> None:
+def test_fileids_unique_and_stable(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, name = await nfs.scratch()
-        _make_names(server.areas["a"] / name, 200)
+        _make_names(served.areas["a"] / name, 200)
         first = {e.name: e.fileid for e in await nfs.readdir_all(d, 2048)}
         second = {e.name: e.fileid for e in await nfs.readdir_all(d, 4096)}
         assert first == second
@@ -1275,7 +1311,7 @@ def test_fileids_unique_and_stable(server: Served) -> None:
         other = (await nfs.getattr(await nfs.create(db, "x"))).fileid
         assert other not in ids
 
-    server.run(body)
+    served.run(body)
 
 
 # ---- export options ----
@@ -1361,21 +1397,21 @@ def test_root_squash(make_server) -> None:
     srv.run(body)
 
 
-def test_auth_none_is_nobody(server: Served) -> None:
+def test_auth_none_is_nobody(served: Served) -> None:
     async def body(nfs: Nfs) -> None:
         _, d, _ = await nfs.scratch()
         await nfs.ok(NFSPROC3.SETATTR, SETATTR3args(d, sattr3(mode=0o777), None))
-        async with server.connect(cred=None) as anonymous:
+        async with served.connect(cred=None) as anonymous:
             fh = await anonymous.create(d, "anon")
             assert (await anonymous.getattr(fh)).uid == NOBODY
             secret = await nfs.create(d, "secret", 0o600)
             status = await anonymous.status(NFSPROC3.READ, READ3args(secret, 0, 1))
             assert status == E.NFS3ERR_ACCES
 
-    server.run(body)
+    served.run(body)
 
 
-def test_nfs_status_error_helper_reports_status(server: Served) -> None:
+def test_nfs_status_error_helper_reports_status(served: Served) -> None:
     """The helper used everywhere above fails loudly on an unexpected status."""
 
     async def body(nfs: Nfs) -> None:
@@ -1383,7 +1419,7 @@ def test_nfs_status_error_helper_reports_status(server: Served) -> None:
         with pytest.raises(NfsStatusError, match="NOENT"):
             await nfs.lookup(d, "missing")
 
-    server.run(body)
+    served.run(body)
 
 
 # ---- over UDP ----
@@ -1429,7 +1465,7 @@ def test_udp_replies_fit_a_datagram(server: Served) -> None:
     server.run(body)
 
 
-def test_concurrent_writes_to_one_file(server: Served) -> None:
+def test_concurrent_writes_to_one_file(served: Served) -> None:
     """Clients write a file as many WRITEs in flight at once, in any order."""
 
     async def body(nfs: Nfs) -> None:
@@ -1452,7 +1488,7 @@ def test_concurrent_writes_to_one_file(server: Served) -> None:
         commit = await nfs.ok(NFSPROC3.COMMIT, COMMIT3args(fh, 0, 0))
         assert verfs == {commit.verf}
         expected = b"".join(blocks)
-        assert (server.areas["a"] / name / "f").read_bytes() == expected
+        assert (served.areas["a"] / name / "f").read_bytes() == expected
         got = b""
         while True:
             res = await nfs.read(fh, len(got), 256 * 1024)
@@ -1461,7 +1497,7 @@ def test_concurrent_writes_to_one_file(server: Served) -> None:
                 break
         assert got == expected
 
-    server.run(body)
+    served.run(body)
 
 
 def test_removed_area_handles_are_stale(make_server) -> None:

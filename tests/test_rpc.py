@@ -636,6 +636,7 @@ def test_client_fails_calls_when_the_server_closes(server: Served) -> None:
 # ---- the fast encoders against the RFC types ----
 
 
+@pytest.mark.inproc
 def test_fast_reply_headers_match_the_declarative_types() -> None:
     none = opaque_auth(auth_flavor.AUTH_NONE, b"")
 
@@ -657,6 +658,7 @@ def test_fast_reply_headers_match_the_declarative_types() -> None:
     assert auth_error_reply(11, auth_stat.AUTH_TOOWEAK) == reply(11, auth)
 
 
+@pytest.mark.inproc
 def test_fast_call_header_matches_the_declarative_types() -> None:
     cred = ROOT
     parms = encode(authsys_parms, authsys_parms(0, cred.machinename, 0, 0, []))

@@ -68,6 +68,7 @@ def disk_paths(root: Path) -> set[str]:
 # ---- the event parser ----
 
 
+@pytest.mark.inproc
 def test_events_are_parsed_with_names_unpadded_and_a_truncated_tail_left_out():
     data = (
         raw_event(1, IN_CREATE, name=b"a.txt")
@@ -107,6 +108,7 @@ def run(body: Callable[[], Awaitable[None]], timeout: float = 15) -> None:
     trio.run(main)
 
 
+@pytest.mark.inproc
 def test_a_directory_reconciled_records_what_changed_outside_and_nothing_twice(tmp_path):
     area, store, journal = journal_for(tmp_path)
     (area / "d").mkdir()
@@ -153,6 +155,7 @@ def test_a_directory_reconciled_records_what_changed_outside_and_nothing_twice(t
     store.close()
 
 
+@pytest.mark.inproc
 def test_a_file_written_through_nfs_keeps_resting_from_its_last_write(tmp_path):
     area, store, journal = journal_for(tmp_path, rest=30)
     path = area / "slow.bin"
@@ -173,6 +176,7 @@ def test_a_file_written_through_nfs_keeps_resting_from_its_last_write(tmp_path):
     store.close()
 
 
+@pytest.mark.inproc
 def test_the_start_scan_recovers_from_an_interrupted_unrealize_and_realize(tmp_path):
     """A crash between recording a file as Unreal and unlinking it leaves both: the file on
     the disk wins. A crash while realizing leaves a temporary file: removed at the next start,
@@ -214,6 +218,7 @@ def test_the_start_scan_recovers_from_an_interrupted_unrealize_and_realize(tmp_p
     store.close()
 
 
+@pytest.mark.inproc
 def test_unreal_entries_survive_their_real_directory_going(tmp_path):
     area, store, journal = journal_for(tmp_path)
     (area / "d" / "sub").mkdir(parents=True)
@@ -262,6 +267,7 @@ async def until(check: Callable[[], bool], timeout: float = 8.0) -> None:
             await trio.sleep(0.02)
 
 
+@pytest.mark.inproc
 @linux
 def test_the_watcher_follows_new_moved_and_removed_directories(tmp_path):
     area, store, journal = journal_for(tmp_path)
@@ -319,6 +325,7 @@ def test_the_watcher_follows_new_moved_and_removed_directories(tmp_path):
     store.close()
 
 
+@pytest.mark.inproc
 @linux
 def test_an_overflow_rescans_and_rewatches_the_area(tmp_path):
     area, store, journal = journal_for(tmp_path)
@@ -348,6 +355,7 @@ def test_an_overflow_rescans_and_rewatches_the_area(tmp_path):
     store.close()
 
 
+@pytest.mark.inproc
 @linux
 def test_an_area_beyond_the_watch_limit_is_rescanned_periodically(tmp_path, monkeypatch):
     area, store, journal = journal_for(tmp_path)

@@ -29,6 +29,8 @@ from xdr.nfs3 import (
     wcc_data,
 )
 
+pytestmark = pytest.mark.inproc
+
 OK = nfsstat3.NFS3_OK
 
 

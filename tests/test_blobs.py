@@ -35,7 +35,14 @@ from nfsd.store.blobs import (
 )
 from nfsd.store.db import Store
 from nfsd.store.limits import AreaLimit, CacheLimits, DiskSpace
-from nfsd.store.manifest import EMPTY_BLOB, ChunkInfo, lru_key, usage_key
+from nfsd.store.manifest import (
+    EMPTY_BLOB,
+    USAGE_PREFIX,
+    ChunkInfo,
+    lru_key,
+    unpack_usage,
+    usage_key,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CS = 16 * 1024  # small chunks keep the tests fast; one test uses the default size
@@ -61,6 +68,16 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def blobs_of(store: Store, limits: CacheLimits | None = None, **kw) -> BlobStore:
     kw.setdefault("chunk_size", CS)
     return BlobStore(store, limits, **kw)
+
+
+def cached_bytes(store: Store) -> int:
+    """The cached bytes the store's usage counters record (committed changes only)."""
+    meta = store.family("meta")
+    return sum(
+        unpack_usage(value)[0]
+        for key, value in meta.items(from_key=USAGE_PREFIX)
+        if key.startswith(USAGE_PREFIX)
+    )
 
 
 def read_all(blobs: BlobStore, blob_id: bytes) -> bytes:
@@ -411,14 +428,11 @@ def test_per_area_cap_evicts_only_that_area(store: Store) -> None:
 
 def test_percent_cap_and_free_space_reserve(store: Store) -> None:
     total = 64 * CS
-    holder: list[BlobStore] = []
 
     def disk() -> DiskSpace:  # a small disk whose only other tenant takes 40 chunks
-        used = holder[0]._usage_total() if holder else 0
-        return DiskSpace(total, total - 40 * CS - used)
+        return DiskSpace(total, total - 40 * CS - cached_bytes(store))
 
     blobs = blobs_of(store, CacheLimits(max_percent=50, min_free_bytes=16 * CS, disk=disk))
-    holder.append(blobs)
     ids = [blobs.ingest([content(i, CS)]) for i in range(12)]
     # 64 - 40 - 16 = 8 chunks fit beside the reserve (the 50% cap, 32 chunks, is looser)
     assert blobs.usage().cached == 8 * CS
@@ -501,7 +515,9 @@ def test_large_ingest_skips_the_wal_safely(store: Store) -> None:
     def stream() -> Iterator[bytes]:
         # Chunks 0-63 (the first MiB) go through the WAL, 64-127 are written unlogged.
         yield data[: 140 * CS]
-        assert blake3(shared).digest() in blobs._pending  # chunk 100
+        shared_hash = blake3(shared).digest()  # chunk 100: written, not recorded yet
+        assert store.family("chunks").get(shared_hash) is not None
+        assert not ChunkInfo.unpack(store.family("chunkinfo")[shared_hash]).present
         seen.append(blobs.fsck(repair=True))  # must not touch the pending bytes
         blobs.release(other)  # drops the last record naming `shared`; its bytes must stay
         yield data[140 * CS :]
@@ -509,10 +525,12 @@ def test_large_ingest_skips_the_wal_safely(store: Store) -> None:
     blob_id = blobs.ingest(stream())
     report = seen[0]
     assert isinstance(report, type(blobs.fsck())) and report.ok and not report.garbage
-    assert not blobs._pending and not blobs._pending_bytes
     assert read_all(blobs, blob_id) == data
     assert blobs.usage().cached == len(data)
     assert blobs.fsck().ok and not blobs.fsck().garbage
+    # Once recorded, the bytes are no longer held back from deletion.
+    assert blobs.release(blob_id)
+    assert blobs.usage().cached == 0 and not list(store.family("chunks").keys())
 
 
 def test_reopening_keeps_everything(tmp_path: Path) -> None:
@@ -525,7 +543,7 @@ def test_reopening_keeps_everything(tmp_path: Path) -> None:
     blobs.begin_blob(b, len(part), chunk_hashes(part), chunk_size=CS, area="media")
     blobs.put_chunk(b, 2, part[2 * CS :])
     usage = blobs.usage()
-    clock = blobs._clock
+    born = blobs.manifest(b).born
     store.close()
 
     store = Store(tmp_path / "db")
@@ -541,20 +559,20 @@ def test_reopening_keeps_everything(tmp_path: Path) -> None:
         usage.chunks,
         usage.areas,
     )
-    assert blobs._clock >= clock
-    assert blobs.fsck().ok
+    assert blobs.fsck().ok  # the clock is not behind any stamp in use
     blobs.put_chunk(b, 0, part[:CS])
     blobs.put_chunk(b, 1, part[CS : 2 * CS])
     assert read_all(blobs, b) == part
+    assert blobs.manifest(blobs.ingest([content("after", CS)])).born > born  # clock kept
     store.close()
 
 
 def test_concurrent_use_keeps_the_store_consistent(store: Store) -> None:
     import threading
 
-    import nfsd.store.blobs as blobs_module
-
-    blobs = blobs_of(store, CacheLimits(max_bytes=200 * CS), touch_window=0)
+    blobs = blobs_of(
+        store, CacheLimits(max_bytes=200 * CS), touch_window=0, checkpoint_bytes=1 << 20
+    )
     errors: list[BaseException] = []
     done: list[bytes] = []
 
@@ -580,22 +598,19 @@ def test_concurrent_use_keeps_the_store_consistent(store: Store) -> None:
         except BaseException as e:
             errors.append(e)
 
-    old_checkpoint = blobs_module._CHECKPOINT
-    blobs_module._CHECKPOINT = 1 << 20
-    try:
-        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        blobs_module._CHECKPOINT = old_checkpoint
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     assert not errors, errors
     assert done
-    assert not blobs._pending and not blobs._inflight
     report = blobs.fsck()
     assert report.ok, list(report.lines())
     assert blobs.usage().cached <= 200 * CS
+    # No ingest is left running or holding chunks back: everything can be collected.
+    blobs.gc(set())
+    assert blobs.usage().cached == 0 and not list(store.family("chunks").keys())
 
 
 # -- crashes ------------------------------------------------------------------------------
@@ -604,16 +619,16 @@ CHILD = textwrap.dedent(
     """
     import random, sys
     from blake3 import blake3
-    import nfsd.store.blobs
     from nfsd.store.db import Store
     from nfsd.store.blobs import BlobStore, CacheFull
     from nfsd.store.limits import CacheLimits
 
-    nfsd.store.blobs._CHECKPOINT = 1 << 20  # unlogged bytes recorded every MiB, not 64
     CS = 16 * 1024
     path, seed = sys.argv[1], int(sys.argv[2])
     rng = random.Random(seed)
-    blobs = BlobStore(Store(path), CacheLimits(max_bytes=640 * CS), chunk_size=CS)
+    blobs = BlobStore(  # unlogged bytes recorded every MiB, not 64
+        Store(path), CacheLimits(max_bytes=640 * CS), chunk_size=CS, checkpoint_bytes=1 << 20
+    )
     out = sys.stdout
 
     def say(*words):

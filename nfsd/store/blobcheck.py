@@ -23,16 +23,22 @@ What an ingest interrupted by a crash leaves is garbage, not damage, counted in 
 not written yet; with `repair`, adopted when a manifest names them and they verify, else
 deleted). Chunks of ingests still running are left alone. Memory: the check keeps
 one counter per distinct chunk named by a manifest (about 150 bytes each).
+
+It sees the store only through `CheckedState` (the blob store hands over its
+`nfsd.store.blob_state.BlobState`), so it does not depend on `nfsd.store.blobs`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Container, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from blake3 import blake3
+from rocksdict import Rdict, ReadOptions
 
+from nfsd.store.db import Store
 from nfsd.store.manifest import (
     CLOCK_KEY,
     EMPTY_BLOB,
@@ -49,11 +55,41 @@ from nfsd.store.manifest import (
     usage_key,
 )
 
-if TYPE_CHECKING:
-    from nfsd.store.blobs import BlobStore
-
 _DETAILS = 200
 _BATCH_OPS = 1000
+
+
+class CheckedState(Protocol):
+    """All the check reads and changes of a blob store: its lock (held for the whole check),
+    its families (read through iterators; repairs go through `store.batch()`), the horizon and
+    the pending chunks of running ingests (left alone), and the in-memory figures a repair
+    rewrites (usage counters, clock) and the memory of recent reads it empties."""
+
+    @property
+    def lock(self) -> AbstractContextManager[object]: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def blobs(self) -> Rdict: ...
+    @property
+    def chunks(self) -> Rdict: ...
+    @property
+    def info(self) -> Rdict: ...  # the `chunkinfo` family
+    @property
+    def lru(self) -> Rdict: ...
+    @property
+    def chunk_reads(self) -> ReadOptions: ...  # reads of chunk bytes without RocksDB's CRC
+    @property
+    def pending(self) -> Container[ChunkHash]: ...  # chunks a running ingest has yet to record
+    @property
+    def usage(self) -> Mapping[str, Sequence[int]]: ...  # area -> [cached, pinned, chunks]
+    @property
+    def clock(self) -> int: ...
+
+    def horizon(self) -> int: ...
+    def replace_usage(self, usage: dict[str, list[int]]) -> None: ...
+    def advance_clock(self, stamp: int) -> None: ...
+    def forget_all(self) -> None: ...
 
 
 @dataclass
@@ -93,11 +129,11 @@ class FsckReport:
 class _Repairs:
     """Puts and deletes applied in batches of bounded size when repairing, else dropped."""
 
-    def __init__(self, blobs: BlobStore, enabled: bool, report: FsckReport) -> None:
-        self.blobs = blobs
+    def __init__(self, state: CheckedState, enabled: bool, report: FsckReport) -> None:
+        self.state = state
         self.enabled = enabled
         self.report = report
-        self.batch = blobs.store.batch()
+        self.batch = state.store.batch()
         self.ops = 0
 
     def put(self, family: str, key: bytes, value: bytes, count: bool = True) -> None:
@@ -120,21 +156,22 @@ class _Repairs:
     def flush(self) -> None:
         if self.ops:
             self.batch.commit()
-            self.batch = self.blobs.store.batch()
+            self.batch = self.state.store.batch()
             self.ops = 0
 
 
-def check(blobs: BlobStore, *, repair: bool, verify_data: bool) -> FsckReport:
+def check(state: CheckedState, *, repair: bool, verify_data: bool) -> FsckReport:
+    """Check (and with `repair`, fix) the blob store whose state is `state`; see above."""
     report = FsckReport()
-    fix = _Repairs(blobs, repair, report)
-    with blobs._lock:
-        expected = _check_manifests(blobs, report, fix)
+    fix = _Repairs(state, repair, report)
+    with state.lock:
+        expected = _check_manifests(state, report, fix)
         fix.flush()
-        recorded, usage, max_stamp = _check_chunks(blobs, report, fix, expected, verify_data)
+        recorded, usage, max_stamp = _check_chunks(state, report, fix, expected, verify_data)
         fix.flush()
-        _check_lru(blobs, report, fix)
+        _check_lru(state, report, fix)
         fix.flush()
-        current = {area: list(u) for area, u in blobs._usage.items() if any(u)}
+        current = {area: list(u) for area, u in state.usage.items() if any(u)}
         if recorded != current:
             report.problem("usage", f"counters {current} but chunk records say {recorded}")
         if usage != current and repair:
@@ -143,21 +180,20 @@ def check(blobs: BlobStore, *, repair: bool, verify_data: bool) -> FsckReport:
             for area, (cached, pinned, chunks) in usage.items():
                 fix.put("meta", usage_key(area), pack_usage(cached, pinned, chunks), count=False)
             report.repaired += 1 if recorded != current else 0
-            blobs._usage = usage
-        if max_stamp > blobs._clock:
-            report.problem("clock", f"clock {blobs._clock} behind stamp {max_stamp}")
+            state.replace_usage(usage)
+        if max_stamp > state.clock:
+            report.problem("clock", f"clock {state.clock} behind stamp {max_stamp}")
             if repair:
-                blobs._clock = max_stamp
+                state.advance_clock(max_stamp)
                 fix.put("meta", CLOCK_KEY, pack_stamp(max_stamp))
         fix.flush()
         if repair:
-            with blobs._recent_lock:
-                blobs._recent.clear()
+            state.forget_all()
     return report
 
 
 def _check_manifests(
-    blobs: BlobStore, report: FsckReport, fix: _Repairs
+    state: CheckedState, report: FsckReport, fix: _Repairs
 ) -> dict[ChunkHash, list[int]]:
     """Walk `blobs`: each header followed by its slots 0..n-1. Returns chunk -> [refs, pins]
     over the manifests that are kept."""
@@ -198,7 +234,7 @@ def _check_manifests(
                     counts[1] += 1 if m.pinned else 0
         m, current, slots, broken = None, None, [], ""
 
-    it = blobs._blobs.iter()
+    it = state.blobs.iter()
     it.seek_to_first()
     while it.valid():
         key = it.key()
@@ -228,7 +264,7 @@ def _check_manifests(
 
 
 def _check_chunks(
-    blobs: BlobStore,
+    state: CheckedState,
     report: FsckReport,
     fix: _Repairs,
     expected: dict[ChunkHash, list[int]],
@@ -240,10 +276,10 @@ def _check_chunks(
     recorded: dict[str, list[int]] = {}
     usage: dict[str, list[int]] = {}
     max_stamp = 0
-    horizon = blobs._horizon()
-    records = blobs._info.iter()
+    horizon = state.horizon()
+    records = state.info.iter()
     records.seek_to_first()
-    data = blobs._chunks.iter(blobs._chunk_reads)  # BLAKE3 checks the bytes, not CRC
+    data = state.chunks.iter(state.chunk_reads)  # BLAKE3 checks the bytes, not CRC
     data.seek_to_first()
     while records.valid() or data.valid():
         rkey = records.key() if records.valid() else None
@@ -263,7 +299,7 @@ def _check_chunks(
                 else:
                     fix.delete("chunks", dkey, count=False)
                 fix.put("chunkinfo", dkey, info.pack())
-            elif dkey not in blobs._pending:  # else a running ingest records them soon
+            elif dkey not in state.pending:  # else a running ingest records them soon
                 _garbage(report, "unrecorded-chunk-bytes")
                 fix.delete("chunks", dkey, count=False)
             data.next()
@@ -315,7 +351,7 @@ def _check_chunks(
                 changed = True
             elif verify_data:
                 report.bytes_verified += len(value)
-        elif value is not None and chunk in blobs._pending:
+        elif value is not None and chunk in state.pending:
             value = None  # written by a running ingest, recorded at its next checkpoint
         elif value is not None:
             # Bytes an ingest wrote before a crash, recorded absent: adopted when they verify.
@@ -329,7 +365,7 @@ def _check_chunks(
                 fix.delete("chunks", chunk)
                 value = None
         max_stamp = max(max_stamp, info.stamp)
-        garbage = info.refs == 0 and info.stamp < horizon and chunk not in blobs._pending
+        garbage = info.refs == 0 and info.stamp < horizon and chunk not in state.pending
         if garbage:
             _garbage(report, "unreferenced-chunk")
         if garbage and fix.enabled:
@@ -347,7 +383,7 @@ def _check_chunks(
         if new_lru is not None:
             if new_lru != old_lru:
                 fix.put("lru", new_lru, b"", count=False)
-            elif blobs._lru.get(new_lru) is None:
+            elif state.lru.get(new_lru) is None:
                 report.problem("lru", f"no lru key for evictable chunk {chunk.hex()}")
                 fix.put("lru", new_lru, b"")
         if info.present:
@@ -369,8 +405,8 @@ def _count(usage: dict[str, list[int]], info: ChunkInfo) -> None:
     u[2] += 1
 
 
-def _check_lru(blobs: BlobStore, report: FsckReport, fix: _Repairs) -> None:
-    it = blobs._lru.iter()
+def _check_lru(state: CheckedState, report: FsckReport, fix: _Repairs) -> None:
+    it = state.lru.iter()
     it.seek_to_first()
     while it.valid():
         key = it.key()
@@ -381,7 +417,7 @@ def _check_lru(blobs: BlobStore, report: FsckReport, fix: _Repairs) -> None:
             report.problem("bad-key", f"lru {key.hex()}")
             fix.delete("lru", key)
             continue
-        raw = blobs._info.get(chunk)
+        raw = state.info.get(chunk)
         info = ChunkInfo.unpack(raw) if raw is not None else None
         if (
             info is None

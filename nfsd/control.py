@@ -22,7 +22,7 @@ from nfsd.store.check import check_store
 from nfsd.store.index import Kind, Mark
 from nfsd.store.source import StateDirSource, import_area, is_state_dir
 from nfsd.vfs.marks import Job, JobState, Marks, PathError, PathView
-from nfsd.vfs.real import RealTree
+from nfsd.vfs.merged import MergedTree
 from xdr.control import (
     CONTROL_PROGRAM,
     CONTROL_SOCKET,
@@ -105,7 +105,7 @@ async def open_control_listener(state_dir: Path) -> trio.SocketListener:
 
 
 class ControlService:
-    def __init__(self, tree: RealTree, blobs: BlobStore) -> None:
+    def __init__(self, tree: MergedTree, blobs: BlobStore) -> None:
         self.tree = tree
         self.blobs = blobs
         self.marks = Marks(tree)
@@ -185,7 +185,7 @@ class ControlService:
             return failed(ctlstat.NOENT, str(e.args[0]))
         finally:
             source.close()
-        self.tree.index_generation += 1  # directory listings now include the new entries
+        self.tree.index_changed()  # directory listings now include the new entries
         log.info("imported %d files into %s from %s", report.files, name, source_dir)
         return importres(
             ctlstat.OK,

@@ -36,7 +36,7 @@ from nfsd.store.source import StateDirSource
 from nfsd.sysrpcbind import Wanted
 from nfsd.vfs.handles import HandleCodec
 from nfsd.vfs.journal import DEFAULT_REST
-from nfsd.vfs.real import RealTree
+from nfsd.vfs.merged import MergedTree
 from nfsd.vfs.unreal import UnrealLayer
 from nfsd.vfs.watch import Watcher
 from xdr.control import CONTROL_SOCKET
@@ -115,7 +115,7 @@ class Server:
         self.config = config
         self.state_dir = Path(config.state_dir)
         self.store: Store | None = None
-        self.tree: RealTree | None = None
+        self.tree: MergedTree | None = None
         self.dispatcher: Dispatcher | None = None
         self.rpc: RpcServer | None = None
         self.portmapper = Portmapper()
@@ -128,7 +128,7 @@ class Server:
         self.store = Store(self.state_dir / "db")
         secret = _meta_value(self.store, b"handle-secret", secrets.token_bytes(32))
         store_uuid = self.store.family("meta")[b"store-uuid"]
-        self.tree = RealTree(self.store, self.config.areas, hidden={str(self.state_dir)})
+        self.tree = MergedTree(self.store, self.config.areas, hidden={str(self.state_dir)})
         self.tree.journal.rest = self.config.rest
         self.blobs = BlobStore(self.store, self.config.cache_limits)
         sources = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from nfsd.store.areas import AreaTable
 from nfsd.store.blobs import BlobStore
 from nfsd.store.db import Store
 from nfsd.store.index import AreaIndex, Kind, Layer
@@ -16,20 +17,15 @@ def check_store(store: Store, blobs: BlobStore, repair: bool) -> tuple[list[str]
     lines = list(report.lines())
     index = AreaIndex(store)
     orphans = 0
-    for key, value in store.family("meta").items(from_key=b"area:"):
-        if not key.startswith(b"area:"):
-            break
-        area = int.from_bytes(value[:4], "big")
-        for path, entry in index.walk(area):
+    for area in AreaTable(store):
+        for path, entry in index.walk(area.id):
             if (
                 entry.layer == Layer.UNREAL
                 and entry.kind == Kind.FILE
                 and blobs.manifest(entry.blob) is None
             ):
                 orphans += 1
-                lines.append(
-                    f"  unreal file without a manifest: {key[5:].decode()}/{os.fsdecode(path)}"
-                )
+                lines.append(f"  unreal file without a manifest: {area.name}/{os.fsdecode(path)}")
     lines.append(
         f"index: {orphans} Unreal files whose content is unknown"
         if orphans

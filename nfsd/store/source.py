@@ -23,6 +23,7 @@ from typing import Protocol
 
 import blake3
 
+from nfsd.store.areas import AreaTable
 from nfsd.store.blobs import DEFAULT_CHUNK_SIZE, BlobStore
 from nfsd.store.db import Store
 from nfsd.store.index import AreaIndex, Entry, Kind, Layer, join
@@ -79,15 +80,11 @@ class StateDirSource:
         self.state_dir = Path(state_dir).resolve()
         self.name = str(self.state_dir)
         self.store = Store(self.state_dir / "db", read_only=True)
-        meta = self.store.family("meta")
-        self.areas: dict[str, tuple[int, bytes]] = {}
-        for key, value in meta.items(from_key=b"area:"):
-            if not key.startswith(b"area:"):
-                break
-            name = key[len(b"area:") :].decode()
-            path = meta.get(b"area-path:" + name.encode())
-            if path is not None:
-                self.areas[name] = (int.from_bytes(value[:4], "big"), bytes(path))
+        self.areas: dict[str, tuple[int, bytes]] = {
+            area.name: (area.id, area.path)
+            for area in AreaTable(self.store)
+            if area.path is not None
+        }
         self.index = AreaIndex(self.store) if "entries" in self.store._families else None
         self._locations: dict[bytes, bytes] = {}
         for area_id, root in self.areas.values():

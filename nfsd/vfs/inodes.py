@@ -7,6 +7,7 @@ family `inodes`) records, in one batch per change:
 - `N parent name`    → fid            (each directory entry)
 - `L fid parent name` → ""            (every name of a file: hard links have several)
 - `I area dev ino`   → fid            (so a second name of the same inode gets the same fid)
+- `X fid`            → verifier       (of a CREATE EXCLUSIVE, so a retransmission finds it)
 
 A path is found by walking parents up to the area root, so renaming a directory touches one
 record, not its descendants. An Unreal object (known from the index, not on the disk) has
@@ -87,6 +88,11 @@ class InodeTable:
         raw = self.table.get(_ino_key(area, dev, ino))
         return None if raw is None else _FID.unpack(raw)[0]
 
+    def verifier(self, fid: int) -> bytes | None:
+        """The CREATE EXCLUSIVE verifier the file was made with, if any."""
+        raw = self.table.get(b"X" + _FID.pack(fid))
+        return None if raw is None else bytes(raw)
+
     def links(self, fid: int) -> list[tuple[int, bytes]]:
         prefix = b"L" + _FID.pack(fid)
         found = []
@@ -114,6 +120,9 @@ class InodeTable:
             batch.put("inodes", _ino_key(node.area, node.dev, node.ino), _FID.pack(node.fid))
         self._nodes.pop(node.fid, None)
 
+    def put_verifier(self, batch: Batch, fid: int, verifier: bytes) -> None:
+        batch.put("inodes", b"X" + _FID.pack(fid), verifier)
+
     def forget_inode(self, batch: Batch, node: Node) -> None:
         """The node's (dev, ino) no longer names it (its content left the disk)."""
         if not node.unreal and self.by_inode(node.area, node.dev, node.ino) == node.fid:
@@ -130,6 +139,7 @@ class InodeTable:
     def drop_node(self, batch: Batch, node: Node) -> None:
         """Forget a fid entirely (its last name is gone)."""
         batch.delete("inodes", b"F" + _FID.pack(node.fid))
+        batch.delete("inodes", b"X" + _FID.pack(node.fid))
         self.forget_inode(batch, node)
         for parent, name in self.links(node.fid):
             self.drop_link(batch, node.fid, parent, name)

@@ -12,6 +12,7 @@ the area root.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import stat
@@ -24,15 +25,15 @@ import trio
 from nfsd.store.db import Batch, Store
 from nfsd.store.history import Change, History, Op
 from nfsd.store.index import AreaIndex, Entry, Kind, Layer, join
+from nfsd.vfs.names import TEMP_PREFIX
 
 log = logging.getLogger("realize.journal")
 
 HASH_BLOCK = 1 << 20
 DEFAULT_REST = 3.0
 _INLINE_HASH = 64 * 1024
-# Realized content is written beside its final name under this prefix, then renamed in: the
+# Realized content is written beside its final name under TEMP_PREFIX, then renamed in: the
 # tree hides such names, the scan and the watcher skip them, the start scan removes leftovers.
-TEMP_PREFIX = b".realize-tmp-"
 
 
 def kind_of(st: os.stat_result) -> Kind:
@@ -51,19 +52,19 @@ def entry_of(st: os.stat_result, blob: bytes = b"", target: bytes = b"") -> Entr
     return Entry(kind, Layer.REAL, stat.S_IMODE(st.st_mode), size, st.st_mtime_ns, blob, target)
 
 
-def hash_file(path: bytes) -> tuple[bytes, os.stat_result]:
-    """BLAKE3 of a file, streamed, and its stat taken from the open file after reading."""
+def hash_fd(fd: int) -> tuple[bytes, os.stat_result]:
+    """BLAKE3 of an open file, streamed, and its stat taken after reading."""
     hasher = blake3.blake3()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        while True:
-            block = os.read(fd, HASH_BLOCK)
-            if not block:
-                break
-            hasher.update(block)
-        return hasher.digest(), os.fstat(fd)
-    finally:
-        os.close(fd)
+    while True:
+        block = os.read(fd, HASH_BLOCK)
+        if not block:
+            break
+        hasher.update(block)
+    return hasher.digest(), os.fstat(fd)
+
+
+Opener = Callable[[int, bytes], int]
+"""Opens the regular file at (area, path) read-only, never blocking; OSError otherwise."""
 
 
 def _announced(entry: Entry | None) -> bool:
@@ -76,6 +77,7 @@ class Journal:
         self.store = store
         self.roots = roots
         self.rest = rest
+        self.opener: Opener = self._open_by_path  # the tree gives one that walks descriptors
         self.index = AreaIndex(store)
         self.history = History(store)
         self.dirty: dict[tuple[int, bytes], float] = {}
@@ -98,6 +100,15 @@ class Journal:
         if change is not None:
             self.history.append(batch, area, change)
         batch.commit()
+
+    def _open_by_path(self, area: int, path: bytes) -> int:
+        full = join(self.roots[area], path) if path else self.roots[area]
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(full, flags)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "not a regular file")
+        return fd
 
     # ---- what the tree reports ----
 
@@ -188,16 +199,21 @@ class Journal:
             when = self.dirty.get((area, path))
             if when is None or area not in self.roots:
                 continue
-            full = join(self.roots[area], path) if path else self.roots[area]
             try:
-                small = os.lstat(full).st_size <= _INLINE_HASH
-                if small:  # a thread hand-off costs more than hashing a small file
-                    blob, st = hash_file(full)
-                else:
-                    blob, st = await trio.to_thread.run_sync(hash_file, full)
+                fd = self.opener(area, path)
             except OSError:
                 self.dirty.pop((area, path), None)  # gone or not a file: its removal reports
                 continue
+            try:
+                if os.fstat(fd).st_size <= _INLINE_HASH:
+                    blob, st = hash_fd(fd)  # a thread hand-off costs more than a small file
+                else:
+                    blob, st = await trio.to_thread.run_sync(hash_fd, fd)
+            except OSError:
+                self.dirty.pop((area, path), None)
+                continue
+            finally:
+                os.close(fd)
             if self.dirty.get((area, path)) != when:
                 continue  # written again while hashing: wait for the next rest
             del self.dirty[(area, path)]

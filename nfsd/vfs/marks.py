@@ -31,7 +31,7 @@ from nfsd.store.blobs import BlobError
 from nfsd.store.index import Entry, Kind, Layer, Mark, join
 from nfsd.vfs.errors import FsError
 from nfsd.vfs.journal import kind_of
-from nfsd.vfs.real import RealTree
+from nfsd.vfs.merged import MergedTree
 from xdr.nfs3 import nfsstat3
 
 log = logging.getLogger("realize.marks")
@@ -96,7 +96,7 @@ class PathError(ValueError):
 
 
 class Marks:
-    def __init__(self, tree: RealTree) -> None:
+    def __init__(self, tree: MergedTree) -> None:
         self.tree = tree
         self.index = tree.journal.index
         self.jobs: OrderedDict[int, Job] = OrderedDict()

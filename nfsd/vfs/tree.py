@@ -1,6 +1,6 @@
 """The tree interface the NFS procedures call: one set of operations on fileids.
 
-Procedures never touch storage; they call a `Tree`. The Real layer (nfsd/vfs/real.py)
+Procedures never touch storage; they call a `Tree`. The merged tree (nfsd/vfs/merged.py)
 implements it over local directories; the Unreal layer joins behind the same interface.
 Operations raise FsError with an nfsstat3; those that may block for long are async.
 """

@@ -22,7 +22,7 @@ from nfsd.store.blobs import BlobError, BlobStore, CacheFull, ChunkHashMismatch,
 from nfsd.store.index import Entry, Kind
 from nfsd.store.source import BlobSource
 from nfsd.vfs.errors import FsError
-from nfsd.vfs.journal import TEMP_PREFIX
+from nfsd.vfs.names import TEMP_PREFIX
 from nfsd.vfs.tree import Attr
 from xdr.codec import Gather
 from xdr.nfs3 import ftype3, nfsstat3
@@ -195,16 +195,19 @@ class UnrealLayer:
 
     # ---- realizing ----
 
-    async def realize(self, entry: Entry, path: bytes, progress: Progress | None = None) -> None:
-        """Write the entry's whole content as the Real file `path` (atomically: a temporary
-        file beside it, synced, then renamed). Streams chunk by chunk, fetching what is
-        missing as it goes, so a file larger than the cache realizes too."""
+    async def realize(
+        self, entry: Entry, dir_fd: int, name: bytes, progress: Progress | None = None
+    ) -> None:
+        """Write the entry's whole content as the Real file `name` of the directory `dir_fd`
+        (atomically: a temporary file beside it, synced, then renamed). Streams chunk by
+        chunk, fetching what is missing as it goes, so a file larger than the cache realizes
+        too. `dir_fd` stays the caller's and open throughout."""
         manifest = self.blobs.manifest(entry.blob)
         if manifest is None:
             raise FsError(nfsstat3.NFS3ERR_IO, "content unknown here")
-        directory, _, name = path.rpartition(b"/")
-        temp = directory + b"/" + TEMP_PREFIX + os.urandom(6).hex().encode() + b"-" + name[:180]
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        temp = TEMP_PREFIX + os.urandom(6).hex().encode() + b"-" + name[:180]
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
         try:
             for index in range(manifest.nchunks):
                 data = await self._chunk(entry.blob, index, manifest.nchunks)
@@ -213,15 +216,15 @@ class UnrealLayer:
                     progress(len(data))
             os.fchmod(fd, entry.mode & 0o7777)
             await trio.to_thread.run_sync(os.fsync, fd)
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
             os.close(fd)
             fd = -1
-            os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns))
-            os.rename(temp, path)
+            os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
             if fd >= 0:
                 os.close(fd)
             with contextlib.suppress(OSError):
-                os.unlink(temp)
+                os.unlink(temp, dir_fd=dir_fd)
             raise
 
     async def _chunk(self, blob: bytes, index: int, nchunks: int) -> bytes:

@@ -1,0 +1,300 @@
+"""The local layer: the areas' ordinary files, reached only through directory descriptors.
+
+Each area root is opened once. Every other directory is reached from it name by name with
+`openat(O_NOFOLLOW | O_DIRECTORY)` (O_PATH on Linux), each step checked against the inode the
+fileid table recorded, and every change is an `*at` call on one name in such a descriptor:
+no operation a client can reach hands the kernel a path of several components, so a name
+swapped for a symlink mid-call can only fail the call, never reach outside the area.
+
+Directory descriptors are kept in a small cache by fileid (a descriptor follows its
+directory when it is renamed). The cache is emptied when the namespace changes in a way that
+could move a directory (a rename or rmdir through NFS, or an outside change the watcher
+saw). Descriptors handed to worker threads are duplicates the caller closes.
+
+The layer knows nothing of the Unreal layer or the index; the merged tree routes to it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from nfsd.vfs import osapi
+from nfsd.vfs.errors import FsError, from_os_error
+from nfsd.vfs.inodes import InodeTable, Node
+from nfsd.vfs.names import TEMP_PREFIX
+from xdr.nfs3 import nfsstat3
+
+_DIR_CACHE = 128
+_MAX_DEPTH = 4096
+
+
+@dataclass(slots=True)
+class _Root:
+    fd: int
+    dev: int
+    ino: int
+    path: bytes
+
+
+class LocalLayer:
+    def __init__(self, inodes: InodeTable, hidden: set[tuple[int, int]] | None = None) -> None:
+        """`hidden`: (st_dev, st_ino) of directories clients must never see (the state
+        directory), wherever they sit."""
+        self.inodes = inodes
+        self.hidden = hidden or set()
+        self._roots: dict[int, _Root] = {}
+        self._dirs: OrderedDict[int, int] = OrderedDict()
+
+    # ---- areas ----
+
+    def add_area(self, area: int, path: bytes) -> os.stat_result:
+        """Open the area's root directory (the configured path may pass through symlinks:
+        it is the administrator's); its lstat."""
+        fd = os.open(path, osapi.DIR_FLAGS)
+        st = os.fstat(fd)
+        old = self._roots.pop(area, None)
+        if old is not None:
+            os.close(old.fd)
+        self._roots[area] = _Root(fd, st.st_dev, st.st_ino, path)
+        return st
+
+    def root_path(self, area: int) -> bytes:
+        return self._roots[area].path
+
+    def root_fd(self, area: int) -> int:
+        root = self._roots.get(area)
+        if root is None:
+            raise FsError(nfsstat3.NFS3ERR_STALE, "area removed")
+        return root.fd
+
+    def is_hidden(self, st: os.stat_result) -> bool:
+        return (st.st_dev, st.st_ino) in self.hidden
+
+    # ---- directories ----
+
+    def dir_fd(self, fid: int) -> int:
+        """A descriptor of the Real directory `fid` (cached: do not close it, and use it
+        before the next call here or dup it). STALE when the recorded inode is gone."""
+        fd = self._dirs.get(fid)
+        if fd is not None:
+            self._dirs.move_to_end(fid)
+            return fd
+        chain: list[Node] = []  # from `fid` up to the first directory held already
+        node = self._node(fid)
+        while node.parent != 0 and node.fid not in self._dirs:
+            chain.append(node)
+            if len(chain) > _MAX_DEPTH:
+                raise FsError(nfsstat3.NFS3ERR_STALE, "cycle")
+            node = self._node(node.parent)
+        fd = self.root_fd(node.area) if node.parent == 0 else self._dirs[node.fid]
+        opened: list[tuple[int, int]] = []
+        try:
+            for step in reversed(chain):
+                try:
+                    fd = osapi.open_dir(step.name, fd)
+                except OSError as e:
+                    raise _stale_or(e) from None
+                opened.append((step.fid, fd))
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != (step.dev, step.ino):
+                    raise FsError(nfsstat3.NFS3ERR_STALE, "replaced")
+        except BaseException:
+            for _, held in opened:
+                os.close(held)
+            raise
+        for step_fid, held in opened:
+            self._remember(step_fid, held)
+        return fd
+
+    def _remember(self, fid: int, fd: int) -> None:
+        old = self._dirs.pop(fid, None)
+        if old is not None and old != fd:
+            os.close(old)
+        self._dirs[fid] = fd
+        while len(self._dirs) > _DIR_CACHE:
+            _, evicted = self._dirs.popitem(last=False)
+            os.close(evicted)
+
+    def dup_dir_fd(self, fid: int) -> int:
+        """A descriptor of the directory `fid` that the caller owns (and closes)."""
+        return os.dup(self.dir_fd(fid))
+
+    def forget_dirs(self) -> None:
+        """Drop every cached directory descriptor (a directory may have moved)."""
+        while self._dirs:
+            _, fd = self._dirs.popitem()
+            os.close(fd)
+
+    def forget_dir(self, fid: int) -> None:
+        fd = self._dirs.pop(fid, None)
+        if fd is not None:
+            os.close(fd)
+
+    def listable_fd(self, fid: int) -> int:
+        """A descriptor to read the directory's entries from (the caller closes it)."""
+        try:
+            return osapi.open_listable(self.dir_fd(fid))
+        except OSError as e:
+            raise from_os_error(e) from None
+
+    def entries(self, fid: int) -> list[tuple[bytes, int]]:
+        """(name, inode) of the directory's entries, without the server's temporaries and
+        hidden directories."""
+        fd = self.listable_fd(fid)
+        try:
+            with os.scandir(fd) as it:
+                # Listed by descriptor, names come as str: back to the bytes they were.
+                names = ((os.fsencode(e.name), e.inode()) for e in it)
+                rows = [row for row in names if not row[0].startswith(TEMP_PREFIX)]
+            if self.hidden:
+                hidden_inodes = {ino for _, ino in self.hidden}
+                rows = [
+                    row
+                    for row in rows
+                    if row[1] not in hidden_inodes or not self._hidden_name(fd, row[0])
+                ]
+        except OSError as e:
+            raise from_os_error(e) from None
+        finally:
+            os.close(fd)
+        return rows
+
+    def _hidden_name(self, dir_fd: int, name: bytes) -> bool:
+        try:
+            return self.is_hidden(os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
+        except OSError:
+            return False
+
+    # ---- objects ----
+
+    def _node(self, fid: int) -> Node:
+        node = self.inodes.node(fid)
+        if node is None or node.area not in self._roots:
+            raise FsError(nfsstat3.NFS3ERR_STALE)
+        return node
+
+    def where(self, node: Node) -> tuple[int, bytes]:
+        """(directory descriptor, name) of a node's primary name; an area root is "." of
+        itself. The descriptor is cached: use it at once."""
+        if node.parent == 0:
+            return self.root_fd(node.area), b"."
+        return self.dir_fd(node.parent), node.name
+
+    def lstat(self, node: Node) -> os.stat_result:
+        """The node's lstat, checked to be the very inode recorded (STALE otherwise)."""
+        if node.parent == 0:
+            return os.fstat(self.root_fd(node.area))
+        cached = self._dirs.get(node.fid)
+        if cached is not None:
+            return os.fstat(cached)  # follows the directory wherever it was renamed
+        dir_fd, name = self.where(node)
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            raise FsError(nfsstat3.NFS3ERR_STALE) from None
+        if (st.st_dev, st.st_ino) != (node.dev, node.ino):
+            raise FsError(nfsstat3.NFS3ERR_STALE, "replaced")
+        return st
+
+    def child_stat(self, dir_fid: int, name: bytes) -> os.stat_result | None:
+        """lstat of the entry `name` of a Real directory; None when there is none (or it is
+        hidden from clients)."""
+        try:
+            st = os.stat(name, dir_fd=self.dir_fd(dir_fid), follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            raise from_os_error(e) from None
+        return None if self.hidden and self.is_hidden(st) else st
+
+    def pin(self, node: Node) -> osapi.Pinned:
+        """The node held for attribute changes (see osapi.Pinned); STALE when its name no
+        longer holds the recorded inode."""
+        dir_fd, name = self.where(node)
+        expected = None if node.parent == 0 else (node.dev, node.ino)
+        try:
+            return osapi.Pinned(dir_fd, name, expected)
+        except FileNotFoundError:
+            raise FsError(nfsstat3.NFS3ERR_STALE, "replaced") from None
+        except OSError as e:
+            raise from_os_error(e) from None
+
+    def open_file(self, node: Node, writable: bool) -> tuple[int, bool]:
+        """A descriptor of the regular file `node`, read-write when allowed (read-only when
+        not, unless `writable`); (fd, is_writable)."""
+        dir_fd, name = self.where(node)
+        try:
+            try:
+                fd, st = osapi.open_regular(dir_fd, name, os.O_RDWR)
+                writable = True
+            except PermissionError:
+                if writable:
+                    raise
+                fd, st = osapi.open_regular(dir_fd, name, os.O_RDONLY)
+                writable = False
+        except FileNotFoundError:
+            raise FsError(nfsstat3.NFS3ERR_STALE) from None
+        except OSError as e:
+            raise from_os_error(e) from None
+        if (st.st_dev, st.st_ino) != (node.dev, node.ino):
+            os.close(fd)
+            raise FsError(nfsstat3.NFS3ERR_STALE, "replaced")
+        return fd, writable
+
+    def readlink(self, node: Node) -> bytes:
+        dir_fd, name = self.where(node)
+        try:
+            return os.readlink(name, dir_fd=dir_fd)
+        except OSError as e:
+            raise from_os_error(e) from None
+
+    # ---- paths inside an area, for the journal (hashing) and the Unreal layer ----
+
+    def open_relative(self, area: int, rel: bytes) -> int:
+        """A read-only descriptor of the regular file at `rel` in `area`, walked name by
+        name; OSError when there is none."""
+        directory, _, name = rel.rpartition(b"/")
+        dir_fd = self.dir_relative(area, directory)
+        try:
+            return osapi.open_regular(dir_fd, name, os.O_RDONLY)[0]
+        finally:
+            os.close(dir_fd)
+
+    def dir_relative(self, area: int, rel: bytes) -> int:
+        """A descriptor (the caller closes it) of the directory at `rel` in `area`."""
+        fd = os.dup(self.root_fd(area))
+        try:
+            for name in rel.split(b"/") if rel else ():
+                if name in (b"", b".", b".."):
+                    raise OSError(errno.EINVAL, "not a plain path")
+                step = osapi.open_dir(name, fd)
+                os.close(fd)
+                fd = step
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def statvfs(self, area: int) -> os.statvfs_result:
+        return os.statvfs(self.root_fd(area))
+
+    def close(self) -> None:
+        self.forget_dirs()
+        for root in self._roots.values():
+            os.close(root.fd)
+        self._roots.clear()
+
+
+def _stale_or(e: OSError) -> FsError:
+    """A directory on the recorded way that is gone or no longer a directory: STALE."""
+    if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+        return FsError(nfsstat3.NFS3ERR_STALE, "the way there changed")
+    return from_os_error(e)
+
+
+def is_dir(st: os.stat_result) -> bool:
+    return stat.S_ISDIR(st.st_mode)

@@ -1,0 +1,34 @@
+"""Which names a client may use: the one check every tree operation applies to a name before
+it reaches the file system or the index."""
+
+from __future__ import annotations
+
+from nfsd.vfs.errors import FsError
+from xdr.nfs3 import nfsstat3
+
+NAME_MAX = 255  # the longest name PATHCONF announces and the local file systems take
+TEMP_PREFIX = b".realize-tmp-"  # realize's temporaries: never shown, never made by clients
+
+
+def check_name(name: bytes) -> None:
+    """Reject names no directory entry can have, before they reach the file system."""
+    if not name or b"/" in name or b"\0" in name:
+        raise FsError(nfsstat3.NFS3ERR_INVAL, "invalid name")
+    if len(name) > NAME_MAX:
+        raise FsError(nfsstat3.NFS3ERR_NAMETOOLONG)
+
+
+def check_new_name(name: bytes) -> None:
+    """A name to create: also not "." or "..", nor one the server keeps for itself."""
+    check_name(name)
+    if name in (b".", b".."):
+        raise FsError(nfsstat3.NFS3ERR_EXIST, "dot name")
+    if name.startswith(TEMP_PREFIX):
+        raise FsError(nfsstat3.NFS3ERR_ACCES, "a name the server keeps for itself")
+
+
+def check_old_name(name: bytes) -> None:
+    """A name to remove or rename from: not "." or ".." (INVAL, as rmdir(2) says)."""
+    if name in (b".", b".."):
+        raise FsError(nfsstat3.NFS3ERR_INVAL, "dot name")
+    check_name(name)

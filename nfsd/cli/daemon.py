@@ -26,7 +26,13 @@ from nfsd.cli.config import (
 from nfsd.cli.errors import UsageError
 from nfsd.cli.options import server_arguments
 from nfsd.cli.output import human
-from nfsd.server import Server, ServerConfig, mount_commands
+from nfsd.server import (
+    DEFAULT_PORT,
+    DEFAULT_UNPRIVILEGED_PORT,
+    Server,
+    ServerConfig,
+    mount_commands,
+)
 
 RUNTIME_FILE = "server.json"
 PID_FILE = "server.pid"
@@ -268,7 +274,9 @@ def cmd_mount_cmd(args: argparse.Namespace) -> int:
         portmap = about["portmap_port"] is not None
         bind = about["bind"]
     else:
-        nfs_port = saved.get("port") or (2049 if os.geteuid() == 0 else 20490)
+        nfs_port = saved.get("port") or (
+            DEFAULT_PORT if os.geteuid() == 0 else DEFAULT_UNPRIVILEGED_PORT
+        )
         mount_port = saved.get("mount_port") or nfs_port
         portmap = os.geteuid() == 0 and saved.get("portmap", "auto") != "off"
         bind = saved.get("bind") or "127.0.0.1"

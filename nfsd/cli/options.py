@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from nfsd.server import DEFAULT_PORT, DEFAULT_UNPRIVILEGED_PORT
+
 
 def add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bind", default=None, help="address to listen on (default 127.0.0.1)")
@@ -12,7 +14,8 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
         "--port",
         type=int,
         default=None,
-        help="NFS and MOUNT port (default 2049 as root, else 20490; 0: any)",
+        help=f"NFS and MOUNT port (default {DEFAULT_PORT} as root, else "
+        f"{DEFAULT_UNPRIVILEGED_PORT}; 0: any)",
     )
     p.add_argument("--mount-port", type=int, default=None, help="separate MOUNT port")
     p.add_argument(

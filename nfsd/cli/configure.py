@@ -7,8 +7,8 @@ import argparse
 import os
 from pathlib import Path
 
-from nfsd.cli import control_client
 from nfsd.cli.config import area_name, is_configured, load_config, merged_options, save_config
+from nfsd.cli.control_client import ControlClient
 from nfsd.cli.daemon import running
 from nfsd.cli.errors import UsageError
 from nfsd.store.source import is_state_dir
@@ -68,8 +68,7 @@ def cmd_source_add(args: argparse.Namespace) -> int:
         f"realize: attached {source} (read-only); 'realize import AREA {source}' lists its "
         "files here"
     )
-    if running(state_dir):
-        res = control_client.call(state_dir, CONTROLPROC.SOURCE, os.fsencode(source))
-        if res.status != ctlstat.OK:
-            raise UsageError(f"the running server cannot read it: {res.message.decode()}")
+    res = ControlClient(state_dir).call(CONTROLPROC.SOURCE, os.fsencode(source))
+    if res.status != ctlstat.OK:
+        raise UsageError(f"the running server cannot read it: {res.message.decode()}")
     return 0

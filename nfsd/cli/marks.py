@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nfsd.cli.control_client import ControlError, call
+from nfsd.cli.control_client import ControlClient, ControlError
 from nfsd.cli.daemon import served_areas
 from nfsd.cli.output import ProgressBar, human
 from xdr.control import CONTROLPROC, ctlstat, jobstate, layer, lsargs, lsentry, mark, markargs
@@ -47,12 +47,12 @@ def _resolved(path: Path) -> Path:
     return Path(os.path.realpath(path)).joinpath(*reversed(missing))
 
 
-def follow(state_dir: Path, job_id: int, label: str) -> Any:
+def follow(client: ControlClient, job_id: int, label: str) -> Any:
     """Poll a job until it ends, drawing its progress; its last state."""
     bar = ProgressBar(label)
     try:
         while True:
-            res = call(state_dir, CONTROLPROC.JOB, job_id)
+            res = client.call(CONTROLPROC.JOB, job_id)
             if res.status != ctlstat.OK:
                 raise ControlError(res.message.decode(errors="replace"))
             bar.update(res.files_done, res.files_total, res.bytes_done, res.bytes_total)
@@ -67,11 +67,12 @@ def cmd_mark(args: argparse.Namespace) -> int:
     """Say what paths should be; the running server applies it, with a progress bar."""
     state_dir = Path(args.state_dir).resolve()
     config = served_areas(state_dir)
+    client = ControlClient(state_dir)
     wanted = MARKS[args.mark]
     failed = False
     for text in args.paths:
         path = area_path(config, text)
-        res = call(state_dir, CONTROLPROC.MARK, markargs(path, wanted))
+        res = client.call(CONTROLPROC.MARK, markargs(path, wanted))
         if res.status != ctlstat.OK:
             print(f"realize: {res.message.decode(errors='replace')}", file=sys.stderr)
             failed = True
@@ -80,7 +81,7 @@ def cmd_mark(args: argparse.Namespace) -> int:
         if args.no_wait:
             print(f"realize: {shown} marked {args.mark}; job {res.job} applies it")
             continue
-        end = follow(state_dir, res.job, f"{args.mark} {shown}:")
+        end = follow(client, res.job, f"{args.mark} {shown}:")
         for error in end.errors:
             print(f"realize: {error.decode(errors='replace')}", file=sys.stderr)
         if end.state == jobstate.FAILED:
@@ -132,12 +133,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
     paths = [area_path(config, text) for text in args.paths] or [
         os.fsencode(name) for name in sorted(config["areas"])
     ]
+    client = ControlClient(state_dir)
     print(f"{'LAYER':<7} {'MARK':<24} {'CACHED':<12} {'SIZE':>10}  NAME")
     status = 0
     for path in paths:
         after = b""
         while True:
-            res = call(state_dir, CONTROLPROC.LS, lsargs(path, after))
+            res = client.call(CONTROLPROC.LS, lsargs(path, after))
             if res.status != ctlstat.OK:
                 print(f"realize: {res.message.decode(errors='replace')}", file=sys.stderr)
                 status = 1

@@ -7,11 +7,9 @@ import argparse
 import os
 import time
 from pathlib import Path
-from typing import Any
 
-from nfsd.cli import control_client
 from nfsd.cli.config import load_config
-from nfsd.cli.daemon import running
+from nfsd.cli.control_client import ControlClient
 from nfsd.cli.errors import UsageError
 from nfsd.cli.output import human
 from nfsd.store.db import Store
@@ -21,11 +19,7 @@ from xdr.control import CONTROLPROC, ctlstat, importargs
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    """Make a source's files of an area appear here as Unreal entries (server stopped)."""
-    from nfsd.store.blobs import BlobStore
-    from nfsd.store.source import StateDirSource, import_area
-    from nfsd.vfs.real import RealTree
-
+    """Make a source's files of an area appear here as Unreal entries."""
     state_dir = Path(args.state_dir).resolve()
     config = load_config(state_dir)
     if args.area not in config["areas"]:
@@ -33,64 +27,30 @@ def cmd_import(args: argparse.Namespace) -> int:
     source_dir = Path(args.source).expanduser().resolve()
     if not is_state_dir(source_dir):
         raise UsageError(f"{args.source} is not a Realize state directory")
-    if running(state_dir):
-        res = control_client.call(
-            state_dir, CONTROLPROC.IMPORT, importargs(args.area.encode(), os.fsencode(source_dir))
-        )
-        if res.status != ctlstat.OK:
-            raise UsageError(res.message.decode(errors="replace"))
-        _imported(args.area, res, source_dir, config)
-        return 0
-    try:
-        source = StateDirSource(source_dir)
-    except Exception as e:  # rocksdict reports open failures as plain Exception
-        raise UsageError(f"cannot open {source_dir}: {e}") from None
-    store = Store(state_dir / "db")
-    try:
-        tree = RealTree(store, config["areas"])
-        area = tree.area_by_name[args.area]
-        try:
-            report = import_area(store, BlobStore(store), area.id, area.path, source, args.area)
-        except KeyError as e:
-            raise UsageError(str(e.args[0])) from None
-        tree.close()
-    finally:
-        source.close()
-        store.close()
-    _imported(args.area, report, source_dir, config)
-    return 0
-
-
-def _imported(area: str, report: Any, source_dir: Path, config: dict) -> None:
+    report = ControlClient(state_dir, config["areas"]).call(
+        CONTROLPROC.IMPORT, importargs(args.area.encode(), os.fsencode(source_dir))
+    )
+    if report.status != ctlstat.OK:
+        raise UsageError(report.message.decode(errors="replace"))
     print(
         f"realize: {report.files} files ({human(report.bytes)}), {report.directories} "
-        f"directories, {report.symlinks} symlinks now listed in {area}; "
+        f"directories, {report.symlinks} symlinks now listed in {args.area}; "
         f"{report.skipped} skipped"
     )
     if str(source_dir) not in config.get("sources", []):
         print(f"realize: attach it to read their content: realize source add {source_dir}")
+    return 0
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
     """Check the blob cache (manifests, chunks re-hashed) and the index's Unreal entries."""
-    from nfsd.store.blobs import BlobStore
-    from nfsd.store.check import check_store
-
     state_dir = Path(args.state_dir).resolve()
     if not is_state_dir(state_dir):
         raise UsageError(f"no server state in {state_dir}")
-    if running(state_dir):
-        res = control_client.call(state_dir, CONTROLPROC.FSCK, args.repair)
-        lines, ok = [line.decode(errors="replace") for line in res.lines], res.ok
-    else:
-        store = Store(state_dir / "db")
-        try:
-            lines, ok = check_store(store, BlobStore(store), args.repair)
-        finally:
-            store.close()
-    for line in lines:
-        print(line)
-    return 0 if ok else 1
+    res = ControlClient(state_dir).call(CONTROLPROC.FSCK, args.repair)
+    for line in res.lines:
+        print(line.decode(errors="replace"))
+    return 0 if res.ok else 1
 
 
 def cmd_history(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Nfs, run_on
-from tests.support.server import REPO
+from tests.support.server import REPO, start_server
 from xdr.nfs3 import (
     NFSPROC3,
     LOOKUP3args,
@@ -204,6 +204,38 @@ def test_commands_on_an_uninitialised_state_dir(state: Path) -> None:
         result = realize(state, *args)
         assert result.returncode == 2, args
         assert "realize init" in result.stderr, args
+
+
+def test_import_fsck_and_source_add_work_without_a_server(state: Path, tmp_path: Path) -> None:
+    """With no server running, import, fsck and source add work on the store itself; mark and
+    ls need the server and say so."""
+    source_area, source = tmp_path / "source-area", tmp_path / "source"
+    source_area.mkdir()
+    (source_area / "a.txt").write_text("from the source\n")
+    server = start_server({"area": source_area}, source, extra=["--rest", "0.1"])
+    try:
+        deadline = time.monotonic() + 20
+        while "create" not in ok(realize(source, "history", "area")):
+            assert time.monotonic() < deadline, "the source never hashed a.txt"
+            time.sleep(0.1)
+    finally:
+        server.stop()
+    area = tmp_path / "area"
+    area.mkdir()
+    ok(realize(state, "init"))
+    ok(realize(state, "area", "add", "area", str(area)))
+
+    imported = realize(state, "import", "area", str(source))
+    assert "1 files" in ok(imported) and "realize source add" in imported.stdout
+    assert imported.stderr == ""
+    assert not (area / "a.txt").exists()  # listed in the index, not copied
+    assert "attached" in ok(realize(state, "source", "add", str(source)))
+    assert json.loads((state / "config.json").read_text())["sources"] == [str(source)]
+    assert "every Unreal file has its manifest" in ok(realize(state, "fsck"))
+    for args in (["ls"], ["mark", "keep", "area/a.txt"]):
+        result = realize(state, *args)
+        assert result.returncode == 2, args
+        assert "no server is running" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_start_reports_a_server_that_cannot_start(state: Path, tmp_path: Path) -> None:

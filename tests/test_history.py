@@ -103,11 +103,12 @@ def test_changes_through_nfs_are_recorded_once_files_rest(tmp_path):
                     NFSPROC3.WRITE,
                     WRITE3args(made.obj, offset, 10, stable_how.UNSTABLE, b"0123456789"),
                 )
-            await trio.sleep(1.5)
+            # Each change is recorded once the file rests: wait for it before the next one.
+            await trio.to_thread.run_sync(wait_for, state, 2)
             await nfs(
                 client, NFSPROC3.WRITE, WRITE3args(made.obj, 0, 4, stable_how.FILE_SYNC, b"ABCD")
             )
-            await trio.sleep(1.5)
+            await trio.to_thread.run_sync(wait_for, state, 3)
             await nfs(
                 client,
                 NFSPROC3.RENAME,
@@ -157,7 +158,7 @@ def test_changes_made_on_disk_while_stopped_are_found_at_start(tmp_path):
     ]
     (area / "gone.txt").unlink()
     (area / "olddir").rmdir()
-    time.sleep(0.01)
+    time.sleep(0.01)  # an edit later than the first scan, by more than a timestamp tick
     (area / "edit.txt").write_text("after, longer")
     (area / "new.txt").write_text("hello")
     server = start_server({"area": area}, state, extra=["--rest", REST])

@@ -273,7 +273,7 @@ def test_trickling_client_does_not_block_others(server: Served) -> None:
         async def trickle() -> None:
             for byte in message[:15]:
                 await stream.send_all(bytes([byte]))
-                await trio.sleep(0.2)
+                await trio.sleep(0.2)  # the behaviour under test: a byte every 0.2 s
             await stream.send_all(message[15:])
 
         async def others() -> None:
@@ -283,7 +283,7 @@ def test_trickling_client_does_not_block_others(server: Served) -> None:
                 start = time.monotonic()
                 await nfs.getattr(root)
                 latencies.append(time.monotonic() - start)
-                await trio.sleep(0.01)
+                await trio.sleep(0.01)  # a client calling now and then, not flat out
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trickle)
@@ -365,8 +365,12 @@ def test_identical_calls_in_flight_together(server: Served) -> None:
                 await sock.sendto(datagram, (HOST, server.port))
             with trio.fail_after(10):
                 reply = parse_reply(await sock.recv(1 << 16))
-        assert reply.xid == 0xD1D1 and reply.stat == accept_stat.SUCCESS
-        await trio.sleep(0.5)
+            assert reply.xid == 0xD1D1 and reply.stat == accept_stat.SUCCESS
+            # A NULL sent after the duplicates is answered once the server has taken them all.
+            await sock.sendto(null_call(0xD2D2), (HOST, server.port))
+            with trio.fail_after(10):
+                while parse_reply(await sock.recv(1 << 16)).xid != 0xD2D2:
+                    pass
         assert server.alive(), server.log()
         await null_works(server.port)
 
@@ -379,6 +383,18 @@ def _rss_mib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) // 1024
     raise AssertionError("no VmRSS")
+
+
+async def _rss_settled(pid: int, timeout: float = 10.0) -> int:
+    """A process's RSS in MiB once it stops changing (polled every 0.25 s, up to `timeout`)."""
+    with trio.fail_after(timeout):
+        previous = _rss_mib(pid)
+        while True:
+            await trio.sleep(0.25)
+            current = _rss_mib(pid)
+            if abs(current - previous) <= 1:
+                return current
+            previous = current
 
 
 def _records(calls: list[tuple[int, NFSPROC3, bytes]]) -> bytes:
@@ -400,7 +416,7 @@ def test_client_that_never_reads_its_replies(server: Served) -> None:
         greedy = await trio.open_tcp_stream(HOST, server.port)
         with trio.move_on_after(5):
             await greedy.send_all(_records([(i, NFSPROC3.READ, args) for i in range(400)]))
-        await trio.sleep(2)
+        await _rss_settled(server.process.process.pid)  # it has handled what it read
         start = time.monotonic()
         assert (await nfs.read(fh, 0, 16)).count == 16
         assert time.monotonic() - start < 2
@@ -431,17 +447,20 @@ def test_a_burst_of_large_listings_does_not_stall_others(server: Served) -> None
                 got += len(reader.feed(data))
             done.set()
 
+        measuring = trio.Event()
+
         async def others() -> None:
             while not done.is_set():
                 start = time.monotonic()
                 await nfs.getattr(root)
                 latencies.append(time.monotonic() - start)
-                await trio.sleep(0.01)
+                measuring.set()
+                await trio.sleep(0.01)  # a client calling now and then, not flat out
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_replies)
             nursery.start_soon(others)
-            await trio.sleep(0.05)
+            await measuring.wait()  # the burst comes while the other client is calling
             await burst.send_all(_records([(i, NFSPROC3.READDIRPLUS, args) for i in range(60)]))
         await burst.aclose()
         assert len(latencies) > 3

@@ -51,10 +51,8 @@ def make_source(base: Path) -> tuple[Path, bytes]:
     server = start_server({"area": area}, state, extra=["--rest", "0.1"])
     try:
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            history = realize(state, "history", "area")
-            if history.count("create") >= 2:
-                break
+        while realize(state, "history", "area").count("create") < 2:
+            assert time.monotonic() < deadline, "the source never hashed its files"
             time.sleep(0.2)
     finally:
         server.stop()
@@ -95,12 +93,17 @@ def test_unreal_files_listed_read_cached_and_realized(tmp_path):
         after = await nfs.getattr(fh)
         assert (after.size, after.mtime, after.fileid) == (before.size, before.mtime, before.fileid)
         seen["fileid"] = before.fileid
-        time.sleep(2.5)  # the status file is rewritten every 2 s
-        status = realize(ours, "status")
+        # The server rewrites its status file every 2 s: poll until it counts the read.
+        deadline = time.monotonic() + 20
+        while True:
+            status = realize(ours, "status")
+            rows = [line.split() for line in status.splitlines() if line.startswith("  area ")]
+            row = " ".join(rows[1]) if len(rows) > 1 else ""  # after the header: "area"
+            if "3.0 MiB" in row or "3.1 MiB" in row:
+                break
+            assert time.monotonic() < deadline, f"the cache never showed the read:\n{status}"
+            time.sleep(0.2)
         assert "cache:" in status and "1.0 GiB limit" in status, status
-        rows = [line.split() for line in status.splitlines() if line.startswith("  area ")]
-        row = " ".join(rows[1])  # after the header: the area named "area"
-        assert "3.0 MiB" in row or "3.1 MiB" in row, status
         assert "512.0 MiB" in row, status  # the area's own cap
         link = await nfs.lookup(root, b"link")
         target = await nfs.ok(NFSPROC3.READLINK, READLINK3args(link))

@@ -20,7 +20,8 @@ import trio
 from nfsd.store.db import Store
 from nfsd.store.history import History
 from nfsd.store.index import AreaIndex, Entry, Kind, Layer
-from nfsd.vfs.journal import TEMP_PREFIX, Journal
+from nfsd.vfs.journal import Journal
+from nfsd.vfs.names import TEMP_PREFIX
 from nfsd.vfs.watch import (
     IN_CREATE,
     IN_ISDIR,
@@ -166,7 +167,7 @@ def test_a_file_written_through_nfs_keeps_resting_from_its_last_write(tmp_path):
     async def body() -> None:
         await journal.scan(AREA, soon=False)  # the NFS writer reported it: no new mark
         assert journal.dirty[(AREA, b"slow.bin")] == marked
-        await trio.sleep(0.05)
+        await trio.sleep(0.05)  # time passes (more than a timestamp tick) before the write
         with open(path, "ab") as f:  # written outside since: rests from now
             f.write(b"more")
         await journal.scan(AREA, soon=False)

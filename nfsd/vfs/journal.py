@@ -12,7 +12,6 @@ the area root.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import stat
@@ -25,15 +24,14 @@ import trio
 from nfsd.store.db import Batch, Store
 from nfsd.store.history import Change, History, Op
 from nfsd.store.index import AreaIndex, Entry, Kind, Layer, join
-from nfsd.vfs.names import TEMP_PREFIX
+from nfsd.vfs.errors import FsError
+from nfsd.vfs.local import AreaRoots
 
 log = logging.getLogger("realize.journal")
 
 HASH_BLOCK = 1 << 20
 DEFAULT_REST = 3.0
 _INLINE_HASH = 64 * 1024
-# Realized content is written beside its final name under TEMP_PREFIX, then renamed in: the
-# tree hides such names, the scan and the watcher skip them, the start scan removes leftovers.
 
 
 def kind_of(st: os.stat_result) -> Kind:
@@ -63,21 +61,25 @@ def hash_fd(fd: int) -> tuple[bytes, os.stat_result]:
     return hasher.digest(), os.fstat(fd)
 
 
-Opener = Callable[[int, bytes], int]
-"""Opens the regular file at (area, path) read-only, never blocking; OSError otherwise."""
-
-
 def _announced(entry: Entry | None) -> bool:
     """Whether peers were told of this entry (files: once hashed)."""
     return entry is not None and (entry.kind != Kind.FILE or bool(entry.blob))
 
 
 class Journal:
-    def __init__(self, store: Store, roots: dict[int, bytes], rest: float = DEFAULT_REST):
+    def __init__(
+        self, store: Store, roots: AreaRoots | dict[int, bytes], rest: float = DEFAULT_REST
+    ):
+        """`roots`: the tree's area roots, or area id → directory (opened here)."""
         self.store = store
-        self.roots = roots
+        if not isinstance(roots, AreaRoots):
+            opened = AreaRoots()
+            for area, path in roots.items():
+                opened.add(area, path)
+            roots = opened
+        self.disk = roots  # every look at the disk goes through its descriptors
+        self.roots = {area: roots.path(area) for area in roots.areas()}
         self.rest = rest
-        self.opener: Opener = self._open_by_path  # the tree gives one that walks descriptors
         self.index = AreaIndex(store)
         self.history = History(store)
         self.dirty: dict[tuple[int, bytes], float] = {}
@@ -100,15 +102,6 @@ class Journal:
         if change is not None:
             self.history.append(batch, area, change)
         batch.commit()
-
-    def _open_by_path(self, area: int, path: bytes) -> int:
-        full = join(self.roots[area], path) if path else self.roots[area]
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        fd = os.open(full, flags)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise OSError(errno.EINVAL, "not a regular file")
-        return fd
 
     # ---- what the tree reports ----
 
@@ -200,8 +193,8 @@ class Journal:
             if when is None or area not in self.roots:
                 continue
             try:
-                fd = self.opener(area, path)
-            except OSError:
+                fd = self.disk.open_relative(area, path)
+            except (OSError, FsError):
                 self.dirty.pop((area, path), None)  # gone or not a file: its removal reports
                 continue
             try:
@@ -253,23 +246,27 @@ class Journal:
     ) -> list[bytes]:
         """Reconcile the index of `area` with its directory: what changed while we were away.
 
-        `below`: only that directory's subtree; with deep=False only its direct children,
-        plus the whole subtree of any directory that appeared there (those are returned).
-        `soon`: changed files are hashed at once (they changed while we were away) instead
-        of resting from now.
+        `hidden`: directories to skip besides those the roots hide. `below`: only that
+        directory's subtree; with deep=False only its direct children, plus the whole
+        subtree of any directory that appeared there (those are returned). `soon`: changed
+        files are hashed at once (they changed while we were away) instead of resting from
+        now. A directory that cannot be read is not taken as emptied: what the index holds
+        below it stays.
         """
-        root = self.roots[area]
         if below:
-            try:
-                if not stat.S_ISDIR(os.lstat(join(root, below)).st_mode):
-                    return []  # replaced by a file: the reconcile of its parent sees to it
-            except OSError:
-                return []  # gone: likewise
-
-        temporaries: list[bytes] = []
+            seen = self.disk.look(area, below)
+            if seen is None or not stat.S_ISDIR(seen[0].st_mode):
+                return []  # gone or replaced by a file: the reconcile of its parent sees to it
+        hidden_ids = set()
+        for path in hidden:
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                hidden_ids.add((st.st_dev, st.st_ino))
+        temporaries: list[tuple[bytes, bytes]] = []
+        unreadable: list[bytes] = []
 
         def snapshot() -> tuple[dict[bytes, tuple[os.stat_result, bytes]], dict[bytes, Entry]]:
-            on_disk = _walk(root, hidden, below, deep, temporaries)
+            on_disk = self.disk.walk(area, below, deep, temporaries, hidden_ids, unreadable)
             if deep:
                 return on_disk, dict(self.index.walk(area, below))
             children = self.index.children(area, below)
@@ -277,7 +274,12 @@ class Journal:
 
         # Both in a thread: a big directory must not stall NFS calls while it is read.
         on_disk, known = await trio.to_thread.run_sync(snapshot)
-        _remove_stale_temporaries(temporaries, self.started_ns)
+        for directory, name in temporaries:
+            if self.disk.remove_temporary(area, directory, name, self.started_ns):
+                shown = os.fsdecode(join(directory, name))
+                log.info("removed %s, left by an interrupted realize", shown)
+        if unreadable:
+            known = {p: e for p, e in known.items() if not _below_any(p, unreadable)}
         appeared = await self._reconcile(area, on_disk, known, soon)
         if deep:
             return []
@@ -296,11 +298,10 @@ class Journal:
 
         `on_disk` was walked in a thread, so NFS calls may have acted since: a difference is
         decided on a fresh lstat and index entry, never on the walk's."""
-        root = self.roots[area]
         for path, entry in known.items():  # parents before children
             if entry.layer != Layer.REAL or path in on_disk:
                 continue  # Unreal entries live only in the index
-            if _look(join(root, path)) is not None:
+            if self.disk.look(area, path) is not None:
                 continue  # back since the walk: its events bring another reconcile
             current = self.index.get(area, path)
             if current is not None and current.layer == Layer.REAL:  # not gone with its parent
@@ -311,7 +312,7 @@ class Journal:
                 await trio.lowlevel.checkpoint()
             if _same(known.get(path), st, target):
                 continue
-            fresh = _look(join(root, path))
+            fresh = self.disk.look(area, path)
             if fresh is None:
                 continue  # gone since the walk: its removal is reported or reconciled
             st, target = fresh
@@ -398,57 +399,5 @@ def _same(entry: Entry | None, st: os.stat_result, target: bytes) -> bool:
     return entry.target == target
 
 
-def _remove_stale_temporaries(paths: list[bytes], before_ns: int) -> None:
-    """Delete realize temporaries older than this server (a crash left them half written)."""
-    for path in paths:
-        with contextlib.suppress(OSError):
-            if os.lstat(path).st_mtime_ns < before_ns:
-                os.unlink(path)
-                log.info("removed %s, left by an interrupted realize", os.fsdecode(path))
-
-
-def _look(path: bytes) -> tuple[os.stat_result, bytes] | None:
-    """lstat and symlink target of `path` now; None when it is gone."""
-    try:
-        st = os.lstat(path)
-        return st, os.readlink(path) if stat.S_ISLNK(st.st_mode) else b""
-    except OSError:
-        return None
-
-
-def _walk(
-    root: bytes,
-    hidden: set[bytes],
-    below: bytes = b"",
-    deep: bool = True,
-    temporaries: list[bytes] | None = None,
-) -> dict[bytes, tuple[os.stat_result, bytes]]:
-    """lstat of everything below `below` (all of it, or its direct children when not deep),
-    paths relative to root, skipping hidden paths and the tree's realize temporaries (whose
-    full paths go to `temporaries`)."""
-    found: dict[bytes, tuple[os.stat_result, bytes]] = {}
-    pending = [below]
-    while pending:
-        relative = pending.pop()
-        directory = join(root, relative) if relative else root
-        try:
-            with os.scandir(directory) as it:
-                items = list(it)
-        except OSError as e:
-            log.warning("cannot scan %s: %s", os.fsdecode(directory), e.strerror)
-            continue
-        for item in items:
-            if item.name.startswith(TEMP_PREFIX) and temporaries is not None:
-                temporaries.append(item.path)
-            if item.path in hidden or item.name.startswith(TEMP_PREFIX):
-                continue
-            path = join(relative, item.name)
-            try:
-                st = item.stat(follow_symlinks=False)
-                target = os.readlink(item.path) if stat.S_ISLNK(st.st_mode) else b""
-            except OSError:
-                continue
-            found[path] = (st, target)
-            if deep and stat.S_ISDIR(st.st_mode):
-                pending.append(path)
-    return found
+def _below_any(path: bytes, directories: list[bytes]) -> bool:
+    return any(not d or path == d or path.startswith(d + b"/") for d in directories)

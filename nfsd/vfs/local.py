@@ -17,6 +17,7 @@ The layer knows nothing of the Unreal layer or the index; the merged tree routes
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 from collections import OrderedDict
@@ -28,6 +29,8 @@ from nfsd.vfs.inodes import InodeTable, Node
 from nfsd.vfs.names import TEMP_PREFIX
 from xdr.nfs3 import nfsstat3
 
+log = logging.getLogger("realize.local")
+
 _DIR_CACHE = 128
 _MAX_DEPTH = 4096
 
@@ -35,37 +38,41 @@ _MAX_DEPTH = 4096
 @dataclass(slots=True)
 class _Root:
     fd: int
-    dev: int
-    ino: int
     path: bytes
 
 
-class LocalLayer:
-    def __init__(self, inodes: InodeTable, hidden: set[tuple[int, int]] | None = None) -> None:
-        """`hidden`: (st_dev, st_ino) of directories clients must never see (the state
-        directory), wherever they sit."""
-        self.inodes = inodes
+class AreaRoots:
+    """The area root directories, each opened once, and what is reached from them by a path
+    inside the area, walked name by name (for the journal's scans and hashing).
+
+    `hidden`: (st_dev, st_ino) of directories clients must never see (the state directory),
+    wherever they sit."""
+
+    def __init__(self, hidden: set[tuple[int, int]] | None = None) -> None:
         self.hidden = hidden or set()
         self._roots: dict[int, _Root] = {}
-        self._dirs: OrderedDict[int, int] = OrderedDict()
 
-    # ---- areas ----
-
-    def add_area(self, area: int, path: bytes) -> os.stat_result:
+    def add(self, area: int, path: bytes) -> os.stat_result:
         """Open the area's root directory (the configured path may pass through symlinks:
-        it is the administrator's); its lstat."""
+        it is the administrator's); its stat."""
         fd = os.open(path, osapi.DIR_FLAGS)
         st = os.fstat(fd)
         old = self._roots.pop(area, None)
         if old is not None:
             os.close(old.fd)
-        self._roots[area] = _Root(fd, st.st_dev, st.st_ino, path)
+        self._roots[area] = _Root(fd, path)
         return st
 
-    def root_path(self, area: int) -> bytes:
+    def __contains__(self, area: object) -> bool:
+        return area in self._roots
+
+    def areas(self) -> list[int]:
+        return list(self._roots)
+
+    def path(self, area: int) -> bytes:
         return self._roots[area].path
 
-    def root_fd(self, area: int) -> int:
+    def fd(self, area: int) -> int:
         root = self._roots.get(area)
         if root is None:
             raise FsError(nfsstat3.NFS3ERR_STALE, "area removed")
@@ -73,6 +80,161 @@ class LocalLayer:
 
     def is_hidden(self, st: os.stat_result) -> bool:
         return (st.st_dev, st.st_ino) in self.hidden
+
+    def dir_relative(self, area: int, rel: bytes) -> int:
+        """A descriptor (the caller closes it) of the directory at `rel` in `area`; OSError
+        when a step is not a directory (symlinks are never followed)."""
+        fd = os.dup(self.fd(area))
+        try:
+            for name in rel.split(b"/") if rel else ():
+                if name in (b"", b".", b".."):
+                    raise OSError(errno.EINVAL, "not a plain path")
+                step = osapi.open_dir(name, fd)
+                os.close(fd)
+                fd = step
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def open_relative(self, area: int, rel: bytes) -> int:
+        """A read-only descriptor of the regular file at `rel` in `area`, never blocking;
+        OSError when there is none."""
+        directory, _, name = rel.rpartition(b"/")
+        dir_fd = self.dir_relative(area, directory)
+        try:
+            return osapi.open_regular(dir_fd, name, os.O_RDONLY)[0]
+        finally:
+            os.close(dir_fd)
+
+    def look(self, area: int, rel: bytes) -> tuple[os.stat_result, bytes] | None:
+        """lstat and symlink target of `rel` now; None when it is gone (or hidden)."""
+        directory, _, name = rel.rpartition(b"/")
+        try:
+            dir_fd = self.dir_relative(area, directory)
+        except (OSError, FsError):
+            return None
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if self.is_hidden(st):
+                return None
+            return st, os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else b""
+        except OSError:
+            return None
+        finally:
+            os.close(dir_fd)
+
+    def walk(
+        self,
+        area: int,
+        below: bytes = b"",
+        deep: bool = True,
+        temporaries: list[tuple[bytes, bytes]] | None = None,
+        hidden: set[tuple[int, int]] = frozenset(),
+        unreadable: list[bytes] | None = None,
+    ) -> dict[bytes, tuple[os.stat_result, bytes]]:
+        """lstat (and symlink target) of everything below `below` (all of it, or its direct
+        children when not deep), by path relative to the root, skipping hidden directories
+        (these and `hidden`) and realize temporaries, which go to `temporaries` as (directory,
+        name). Descends by descriptor: a directory swapped for a symlink is not followed.
+        Directories that cannot be read go to `unreadable`. Raises OSError when `below`
+        itself cannot be opened."""
+        hidden = self.hidden | hidden
+        found: dict[bytes, tuple[os.stat_result, bytes]] = {}
+        pending = [(below, self.dir_relative(area, below))]
+        try:
+            while pending:
+                relative, fd = pending.pop()
+                try:
+                    read = self._walk_one(relative, fd, deep, hidden, found, pending, temporaries)
+                    if not read and unreadable is not None:
+                        unreadable.append(relative)
+                finally:
+                    os.close(fd)
+        finally:
+            for _, fd in pending:
+                os.close(fd)
+        return found
+
+    @staticmethod
+    def _walk_one(
+        relative: bytes,
+        fd: int,
+        deep: bool,
+        hidden: set[tuple[int, int]],
+        found: dict[bytes, tuple[os.stat_result, bytes]],
+        pending: list[tuple[bytes, int]],
+        temporaries: list[tuple[bytes, bytes]] | None,
+    ) -> bool:
+        """Read one directory; False when it cannot be read."""
+        try:
+            listable = osapi.open_listable(fd)
+            with os.scandir(listable) as it:
+                names = [os.fsencode(e.name) for e in it]
+            os.close(listable)
+        except OSError as e:
+            log.warning("cannot scan %s: %s", os.fsdecode(relative) or ".", e.strerror)
+            return False
+        subdirs = []
+        for name in names:
+            if name.startswith(TEMP_PREFIX):
+                if temporaries is not None:
+                    temporaries.append((relative, name))
+                continue
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if (st.st_dev, st.st_ino) in hidden:
+                    continue
+                target = os.readlink(name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else b""
+            except OSError:
+                continue
+            path = relative + b"/" + name if relative else name
+            found[path] = (st, target)
+            if deep and stat.S_ISDIR(st.st_mode):
+                subdirs.append((path, name))
+        # Held one directory level at a time: a wide tree does not hold a descriptor per
+        # directory waiting to be read.
+        for path, name in subdirs:
+            try:
+                child = osapi.open_dir(name, fd)
+            except OSError:
+                continue  # replaced since it was seen: its parent's next reconcile sees it
+            pending.append((path, child))
+        return True
+
+    def remove_temporary(self, area: int, directory: bytes, name: bytes, before_ns: int) -> bool:
+        """Delete a realize temporary older than `before_ns`; whether it was."""
+        try:
+            dir_fd = self.dir_relative(area, directory)
+        except (OSError, FsError):
+            return False
+        try:
+            if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime_ns >= before_ns:
+                return False
+            os.unlink(name, dir_fd=dir_fd)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(dir_fd)
+
+    def statvfs(self, area: int) -> os.statvfs_result:
+        return os.statvfs(self.fd(area))
+
+    def close(self) -> None:
+        for root in self._roots.values():
+            os.close(root.fd)
+        self._roots.clear()
+
+
+class LocalLayer:
+    def __init__(self, inodes: InodeTable, roots: AreaRoots) -> None:
+        self.inodes = inodes
+        self.roots = roots
+        self._dirs: OrderedDict[int, int] = OrderedDict()
+
+    def is_hidden(self, st: os.stat_result) -> bool:
+        return self.roots.is_hidden(st)
 
     # ---- directories ----
 
@@ -90,7 +252,7 @@ class LocalLayer:
             if len(chain) > _MAX_DEPTH:
                 raise FsError(nfsstat3.NFS3ERR_STALE, "cycle")
             node = self._node(node.parent)
-        fd = self.root_fd(node.area) if node.parent == 0 else self._dirs[node.fid]
+        fd = self.roots.fd(node.area) if node.parent == 0 else self._dirs[node.fid]
         opened: list[tuple[int, int]] = []
         try:
             for step in reversed(chain):
@@ -150,8 +312,8 @@ class LocalLayer:
                 # Listed by descriptor, names come as str: back to the bytes they were.
                 names = ((os.fsencode(e.name), e.inode()) for e in it)
                 rows = [row for row in names if not row[0].startswith(TEMP_PREFIX)]
-            if self.hidden:
-                hidden_inodes = {ino for _, ino in self.hidden}
+            if self.roots.hidden:
+                hidden_inodes = {ino for _, ino in self.roots.hidden}
                 rows = [
                     row
                     for row in rows
@@ -173,7 +335,7 @@ class LocalLayer:
 
     def _node(self, fid: int) -> Node:
         node = self.inodes.node(fid)
-        if node is None or node.area not in self._roots:
+        if node is None or node.area not in self.roots:
             raise FsError(nfsstat3.NFS3ERR_STALE)
         return node
 
@@ -181,13 +343,13 @@ class LocalLayer:
         """(directory descriptor, name) of a node's primary name; an area root is "." of
         itself. The descriptor is cached: use it at once."""
         if node.parent == 0:
-            return self.root_fd(node.area), b"."
+            return self.roots.fd(node.area), b"."
         return self.dir_fd(node.parent), node.name
 
     def lstat(self, node: Node) -> os.stat_result:
         """The node's lstat, checked to be the very inode recorded (STALE otherwise)."""
         if node.parent == 0:
-            return os.fstat(self.root_fd(node.area))
+            return os.fstat(self.roots.fd(node.area))
         cached = self._dirs.get(node.fid)
         if cached is not None:
             return os.fstat(cached)  # follows the directory wherever it was renamed
@@ -209,7 +371,7 @@ class LocalLayer:
             return None
         except OSError as e:
             raise from_os_error(e) from None
-        return None if self.hidden and self.is_hidden(st) else st
+        return None if self.is_hidden(st) else st
 
     def pin(self, node: Node) -> osapi.Pinned:
         """The node held for attribute changes (see osapi.Pinned); STALE when its name no
@@ -252,41 +414,8 @@ class LocalLayer:
         except OSError as e:
             raise from_os_error(e) from None
 
-    # ---- paths inside an area, for the journal (hashing) and the Unreal layer ----
-
-    def open_relative(self, area: int, rel: bytes) -> int:
-        """A read-only descriptor of the regular file at `rel` in `area`, walked name by
-        name; OSError when there is none."""
-        directory, _, name = rel.rpartition(b"/")
-        dir_fd = self.dir_relative(area, directory)
-        try:
-            return osapi.open_regular(dir_fd, name, os.O_RDONLY)[0]
-        finally:
-            os.close(dir_fd)
-
-    def dir_relative(self, area: int, rel: bytes) -> int:
-        """A descriptor (the caller closes it) of the directory at `rel` in `area`."""
-        fd = os.dup(self.root_fd(area))
-        try:
-            for name in rel.split(b"/") if rel else ():
-                if name in (b"", b".", b".."):
-                    raise OSError(errno.EINVAL, "not a plain path")
-                step = osapi.open_dir(name, fd)
-                os.close(fd)
-                fd = step
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    def statvfs(self, area: int) -> os.statvfs_result:
-        return os.statvfs(self.root_fd(area))
-
     def close(self) -> None:
         self.forget_dirs()
-        for root in self._roots.values():
-            os.close(root.fd)
-        self._roots.clear()
 
 
 def _stale_or(e: OSError) -> FsError:
@@ -294,7 +423,3 @@ def _stale_or(e: OSError) -> FsError:
     if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
         return FsError(nfsstat3.NFS3ERR_STALE, "the way there changed")
     return from_os_error(e)
-
-
-def is_dir(st: os.stat_result) -> bool:
-    return stat.S_ISDIR(st.st_mode)

@@ -30,7 +30,7 @@ from nfsd.vfs.fdcache import FdCache
 from nfsd.vfs.inodes import ROOT_FID, InodeTable, Node
 from nfsd.vfs.journal import Journal, entry_of
 from nfsd.vfs.listing import DOT_COOKIE, DOTDOT_COOKIE, Listing, ListingCache, name_cookie
-from nfsd.vfs.local import LocalLayer
+from nfsd.vfs.local import AreaRoots, LocalLayer
 from nfsd.vfs.names import TEMP_PREFIX, check_name, check_new_name, check_old_name
 from nfsd.vfs.osapi import RWF_NOWAIT
 from nfsd.vfs.tree import SERVER_TIME, Attr, DirEntry, FsStat, Owner, SetAttr, Tree
@@ -159,7 +159,8 @@ class MergedTree(Tree):
                 st = os.stat(path)
                 hidden_ids.add((st.st_dev, st.st_ino))
         self.inodes = InodeTable(store)
-        self.local = LocalLayer(self.inodes, hidden_ids)
+        self.roots = AreaRoots(hidden_ids)
+        self.local = LocalLayer(self.inodes, self.roots)
         self.fds = FdCache()
         self.areas: dict[int, Area] = {}
         self.area_by_name: dict[str, Area] = {}
@@ -173,8 +174,7 @@ class MergedTree(Tree):
         table = AreaTable(store)
         for name, path in areas.items():
             self._register_area(table, name, os.fsencode(os.path.abspath(path)))
-        self.journal = Journal(store, {a.id: a.path for a in self.areas.values()})
-        self.journal.opener = self.local.open_relative
+        self.journal = Journal(store, self.roots)
         self.unreal: UnrealLayer | None = None  # set when a blob cache is attached
         self._index_generation = 0  # bumped when Unreal entries change (listings depend on it)
         self._realizing: dict[int, trio.Event] = {}
@@ -186,7 +186,7 @@ class MergedTree(Tree):
         batch = self.store.batch()
         record = table.register(batch, name, path, self.inodes.allocate)
         try:
-            st = self.local.add_area(record.id, path)
+            st = self.roots.add(record.id, path)
         except OSError as e:
             raise ValueError(f"area {name}: cannot use {os.fsdecode(path)}: {e.strerror}") from e
         # The area root keeps its fileid even if its directory was replaced or moved.
@@ -513,7 +513,7 @@ class MergedTree(Tree):
         if known is not None and now - known[0] < 1.0:
             return known[1]
         try:
-            st = os.fstat(self.local.root_fd(area))
+            st = os.fstat(self.roots.fd(area))
             owner = st.st_uid, st.st_gid
         except (OSError, FsError):
             owner = 0, 0
@@ -1094,7 +1094,7 @@ class MergedTree(Tree):
             if fid == ROOT_FID:
                 vfs = os.statvfs(os.fsencode(str(self.store.path)))
             else:
-                vfs = self.local.statvfs(self._node(fid).area)
+                vfs = self.roots.statvfs(self._node(fid).area)
         except OSError as e:
             raise from_os_error(e) from None
         return FsStat(
@@ -1109,3 +1109,4 @@ class MergedTree(Tree):
     def close(self) -> None:
         self.fds.close_all()
         self.local.close()
+        self.roots.close()

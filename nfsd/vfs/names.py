@@ -7,7 +7,9 @@ from nfsd.vfs.errors import FsError
 from xdr.nfs3 import nfsstat3
 
 NAME_MAX = 255  # the longest name PATHCONF announces and the local file systems take
-TEMP_PREFIX = b".realize-tmp-"  # realize's temporaries: never shown, never made by clients
+# Realized content is written beside its final name under this prefix, then renamed in:
+# clients never see such names nor make them, scans skip them, the start scan removes leftovers.
+TEMP_PREFIX = b".realize-tmp-"
 
 
 def check_name(name: bytes) -> None:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import trio
 
 from nfsd.store.index import join
-from nfsd.vfs.journal import TEMP_PREFIX, Journal
+from nfsd.vfs.journal import Journal
+from nfsd.vfs.names import TEMP_PREFIX
 
 log = logging.getLogger("realize.watch")
 

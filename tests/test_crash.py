@@ -286,7 +286,7 @@ async def read(nfs: Nfs, fh: nfs_fh3, offset: int, count: int, what: str) -> Any
         res = await nfs.call(NFSPROC3.READ, READ3args(fh, offset, count))
         if res.tag != nfsstat3.NFS3ERR_JUKEBOX:
             return require(res, f"READ {what} at {offset}")
-        await trio.sleep(0.05)
+        await trio.sleep(0.05)  # a client pauses before it retries a JUKEBOX
     raise AssertionError(f"READ {what}: JUKEBOX for 30 s")
 
 
@@ -495,7 +495,7 @@ async def act_mark(ctx: Ctx) -> None:
     holds or small files, which the cache keeps pinned as the only copy: the cache limit is
     small. A mark of a file that a worker renamed or removed meanwhile may fail, and so may a
     job on a file being written (it does not wait long for it to rest)."""
-    await trio.sleep(ctx.rng.uniform(0, 0.3))
+    await trio.sleep(ctx.rng.uniform(0, 0.3))  # a random moment among the workers' calls
     picked = pick_file(ctx)
     if picked is None:
         return
@@ -823,7 +823,7 @@ def one_round(n: int, world: World, servers: Servers) -> None:
                     random.Random(seeds[1]),
                 )
                 nursery.start_soon(marker, server.nfs_port, world, random.Random(seeds[2]))
-                await trio.sleep(delay)
+                await trio.sleep(delay)  # the round's random moment to kill the server
                 world.killed = True
                 server.process.send_signal(signal.SIGKILL)
 

@@ -278,7 +278,7 @@ def test_multi_fragment_record_is_reassembled(server: Served) -> None:
         nfs.rpc._waiting[xid] = send
         for i in range(0, len(stream), 5):
             await nfs.rpc.send_bytes(stream[i : i + 5])
-            await trio.sleep(0)
+            await trio.sleep(0)  # a checkpoint: each piece leaves on its own
         with trio.fail_after(5):
             reply_record = await receive.receive()
         assert len(pieces) > 3

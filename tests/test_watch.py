@@ -20,6 +20,7 @@ import trio
 from nfsd.store.db import Store
 from nfsd.store.history import History
 from nfsd.store.index import AreaIndex, Entry, Kind, Layer
+from nfsd.vfs import watch
 from nfsd.vfs.journal import Journal
 from nfsd.vfs.names import TEMP_PREFIX
 from nfsd.vfs.watch import (
@@ -38,7 +39,11 @@ from tests.support.server import start_server
 from tests.test_history import ops
 
 AREA = 1
-linux = pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux's")
+# Tests of inotify itself; the rescanning that replaces it is tested in every pass.
+linux = pytest.mark.skipif(
+    sys.platform != "linux" or watch.FORCED_FALLBACKS,
+    reason="inotify is Linux's (and REALIZE_FORCE_FALLBACKS leaves it out)",
+)
 Row = tuple[str, ...]
 
 
@@ -381,6 +386,33 @@ def test_an_area_beyond_the_watch_limit_is_rescanned_periodically(tmp_path, monk
                 await journal.scan(AREA)
                 (area / "sub" / "unwatched.txt").write_text("found by a rescan")
                 await until(lambda: ("create", "sub/unwatched.txt") in rows_of(store))
+                nursery.cancel_scope.cancel()
+        finally:
+            watcher.close()
+
+    run(body)
+    store.close()
+
+
+@pytest.mark.inproc
+def test_without_inotify_the_areas_are_rescanned_periodically(tmp_path, monkeypatch):
+    monkeypatch.setattr(watch, "FORCED_FALLBACKS", True)  # as on a system without inotify
+    area, store, journal = journal_for(tmp_path)
+    (area / "sub").mkdir()
+
+    async def body() -> None:
+        watcher = Watcher(journal, quiet=0.05, poll=0.2)
+        await watcher.open()
+        assert watcher.inotify is None and watcher.polled == {AREA}
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watcher.run)
+                nursery.start_soon(journal.run, 0.02)
+                await journal.scan(AREA)
+                (area / "sub" / "new.txt").write_text("found by a rescan")
+                os.rename(area / "sub", area / "moved")
+                await until(lambda: ("create", "moved/new.txt") in rows_of(store))
+                assert ("rmdir", "sub") in rows_of(store)  # moved outside NFS: gone, made
                 nursery.cancel_scope.cancel()
         finally:
             watcher.close()

@@ -7,7 +7,8 @@ is reconciled against the index by `Journal.scan`: its direct children, plus the
 subtree of a directory created or moved in (files may be in it before its watch is). A change
 made through NFS was already reported by the tree, so its reconcile finds nothing to do and
 nothing is recorded twice. Areas with more directories than the kernel lets us watch, where
-inotify is missing, or after the event queue overflowed, are rescanned whole instead.
+inotify is missing (or REALIZE_FORCE_FALLBACKS=1 leaves it out), or after the event queue
+overflowed, are rescanned whole instead.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import trio
 from nfsd.store.index import join
 from nfsd.vfs.journal import Journal
 from nfsd.vfs.names import TEMP_PREFIX
+from nfsd.vfs.osapi import FORCED_FALLBACKS
 
 log = logging.getLogger("realize.watch")
 
@@ -96,6 +98,8 @@ class Inotify:
     """One non-blocking inotify instance."""
 
     def __init__(self) -> None:
+        if FORCED_FALLBACKS:
+            raise OSError(errno.ENOSYS, "inotify left out (REALIZE_FORCE_FALLBACKS)")
         libc = ctypes.CDLL(None, use_errno=True)
         try:
             init, self._add, self._rm = (

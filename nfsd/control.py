@@ -109,7 +109,11 @@ class ControlService:
         self.tree = tree
         self.blobs = blobs
         self.marks = Marks(tree)
-        self.nursery: trio.Nursery | None = None  # set by the server: jobs outlive calls
+        self.nursery: trio.Nursery | None = None  # see `serve_in`
+
+    def serve_in(self, nursery: trio.Nursery) -> None:
+        """Mark jobs run in `nursery` from now on, outliving the calls that started them."""
+        self.nursery = nursery
 
     async def null(self, ctx: CallContext, args: Any) -> None:
         return None

@@ -128,8 +128,6 @@ class Server:
         self.store = Store(self.state_dir / "db")
         secret = _meta_value(self.store, b"handle-secret", secrets.token_bytes(32))
         store_uuid = self.store.family("meta")[b"store-uuid"]
-        self.tree = MergedTree(self.store, self.config.areas, hidden={str(self.state_dir)})
-        self.tree.journal.rest = self.config.rest
         self.blobs = BlobStore(self.store, self.config.cache_limits)
         sources = []
         for path in self.config.sources:
@@ -137,7 +135,13 @@ class Server:
                 sources.append(StateDirSource(path))
             except Exception as e:  # rocksdict reports open failures as plain Exception
                 log.warning("source %s is not usable now: %s", path, e)
-        self.tree.unreal = UnrealLayer(self.blobs, sources)
+        self.tree = MergedTree(
+            self.store,
+            self.config.areas,
+            hidden={str(self.state_dir)},
+            unreal=UnrealLayer(self.blobs, sources),
+            rest=self.config.rest,
+        )
         self.control = ControlService(self.tree, self.blobs)
         exports = Exports()
         exports.add(Export(ROOT_EXPORT_ID, "/", None, self.config.options))
@@ -186,14 +190,15 @@ class Server:
                     nfs_port, mount_port, portmap_port, [e.path for e in self.exports]
                 )
                 control = await open_control_listener(self.state_dir)
-                self.control.nursery = nursery
+                self.control.serve_in(nursery)
                 await nursery.start(
                     RpcServer(Dispatcher([self.control.program()])).serve_tcp, control
                 )
                 self._write_runtime(running)
                 nursery.start_soon(self._status_loop, running)
                 nursery.start_soon(self._journal)
-                self.tree.unreal.nursery = nursery
+                assert self.tree.unreal is not None
+                self.tree.unreal.serve_in(nursery)
                 task_status.started(running)
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async for signum in signals:

@@ -28,7 +28,7 @@ from nfsd.store.index import Entry, Kind, Layer
 from nfsd.vfs.errors import FsError, from_os_error
 from nfsd.vfs.fdcache import FdCache
 from nfsd.vfs.inodes import ROOT_FID, InodeTable, Node
-from nfsd.vfs.journal import Journal, entry_of
+from nfsd.vfs.journal import DEFAULT_REST, Journal, entry_of
 from nfsd.vfs.listing import DOT_COOKIE, DOTDOT_COOKIE, Listing, ListingCache, name_cookie
 from nfsd.vfs.local import AreaRoots, LocalLayer
 from nfsd.vfs.names import TEMP_PREFIX, check_name, check_new_name, check_old_name
@@ -148,9 +148,14 @@ class MergedTree(Tree):
         store: Store,
         areas: dict[str, str | os.PathLike[str]],
         hidden: set[str] | None = None,
+        *,
+        unreal: UnrealLayer | None = None,
+        rest: float = DEFAULT_REST,
     ) -> None:
         """`hidden`: directories inside areas that clients must not see (the state
-        directory); hidden by (dev, ino), wherever they sit."""
+        directory); hidden by (dev, ino), wherever they sit. `unreal`: the Unreal layer
+        (without one, only Real files are served). `rest`: how long a changed file rests
+        before it is hashed into the history."""
         self.store = store
         self.hidden = {os.fsencode(os.path.abspath(p)) for p in hidden or ()}
         hidden_ids = set()
@@ -174,8 +179,8 @@ class MergedTree(Tree):
         table = AreaTable(store)
         for name, path in areas.items():
             self._register_area(table, name, os.fsencode(os.path.abspath(path)))
-        self.journal = Journal(store, self.roots)
-        self.unreal: UnrealLayer | None = None  # set when a blob cache is attached
+        self.journal = Journal(store, self.roots, rest)
+        self.unreal = unreal
         self._index_generation = 0  # bumped when Unreal entries change (listings depend on it)
         self._realizing: dict[int, trio.Event] = {}
         self._owners: dict[int, tuple[float, tuple[int, int]]] = {}

@@ -69,9 +69,14 @@ class UnrealLayer:
         self.blobs = blobs
         self.sources = list(sources or [])
         self.wait = wait
-        self.nursery: trio.Nursery | None = None  # set by the server: fetches outlive reads
+        self.nursery: trio.Nursery | None = None  # see `serve_in`
         self._fetching: dict[tuple[bytes, int], trio.Event] = {}
         self._refused: dict[bytes, str] = {}  # why the cache last refused a blob's chunk
+
+    def serve_in(self, nursery: trio.Nursery) -> None:
+        """Fetches run in `nursery` from now on, outliving the reads that started them (and
+        reads ahead start). Without one, a read fetches what it needs itself."""
+        self.nursery = nursery
 
     # ---- fetching ----
 

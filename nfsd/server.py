@@ -48,6 +48,12 @@ log = logging.getLogger("realize.server")
 
 DEFAULT_PORT = 2049
 DEFAULT_UNPRIVILEGED_PORT = 20490
+RUNTIME_FILE = "server.json"  # in the state directory, while a server runs
+
+
+def default_port() -> int:
+    """NFS's own port as root; one an ordinary user may bind otherwise."""
+    return DEFAULT_PORT if os.geteuid() == 0 else DEFAULT_UNPRIVILEGED_PORT
 
 
 @dataclass
@@ -166,7 +172,7 @@ class Server:
         config = self.config
         port = config.port
         if port is None:
-            port = DEFAULT_PORT if os.geteuid() == 0 else DEFAULT_UNPRIVILEGED_PORT
+            port = default_port()
         try:
             async with trio.open_nursery() as nursery:
                 nfs_listeners, nfs_udp = await _listen(config.bind, port)
@@ -273,7 +279,7 @@ class Server:
             "cache": self._cache_usage(),
             "calls": self.dispatcher.calls if self.dispatcher else 0,
         }
-        path = self.state_dir / "server.json"
+        path = self.state_dir / RUNTIME_FILE
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info, indent=1))
         os.replace(tmp, path)
@@ -322,7 +328,7 @@ class Server:
         if self.store is not None:
             self.store.close()
             self.store = None
-        (self.state_dir / "server.json").unlink(missing_ok=True)
+        (self.state_dir / RUNTIME_FILE).unlink(missing_ok=True)
         (self.state_dir / CONTROL_SOCKET).unlink(missing_ok=True)
 
 

@@ -26,15 +26,8 @@ from nfsd.cli.config import (
 from nfsd.cli.errors import UsageError
 from nfsd.cli.options import server_arguments
 from nfsd.cli.output import human
-from nfsd.server import (
-    DEFAULT_PORT,
-    DEFAULT_UNPRIVILEGED_PORT,
-    Server,
-    ServerConfig,
-    mount_commands,
-)
+from nfsd.server import RUNTIME_FILE, Server, ServerConfig, default_port, mount_commands
 
-RUNTIME_FILE = "server.json"
 PID_FILE = "server.pid"
 LOG_FILE = "server.log"
 
@@ -274,9 +267,7 @@ def cmd_mount_cmd(args: argparse.Namespace) -> int:
         portmap = about["portmap_port"] is not None
         bind = about["bind"]
     else:
-        nfs_port = saved.get("port") or (
-            DEFAULT_PORT if os.geteuid() == 0 else DEFAULT_UNPRIVILEGED_PORT
-        )
+        nfs_port = saved.get("port") or default_port()
         mount_port = saved.get("mount_port") or nfs_port
         portmap = os.geteuid() == 0 and saved.get("portmap", "auto") != "off"
         bind = saved.get("bind") or "127.0.0.1"

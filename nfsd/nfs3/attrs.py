@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from nfsd.nfs3.common import Nfs3State, access_bits, check_size, in_group, require, time_ns
+from nfsd.nfs3.failure import Learnt, first_wcc, no_attrs, procedure
 from nfsd.rpc.dispatch import CallContext
 from nfsd.vfs.errors import FsError
 from nfsd.vfs.tree import SERVER_TIME, SetAttr
@@ -25,12 +26,10 @@ from xdr.nfs3 import (
 OK = nfsstat3.NFS3_OK
 
 
-async def getattr_(s: Nfs3State, ctx: CallContext, args: GETATTR3args) -> Arm:
-    try:
-        target = s.resolve(ctx, args.object)
-        return Arm(OK, GETATTR3resok(s.fattr(s.tree.getattr(target.fid))))
-    except FsError as e:
-        return Arm(e.status)
+@procedure(None)
+def getattr_(s: Nfs3State, ctx: CallContext, args: GETATTR3args, learnt: Learnt) -> Arm:
+    target = s.resolve(ctx, args.object)
+    return Arm(OK, GETATTR3resok(s.fattr(s.tree.getattr(target.fid))))
 
 
 def to_setattr(attrs: sattr3) -> SetAttr:
@@ -76,32 +75,25 @@ def check_setattr(attr, user, changes: SetAttr) -> None:
             raise FsError(nfsstat3.NFS3ERR_PERM)
 
 
-async def setattr_(s: Nfs3State, ctx: CallContext, args: SETATTR3args) -> Arm:
-    before = None
-    fid = None
-    try:
-        target = s.resolve(ctx, args.object)
-        fid = target.fid
-        before = s.tree.getattr(fid)
-        s.writable(target)
-        if args.guard is not None and time_ns(args.guard) != before.ctime_ns:
-            raise FsError(nfsstat3.NFS3ERR_NOT_SYNC)
-        changes = to_setattr(args.new_attributes)
-        if changes.size is not None and before.kind == ftype3.NF3DIR:
-            raise FsError(nfsstat3.NFS3ERR_ISDIR)
-        check_setattr(before, target.user, changes)
-        await s.tree.prepare_change(fid)
-        s.tree.setattr(fid, changes)
-        return Arm(OK, SETATTR3resok(s.wcc(before, fid)))
-    except FsError as e:
-        return Arm(e.status, SETATTR3resfail(s.wcc(before, fid)))
+@procedure(first_wcc(SETATTR3resfail))
+async def setattr_(s: Nfs3State, ctx: CallContext, args: SETATTR3args, learnt: Learnt) -> Arm:
+    target, before = learnt.first_object(s, ctx, args.object)
+    fid = target.fid
+    s.writable(target)
+    if args.guard is not None and time_ns(args.guard) != before.ctime_ns:
+        raise FsError(nfsstat3.NFS3ERR_NOT_SYNC)
+    changes = to_setattr(args.new_attributes)
+    if changes.size is not None and before.kind == ftype3.NF3DIR:
+        raise FsError(nfsstat3.NFS3ERR_ISDIR)
+    check_setattr(before, target.user, changes)
+    await s.tree.prepare_change(fid)
+    s.tree.setattr(fid, changes)
+    return Arm(OK, SETATTR3resok(s.wcc(before, fid)))
 
 
-async def access(s: Nfs3State, ctx: CallContext, args: ACCESS3args) -> Arm:
-    try:
-        target = s.resolve(ctx, args.object)
-        attr = s.tree.getattr(target.fid)
-        granted = access_bits(attr, target.user, target.export.options.read_only)
-        return Arm(OK, ACCESS3resok(s.fattr(attr), granted & args.access))
-    except FsError as e:
-        return Arm(e.status, ACCESS3resfail(None))
+@procedure(no_attrs(ACCESS3resfail))
+def access(s: Nfs3State, ctx: CallContext, args: ACCESS3args, learnt: Learnt) -> Arm:
+    target = s.resolve(ctx, args.object)
+    attr = s.tree.getattr(target.fid)
+    granted = access_bits(attr, target.user, target.export.options.read_only)
+    return Arm(OK, ACCESS3resok(s.fattr(attr), granted & args.access))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from nfsd.nfs3.common import MAX_FILE_SIZE, Nfs3State, max_io
+from nfsd.nfs3.failure import Learnt, no_attrs, procedure
 from nfsd.rpc.dispatch import CallContext
-from nfsd.vfs.errors import FsError
 from xdr.codec import Arm
 from xdr.nfs3 import (
     FSF3_CANSETTIME,
@@ -29,65 +29,59 @@ OK = nfsstat3.NFS3_OK
 DTPREF = 64 * 1024
 
 
-async def fsstat(s: Nfs3State, ctx: CallContext, args: FSSTAT3args) -> Arm:
-    try:
-        target = s.resolve(ctx, args.fsroot)
-        st = s.tree.fsstat(target.fid)
-        return Arm(
-            OK,
-            FSSTAT3resok(
-                s.post_op(target.fid),
-                st.total_bytes,
-                st.free_bytes,
-                st.avail_bytes,
-                st.total_files,
-                st.free_files,
-                st.avail_files,
-                0,
-            ),
-        )
-    except FsError as e:
-        return Arm(e.status, FSSTAT3resfail(None))
+@procedure(no_attrs(FSSTAT3resfail))
+def fsstat(s: Nfs3State, ctx: CallContext, args: FSSTAT3args, learnt: Learnt) -> Arm:
+    target = s.resolve(ctx, args.fsroot)
+    st = s.tree.fsstat(target.fid)
+    return Arm(
+        OK,
+        FSSTAT3resok(
+            s.post_op(target.fid),
+            st.total_bytes,
+            st.free_bytes,
+            st.avail_bytes,
+            st.total_files,
+            st.free_files,
+            st.avail_files,
+            0,
+        ),
+    )
 
 
-async def fsinfo(s: Nfs3State, ctx: CallContext, args: FSINFO3args) -> Arm:
-    try:
-        target = s.resolve(ctx, args.fsroot)
-        io_max = max_io(ctx)  # 1 MiB over TCP, what one datagram holds over UDP
-        return Arm(
-            OK,
-            FSINFO3resok(
-                s.post_op(target.fid),
-                rtmax=io_max,
-                rtpref=io_max,
-                rtmult=4096,
-                wtmax=io_max,
-                wtpref=io_max,
-                wtmult=4096,
-                dtpref=min(DTPREF, io_max),
-                maxfilesize=MAX_FILE_SIZE,
-                time_delta=nfstime3(0, 1),
-                properties=FSF3_LINK | FSF3_SYMLINK | FSF3_HOMOGENEOUS | FSF3_CANSETTIME,
-            ),
-        )
-    except FsError as e:
-        return Arm(e.status, FSINFO3resfail(None))
+@procedure(no_attrs(FSINFO3resfail))
+def fsinfo(s: Nfs3State, ctx: CallContext, args: FSINFO3args, learnt: Learnt) -> Arm:
+    target = s.resolve(ctx, args.fsroot)
+    io_max = max_io(ctx)  # 1 MiB over TCP, what one datagram holds over UDP
+    return Arm(
+        OK,
+        FSINFO3resok(
+            s.post_op(target.fid),
+            rtmax=io_max,
+            rtpref=io_max,
+            rtmult=4096,
+            wtmax=io_max,
+            wtpref=io_max,
+            wtmult=4096,
+            dtpref=min(DTPREF, io_max),
+            maxfilesize=MAX_FILE_SIZE,
+            time_delta=nfstime3(0, 1),
+            properties=FSF3_LINK | FSF3_SYMLINK | FSF3_HOMOGENEOUS | FSF3_CANSETTIME,
+        ),
+    )
 
 
-async def pathconf(s: Nfs3State, ctx: CallContext, args: PATHCONF3args) -> Arm:
-    try:
-        target = s.resolve(ctx, args.object)
-        return Arm(
-            OK,
-            PATHCONF3resok(
-                s.post_op(target.fid),
-                linkmax=65000,
-                name_max=255,
-                no_trunc=True,
-                chown_restricted=True,
-                case_insensitive=False,
-                case_preserving=True,
-            ),
-        )
-    except FsError as e:
-        return Arm(e.status, PATHCONF3resfail(None))
+@procedure(no_attrs(PATHCONF3resfail))
+def pathconf(s: Nfs3State, ctx: CallContext, args: PATHCONF3args, learnt: Learnt) -> Arm:
+    target = s.resolve(ctx, args.object)
+    return Arm(
+        OK,
+        PATHCONF3resok(
+            s.post_op(target.fid),
+            linkmax=65000,
+            name_max=255,
+            no_trunc=True,
+            chown_restricted=True,
+            case_insensitive=False,
+            case_preserving=True,
+        ),
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from nfsd.nfs3.common import MAX_FILE_SIZE, Nfs3State, check_size, max_io, require
+from nfsd.nfs3.failure import Learnt, first_attrs, first_wcc, procedure
 from nfsd.rpc.dispatch import CallContext, RawReply
 from nfsd.vfs.errors import FsError
 from xdr.codec import Arm
@@ -31,50 +32,36 @@ def _regular(attr) -> None:
         raise FsError(nfsstat3.NFS3ERR_INVAL)
 
 
-async def read(s: Nfs3State, ctx: CallContext, args: READ3args) -> Arm | RawReply:
-    fid = None
-    try:
-        target = s.resolve(ctx, args.file)
-        fid = target.fid
-        attr = s.tree.getattr(fid)
-        _regular(attr)
-        require(attr, target.user, 0o4, owner_override=True)
-        # Nothing lies beyond MAX_FILE_SIZE: a read there is empty, with eof.
-        count = min(args.count, max_io(ctx), max(0, MAX_FILE_SIZE - args.offset))
-        data, eof = await s.tree.read(fid, args.offset, count)
-        return RawReply(encode_read3res_ok(READ3resok(s.post_op(fid), len(data), eof, data)))
-    except FsError as e:
-        return Arm(e.status, READ3resfail(None if fid is None else s.post_op(fid)))
+@procedure(first_attrs(READ3resfail))
+async def read(s: Nfs3State, ctx: CallContext, args: READ3args, learnt: Learnt) -> Arm | RawReply:
+    target, attr = learnt.first_object(s, ctx, args.file)
+    fid = target.fid
+    _regular(attr)
+    require(attr, target.user, 0o4, owner_override=True)
+    # Nothing lies beyond MAX_FILE_SIZE: a read there is empty, with eof.
+    count = min(args.count, max_io(ctx), max(0, MAX_FILE_SIZE - args.offset))
+    data, eof = await s.tree.read(fid, args.offset, count)
+    return RawReply(encode_read3res_ok(READ3resok(s.post_op(fid), len(data), eof, data)))
 
 
-async def write(s: Nfs3State, ctx: CallContext, args: WRITE3args) -> Arm:
-    before = None
-    fid = None
-    try:
-        target = s.resolve(ctx, args.file)
-        fid = target.fid
-        before = s.tree.getattr(fid)
-        s.writable(target)
-        _regular(before)
-        require(before, target.user, 0o2, owner_override=True)
-        data = args.data[: args.count] if args.count < len(args.data) else args.data
-        check_size(args.offset + len(data))
-        await s.tree.prepare_change(fid)
-        committed = await s.tree.write(fid, args.offset, data, args.stable)
-        return Arm(OK, WRITE3resok(s.wcc(before, fid), len(data), committed, s.write_verf))
-    except FsError as e:
-        return Arm(e.status, WRITE3resfail(s.wcc(before, fid)))
+@procedure(first_wcc(WRITE3resfail))
+async def write(s: Nfs3State, ctx: CallContext, args: WRITE3args, learnt: Learnt) -> Arm:
+    target, before = learnt.first_object(s, ctx, args.file)
+    fid = target.fid
+    s.writable(target)
+    _regular(before)
+    require(before, target.user, 0o2, owner_override=True)
+    data = args.data[: args.count] if args.count < len(args.data) else args.data
+    check_size(args.offset + len(data))
+    await s.tree.prepare_change(fid)
+    committed = await s.tree.write(fid, args.offset, data, args.stable)
+    return Arm(OK, WRITE3resok(s.wcc(before, fid), len(data), committed, s.write_verf))
 
 
-async def commit(s: Nfs3State, ctx: CallContext, args: COMMIT3args) -> Arm:
-    before = None
-    fid = None
-    try:
-        target = s.resolve(ctx, args.file)
-        fid = target.fid
-        before = s.tree.getattr(fid)
-        _regular(before)
-        await s.tree.commit(fid)
-        return Arm(OK, COMMIT3resok(s.wcc(before, fid), s.write_verf))
-    except FsError as e:
-        return Arm(e.status, COMMIT3resfail(s.wcc(before, fid)))
+@procedure(first_wcc(COMMIT3resfail))
+async def commit(s: Nfs3State, ctx: CallContext, args: COMMIT3args, learnt: Learnt) -> Arm:
+    target, before = learnt.first_object(s, ctx, args.file)
+    fid = target.fid
+    _regular(before)
+    await s.tree.commit(fid)
+    return Arm(OK, COMMIT3resok(s.wcc(before, fid), s.write_verf))

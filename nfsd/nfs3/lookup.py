@@ -9,8 +9,10 @@ NFS3ERR_BAD_COOKIE is never answered (macOS resumes with old verifiers).
 from __future__ import annotations
 
 from nfsd.nfs3.common import Nfs3State, Target, max_io, require
+from nfsd.nfs3.failure import Learnt, first_attrs, procedure
 from nfsd.rpc.dispatch import CallContext
 from nfsd.vfs.errors import FsError
+from nfsd.vfs.tree import Attr
 from xdr.codec import Arm
 from xdr.nfs3 import (
     LOOKUP3args,
@@ -48,38 +50,35 @@ def _padded(n: int) -> int:
     return (n + 3) & ~3
 
 
-def _dir_target(s: Nfs3State, ctx: CallContext, fh) -> tuple[Target, object]:
+def _dir_target(s: Nfs3State, ctx: CallContext, fh, learnt: Learnt) -> tuple[Target, Attr]:
+    """The directory `fh` names and its attributes. Only from here on does a failure reply
+    carry the directory's attributes (a NOTDIR one carries none)."""
     target = s.resolve(ctx, fh)
     attr = s.tree.getattr(target.fid)
     if attr.kind != ftype3.NF3DIR:
         raise FsError(nfsstat3.NFS3ERR_NOTDIR)
+    learnt.fid = target.fid
     return target, attr
 
 
-async def lookup(s: Nfs3State, ctx: CallContext, args: LOOKUP3args) -> Arm:
-    dir_fid = None
-    try:
-        target, dir_attr = _dir_target(s, ctx, args.what.dir)
-        dir_fid = target.fid
-        require(dir_attr, target.user, 0o1)
-        name = args.what.name
-        if name == b".." and dir_fid == s.export_root(target.export):
-            fid = dir_fid  # never above the export's root
-        else:
-            fid = s.tree.lookup(dir_fid, name)
-        return Arm(OK, LOOKUP3resok(s.handle(target, fid), s.post_op(fid), s.fattr(dir_attr)))
-    except FsError as e:
-        return Arm(e.status, LOOKUP3resfail(None if dir_fid is None else s.post_op(dir_fid)))
+@procedure(first_attrs(LOOKUP3resfail))
+def lookup(s: Nfs3State, ctx: CallContext, args: LOOKUP3args, learnt: Learnt) -> Arm:
+    target, dir_attr = _dir_target(s, ctx, args.what.dir, learnt)
+    dir_fid = target.fid
+    require(dir_attr, target.user, 0o1)
+    name = args.what.name
+    if name == b".." and dir_fid == s.export_root(target.export):
+        fid = dir_fid  # never above the export's root
+    else:
+        fid = s.tree.lookup(dir_fid, name)
+    return Arm(OK, LOOKUP3resok(s.handle(target, fid), s.post_op(fid), s.fattr(dir_attr)))
 
 
-async def readlink(s: Nfs3State, ctx: CallContext, args: READLINK3args) -> Arm:
-    fid = None
-    try:
-        target = s.resolve(ctx, args.symlink)
-        fid = target.fid
-        return Arm(OK, READLINK3resok(s.post_op(fid), s.tree.readlink(fid)))
-    except FsError as e:
-        return Arm(e.status, READLINK3resfail(None if fid is None else s.post_op(fid)))
+@procedure(first_attrs(READLINK3resfail))
+def readlink(s: Nfs3State, ctx: CallContext, args: READLINK3args, learnt: Learnt) -> Arm:
+    target = s.resolve(ctx, args.symlink)
+    learnt.fid = fid = target.fid
+    return Arm(OK, READLINK3resok(s.post_op(fid), s.tree.readlink(fid)))
 
 
 def _entries(s: Nfs3State, target: Target, cookie: int):
@@ -90,60 +89,52 @@ def _entries(s: Nfs3State, target: Target, cookie: int):
         yield entry
 
 
-async def readdir(s: Nfs3State, ctx: CallContext, args: READDIR3args) -> Arm:
-    dir_fid = None
-    try:
-        target, dir_attr = _dir_target(s, ctx, args.dir)
-        dir_fid = target.fid
-        require(dir_attr, target.user, 0o4)
-        budget = min(args.count, max_io(ctx)) - _READDIR_FIXED
-        entries: list[entry3] = []
-        eof = True
-        for entry in _entries(s, target, args.cookie):
-            size = _ENTRY_FIXED + _padded(len(entry.name))
-            if size > budget:
-                eof = False
-                break
-            budget -= size
-            entries.append(entry3(entry.fileid, entry.name, entry.cookie))
-        if not entries and not eof:
-            raise FsError(nfsstat3.NFS3ERR_TOOSMALL)
-        return Arm(OK, READDIR3resok(s.fattr(dir_attr), COOKIEVERF, dirlist3(entries, eof)))
-    except FsError as e:
-        return Arm(e.status, READDIR3resfail(None if dir_fid is None else s.post_op(dir_fid)))
+@procedure(first_attrs(READDIR3resfail))
+def readdir(s: Nfs3State, ctx: CallContext, args: READDIR3args, learnt: Learnt) -> Arm:
+    target, dir_attr = _dir_target(s, ctx, args.dir, learnt)
+    require(dir_attr, target.user, 0o4)
+    budget = min(args.count, max_io(ctx)) - _READDIR_FIXED
+    entries: list[entry3] = []
+    eof = True
+    for entry in _entries(s, target, args.cookie):
+        size = _ENTRY_FIXED + _padded(len(entry.name))
+        if size > budget:
+            eof = False
+            break
+        budget -= size
+        entries.append(entry3(entry.fileid, entry.name, entry.cookie))
+    if not entries and not eof:
+        raise FsError(nfsstat3.NFS3ERR_TOOSMALL)
+    return Arm(OK, READDIR3resok(s.fattr(dir_attr), COOKIEVERF, dirlist3(entries, eof)))
 
 
-async def readdirplus(s: Nfs3State, ctx: CallContext, args: READDIRPLUS3args) -> Arm:
-    dir_fid = None
-    try:
-        target, dir_attr = _dir_target(s, ctx, args.dir)
-        dir_fid = target.fid
-        require(dir_attr, target.user, 0o4)
-        budget = min(args.maxcount, max_io(ctx)) - _READDIR_FIXED
-        dir_budget = args.dircount
-        entries: list[entryplus3] = []
-        eof = True
-        for entry in _entries(s, target, args.cookie):
-            handle = s.handle(target, entry.fileid)
-            info = _ENTRY_FIXED + _padded(len(entry.name))
-            size = info + _PLUS_EXTRA + _padded(len(handle.data))
-            if size > budget or (entries and info > dir_budget):
-                eof = False
-                break
-            budget -= size
-            dir_budget -= info
-            attrs = s.post_op(entry.fileid)
-            entries.append(
-                entryplus3(
-                    entry.fileid,
-                    entry.name,
-                    entry.cookie,
-                    attrs,
-                    handle if attrs is not None else None,
-                )
+@procedure(first_attrs(READDIRPLUS3resfail))
+def readdirplus(s: Nfs3State, ctx: CallContext, args: READDIRPLUS3args, learnt: Learnt) -> Arm:
+    target, dir_attr = _dir_target(s, ctx, args.dir, learnt)
+    require(dir_attr, target.user, 0o4)
+    budget = min(args.maxcount, max_io(ctx)) - _READDIR_FIXED
+    dir_budget = args.dircount
+    entries: list[entryplus3] = []
+    eof = True
+    for entry in _entries(s, target, args.cookie):
+        handle = s.handle(target, entry.fileid)
+        info = _ENTRY_FIXED + _padded(len(entry.name))
+        size = info + _PLUS_EXTRA + _padded(len(handle.data))
+        if size > budget or (entries and info > dir_budget):
+            eof = False
+            break
+        budget -= size
+        dir_budget -= info
+        attrs = s.post_op(entry.fileid)
+        entries.append(
+            entryplus3(
+                entry.fileid,
+                entry.name,
+                entry.cookie,
+                attrs,
+                handle if attrs is not None else None,
             )
-        if not entries and not eof:
-            raise FsError(nfsstat3.NFS3ERR_TOOSMALL)
-        return Arm(OK, READDIRPLUS3resok(s.fattr(dir_attr), COOKIEVERF, dirlistplus3(entries, eof)))
-    except FsError as e:
-        return Arm(e.status, READDIRPLUS3resfail(None if dir_fid is None else s.post_op(dir_fid)))
+        )
+    if not entries and not eof:
+        raise FsError(nfsstat3.NFS3ERR_TOOSMALL)
+    return Arm(OK, READDIRPLUS3resok(s.fattr(dir_attr), COOKIEVERF, dirlistplus3(entries, eof)))

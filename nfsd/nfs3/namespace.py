@@ -6,6 +6,7 @@ Each answers wcc_data for the directories it changed, taken just before and afte
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable
 
 from nfsd.nfs3.attrs import to_setattr
 from nfsd.nfs3.common import (
@@ -15,9 +16,10 @@ from nfsd.nfs3.common import (
     require,
     require_dir_change,
 )
+from nfsd.nfs3.failure import Learnt, first_wcc, procedure
 from nfsd.rpc.dispatch import CallContext
 from nfsd.vfs.errors import FsError
-from nfsd.vfs.real import check_new_name
+from nfsd.vfs.names import check_new_name
 from nfsd.vfs.tree import Attr, Owner, SetAttr
 from xdr.codec import Arm
 from xdr.nfs3 import (
@@ -46,9 +48,12 @@ from xdr.nfs3 import (
     SYMLINK3resfail,
     SYMLINK3resok,
     createmode3,
+    diropargs3,
     ftype3,
+    nfs_fh3,
     nfsstat3,
     sattr3,
+    wcc_data,
 )
 
 OK = nfsstat3.NFS3_OK
@@ -75,105 +80,93 @@ def _apply_rest(s: Nfs3State, fid: int, attrs: sattr3, owner: Owner) -> None:
 
 
 class _DirChange:
-    """The directory a creation happens in, with its attributes before the change."""
+    """The directory a change happens in, with its attributes before the change."""
 
-    @staticmethod
-    def open(s: Nfs3State, ctx: CallContext, where, failed: list) -> _DirChange:
-        """Like the constructor, but leaves what is known in `failed` for the error reply."""
-        change = object.__new__(_DirChange)
-        change.s, change.before, change.fid = s, None, None
-        failed.append(change)
-        change.target = s.resolve(ctx, where.dir)
-        change.fid = change.target.fid
-        change.before = s.tree.getattr(change.fid)
-        require_dir_change(s, change.target)
-        return change
+    __slots__ = ("before", "fid", "target")
 
-    def wcc(self):
-        return self.s.wcc(self.before, self.fid)
+    def __init__(self, target: Target, before: Attr) -> None:
+        self.target = target
+        self.fid = target.fid
+        self.before = before
+
+    def wcc(self, s: Nfs3State) -> wcc_data:
+        return s.wcc(self.before, self.fid)
 
 
-def _fail_wcc(s: Nfs3State, failed: list):
-    if failed:
-        return failed[0].wcc()
-    return s.wcc(None, None)
+_Learn = Callable[[Nfs3State, CallContext, nfs_fh3], tuple[Target, Attr]]
 
 
-async def create(s: Nfs3State, ctx: CallContext, args: CREATE3args) -> Arm:
-    failed: list = []
-    try:
-        d = _DirChange.open(s, ctx, args.where, failed)
-        check_new_name(args.where.name)
-        owner = _owner(d.before, d.target)
-        how = args.how
-        if how.tag == createmode3.EXCLUSIVE:
-            fid, _ = s.tree.create(
-                d.fid, args.where.name, DEFAULT_FILE_MODE, owner, exclusive=True, verifier=how.value
-            )
-        else:
-            attrs: sattr3 = how.value
-            to_setattr(attrs)  # refuse what cannot be applied before creating anything
-            mode = DEFAULT_FILE_MODE if attrs.mode is None else attrs.mode
-            fid, created = s.tree.create(
-                d.fid, args.where.name, mode, owner, exclusive=how.tag == createmode3.GUARDED
-            )
-            if created:
-                _apply_rest(s, fid, attrs, owner)
-            elif attrs.size is not None:
-                existing = s.tree.getattr(fid)
-                require(existing, d.target.user, 0o2, owner_override=True)
-                s.tree.setattr(fid, SetAttr(size=attrs.size))
-        return Arm(OK, CREATE3resok(s.handle(d.target, fid), s.post_op(fid), d.wcc()))
-    except FsError as e:
-        return Arm(e.status, CREATE3resfail(_fail_wcc(s, failed)))
+def _dir_change(s: Nfs3State, ctx: CallContext, where: diropargs3, learn: _Learn) -> _DirChange:
+    """The directory `where` names, checked for a change by the caller; `learn` is the call's
+    Learnt.first_object or .second_object, which keeps what is found for the failure reply."""
+    target, before = learn(s, ctx, where.dir)
+    require_dir_change(s, target)
+    return _DirChange(target, before)
 
 
-async def mkdir(s: Nfs3State, ctx: CallContext, args: MKDIR3args) -> Arm:
-    failed: list = []
-    try:
-        d = _DirChange.open(s, ctx, args.where, failed)
-        owner = _owner(d.before, d.target)
-        attrs = args.attributes
-        mode = DEFAULT_DIR_MODE if attrs.mode is None else attrs.mode
-        if d.before.mode & stat.S_ISGID:
-            mode |= stat.S_ISGID
-        fid = s.tree.mkdir(d.fid, args.where.name, mode, owner)
-        _apply_rest(s, fid, attrs, owner)
-        return Arm(OK, MKDIR3resok(s.handle(d.target, fid), s.post_op(fid), d.wcc()))
-    except FsError as e:
-        return Arm(e.status, MKDIR3resfail(_fail_wcc(s, failed)))
-
-
-async def symlink(s: Nfs3State, ctx: CallContext, args: SYMLINK3args) -> Arm:
-    failed: list = []
-    try:
-        d = _DirChange.open(s, ctx, args.where, failed)
-        owner = _owner(d.before, d.target)
-        fid = s.tree.symlink(d.fid, args.where.name, args.symlink.symlink_data, owner)
-        return Arm(OK, SYMLINK3resok(s.handle(d.target, fid), s.post_op(fid), d.wcc()))
-    except FsError as e:
-        return Arm(e.status, SYMLINK3resfail(_fail_wcc(s, failed)))
-
-
-async def mknod(s: Nfs3State, ctx: CallContext, args: MKNOD3args) -> Arm:
-    failed: list = []
-    try:
-        d = _DirChange.open(s, ctx, args.where, failed)
-        kind = args.what.tag
-        if kind in (ftype3.NF3CHR, ftype3.NF3BLK):
-            attrs, spec = args.what.value.dev_attributes, args.what.value.spec
-            rdev = (spec.specdata1, spec.specdata2)
-        elif kind in (ftype3.NF3SOCK, ftype3.NF3FIFO):
-            attrs, rdev = args.what.value, (0, 0)
-        else:
-            raise FsError(nfsstat3.NFS3ERR_BADTYPE)
-        owner = _owner(d.before, d.target)
+@procedure(first_wcc(CREATE3resfail))
+def create(s: Nfs3State, ctx: CallContext, args: CREATE3args, learnt: Learnt) -> Arm:
+    d = _dir_change(s, ctx, args.where, learnt.first_object)
+    check_new_name(args.where.name)
+    owner = _owner(d.before, d.target)
+    how = args.how
+    if how.tag == createmode3.EXCLUSIVE:
+        fid, _ = s.tree.create(
+            d.fid, args.where.name, DEFAULT_FILE_MODE, owner, exclusive=True, verifier=how.value
+        )
+    else:
+        attrs: sattr3 = how.value
+        to_setattr(attrs)  # refuse what cannot be applied before creating anything
         mode = DEFAULT_FILE_MODE if attrs.mode is None else attrs.mode
-        fid = s.tree.mknod(d.fid, args.where.name, kind, mode, owner, rdev)
-        _apply_rest(s, fid, attrs, owner)
-        return Arm(OK, MKNOD3resok(s.handle(d.target, fid), s.post_op(fid), d.wcc()))
-    except FsError as e:
-        return Arm(e.status, MKNOD3resfail(_fail_wcc(s, failed)))
+        fid, created = s.tree.create(
+            d.fid, args.where.name, mode, owner, exclusive=how.tag == createmode3.GUARDED
+        )
+        if created:
+            _apply_rest(s, fid, attrs, owner)
+        elif attrs.size is not None:
+            existing = s.tree.getattr(fid)
+            require(existing, d.target.user, 0o2, owner_override=True)
+            s.tree.setattr(fid, SetAttr(size=attrs.size))
+    return Arm(OK, CREATE3resok(s.handle(d.target, fid), s.post_op(fid), d.wcc(s)))
+
+
+@procedure(first_wcc(MKDIR3resfail))
+def mkdir(s: Nfs3State, ctx: CallContext, args: MKDIR3args, learnt: Learnt) -> Arm:
+    d = _dir_change(s, ctx, args.where, learnt.first_object)
+    owner = _owner(d.before, d.target)
+    attrs = args.attributes
+    mode = DEFAULT_DIR_MODE if attrs.mode is None else attrs.mode
+    if d.before.mode & stat.S_ISGID:
+        mode |= stat.S_ISGID
+    fid = s.tree.mkdir(d.fid, args.where.name, mode, owner)
+    _apply_rest(s, fid, attrs, owner)
+    return Arm(OK, MKDIR3resok(s.handle(d.target, fid), s.post_op(fid), d.wcc(s)))
+
+
+@procedure(first_wcc(SYMLINK3resfail))
+def symlink(s: Nfs3State, ctx: CallContext, args: SYMLINK3args, learnt: Learnt) -> Arm:
+    d = _dir_change(s, ctx, args.where, learnt.first_object)
+    owner = _owner(d.before, d.target)
+    fid = s.tree.symlink(d.fid, args.where.name, args.symlink.symlink_data, owner)
+    return Arm(OK, SYMLINK3resok(s.handle(d.target, fid), s.post_op(fid), d.wcc(s)))
+
+
+@procedure(first_wcc(MKNOD3resfail))
+def mknod(s: Nfs3State, ctx: CallContext, args: MKNOD3args, learnt: Learnt) -> Arm:
+    d = _dir_change(s, ctx, args.where, learnt.first_object)
+    kind = args.what.tag
+    if kind in (ftype3.NF3CHR, ftype3.NF3BLK):
+        attrs, spec = args.what.value.dev_attributes, args.what.value.spec
+        rdev = (spec.specdata1, spec.specdata2)
+    elif kind in (ftype3.NF3SOCK, ftype3.NF3FIFO):
+        attrs, rdev = args.what.value, (0, 0)
+    else:
+        raise FsError(nfsstat3.NFS3ERR_BADTYPE)
+    owner = _owner(d.before, d.target)
+    mode = DEFAULT_FILE_MODE if attrs.mode is None else attrs.mode
+    fid = s.tree.mknod(d.fid, args.where.name, kind, mode, owner, rdev)
+    _apply_rest(s, fid, attrs, owner)
+    return Arm(OK, MKNOD3resok(s.handle(d.target, fid), s.post_op(fid), d.wcc(s)))
 
 
 def _check_delete(s: Nfs3State, d: _DirChange, name: bytes) -> None:
@@ -182,63 +175,54 @@ def _check_delete(s: Nfs3State, d: _DirChange, name: bytes) -> None:
         may_delete_from(d.before, victim, d.target.user)
 
 
-async def remove(s: Nfs3State, ctx: CallContext, args: REMOVE3args) -> Arm:
-    failed: list = []
-    try:
-        d = _DirChange.open(s, ctx, args.object, failed)
-        _check_delete(s, d, args.object.name)
-        s.tree.remove(d.fid, args.object.name)
-        return Arm(OK, REMOVE3resok(d.wcc()))
-    except FsError as e:
-        return Arm(e.status, REMOVE3resfail(_fail_wcc(s, failed)))
+def _delete(
+    s: Nfs3State,
+    ctx: CallContext,
+    what: diropargs3,
+    learnt: Learnt,
+    delete: Callable[[int, bytes], None],
+) -> wcc_data:
+    """REMOVE or RMDIR (`delete`) of `what`; the directory's wcc_data."""
+    d = _dir_change(s, ctx, what, learnt.first_object)
+    _check_delete(s, d, what.name)
+    delete(d.fid, what.name)
+    return d.wcc(s)
 
 
-async def rmdir(s: Nfs3State, ctx: CallContext, args: RMDIR3args) -> Arm:
-    failed: list = []
-    try:
-        d = _DirChange.open(s, ctx, args.object, failed)
-        _check_delete(s, d, args.object.name)
-        s.tree.rmdir(d.fid, args.object.name)
-        return Arm(OK, RMDIR3resok(d.wcc()))
-    except FsError as e:
-        return Arm(e.status, RMDIR3resfail(_fail_wcc(s, failed)))
+@procedure(first_wcc(REMOVE3resfail))
+def remove(s: Nfs3State, ctx: CallContext, args: REMOVE3args, learnt: Learnt) -> Arm:
+    return Arm(OK, REMOVE3resok(_delete(s, ctx, args.object, learnt, s.tree.remove)))
 
 
-async def rename(s: Nfs3State, ctx: CallContext, args: RENAME3args) -> Arm:
-    failed: list = []
-    try:
-        src = _DirChange.open(s, ctx, args.from_, failed)
-        dst = _DirChange.open(s, ctx, args.to, failed)
-        if src.target.export.id != dst.target.export.id:
-            raise FsError(nfsstat3.NFS3ERR_XDEV)
-        _check_delete(s, src, args.from_.name)
-        if dst.before.mode & stat.S_ISVTX:
-            try:
-                _check_delete(s, dst, args.to.name)
-            except FsError as e:
-                if e.status != nfsstat3.NFS3ERR_NOENT:
-                    raise
-        s.tree.rename(src.fid, args.from_.name, dst.fid, args.to.name)
-        return Arm(OK, RENAME3resok(src.wcc(), dst.wcc()))
-    except FsError as e:
-        from_wcc = failed[0].wcc() if failed else s.wcc(None, None)
-        to_wcc = failed[1].wcc() if len(failed) > 1 else s.wcc(None, None)
-        return Arm(e.status, RENAME3resfail(from_wcc, to_wcc))
+@procedure(first_wcc(RMDIR3resfail))
+def rmdir(s: Nfs3State, ctx: CallContext, args: RMDIR3args, learnt: Learnt) -> Arm:
+    return Arm(OK, RMDIR3resok(_delete(s, ctx, args.object, learnt, s.tree.rmdir)))
 
 
-async def link(s: Nfs3State, ctx: CallContext, args: LINK3args) -> Arm:
-    failed: list = []
-    fid = None
-    try:
-        target = s.resolve(ctx, args.file)
-        fid = target.fid
-        d = _DirChange.open(s, ctx, args.link, failed)
-        if d.target.export.id != target.export.id:
-            raise FsError(nfsstat3.NFS3ERR_XDEV)
-        await s.tree.prepare_change(fid)  # a second name needs the content here
-        s.tree.link(fid, d.fid, args.link.name)
-        return Arm(OK, LINK3resok(s.post_op(fid), d.wcc()))
-    except FsError as e:
-        return Arm(
-            e.status, LINK3resfail(None if fid is None else s.post_op(fid), _fail_wcc(s, failed))
-        )
+@procedure(lambda s, learnt: RENAME3resfail(learnt.wcc(s), learnt.second_wcc(s)))
+def rename(s: Nfs3State, ctx: CallContext, args: RENAME3args, learnt: Learnt) -> Arm:
+    src = _dir_change(s, ctx, args.from_, learnt.first_object)
+    dst = _dir_change(s, ctx, args.to, learnt.second_object)
+    if src.target.export.id != dst.target.export.id:
+        raise FsError(nfsstat3.NFS3ERR_XDEV)
+    _check_delete(s, src, args.from_.name)
+    if dst.before.mode & stat.S_ISVTX:
+        try:
+            _check_delete(s, dst, args.to.name)
+        except FsError as e:
+            if e.status != nfsstat3.NFS3ERR_NOENT:
+                raise
+    s.tree.rename(src.fid, args.from_.name, dst.fid, args.to.name)
+    return Arm(OK, RENAME3resok(src.wcc(s), dst.wcc(s)))
+
+
+@procedure(lambda s, learnt: LINK3resfail(learnt.attrs(s), learnt.second_wcc(s)))
+async def link(s: Nfs3State, ctx: CallContext, args: LINK3args, learnt: Learnt) -> Arm:
+    target = s.resolve(ctx, args.file)
+    learnt.fid = fid = target.fid
+    d = _dir_change(s, ctx, args.link, learnt.second_object)
+    if d.target.export.id != target.export.id:
+        raise FsError(nfsstat3.NFS3ERR_XDEV)
+    await s.tree.prepare_change(fid)  # a second name needs the content here
+    s.tree.link(fid, d.fid, args.link.name)
+    return Arm(OK, LINK3resok(s.post_op(fid), d.wcc(s)))

@@ -17,6 +17,7 @@ from nfsd.rpc.dispatch import CallContext, Procedure, Program
 from nfsd.vfs.errors import FsError
 from xdr.codec import Arm
 from xdr.mount import (
+    MNTNAMLEN,
     MOUNT_PROGRAM,
     MOUNT_V1,
     MOUNT_V3,
@@ -107,7 +108,7 @@ class MountService:
         return Arm(int(status), handle if status == mountstat3.MNT3_OK else None)
 
     async def dump(self, ctx: CallContext, args: Any) -> list[mountbody]:
-        return [mountbody(host.encode()[:255], path) for host, path in self.mounts]
+        return [mountbody(host.encode()[:MNTNAMLEN], path) for host, path in self.mounts]
 
     async def umnt(self, ctx: CallContext, path: bytes) -> None:
         self.mounts.pop((ctx.client[0], path), None)

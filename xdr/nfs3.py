@@ -11,7 +11,7 @@ names it. Conventions of the transcription:
 - Linked lists (`entry3 *nextentry`) are declared without their `next` pointer and wrapped in
   `LinkedList`, so `dirlist3.entries` is a Python list of `entry3`.
 - `filename3` and `nfspath3` are unbounded in the RFC; here at most `FILENAME3_MAX` and
-  `NFSPATH3_MAX` bytes on the wire (the server itself enforces the 255-byte name limit).
+  `NFSPATH3_MAX` bytes on the wire (the server itself enforces the name limit `NAME_MAX`).
 - The RFC's field `RENAME3args.from` is `from_` (`from` is a Python keyword).
 - `fattr3` and `wcc_attr`, which are in nearly every reply, are packed and unpacked with one
   precompiled `struct.Struct` each (`Fattr3Type`, `WccAttrType`) instead of field by field.
@@ -88,6 +88,14 @@ NFS3_WRITEVERFSIZE = 8
 FILENAME3_MAX = 1024
 NFSPATH3_MAX = 4096
 DATA3_MAX = 4 * 1024 * 1024  # READ/WRITE payload
+
+# Not in the RFC: this server's PATHCONF name_max, the longest file name it takes (that of
+# the local file systems under its areas).
+NAME_MAX = 255
+
+# The port NFS is served on by convention (IANA assigned), where clients look without asking
+# a portmapper.
+NFS_PORT = 2049
 
 # ACCESS3args.access / ACCESS3resok.access bits (section 3.3.4)
 ACCESS3_READ = 0x0001
@@ -261,6 +269,8 @@ class Fattr3Type(XdrType[fattr3]):
 
 # Installed before any type below captures fattr3's XdrType.
 fattr3.XDR = Fattr3Type()  # type: ignore[attr-defined]
+
+FATTR3_SIZE = Fattr3Type.codec.size  # 84: every field of fattr3 has a fixed size
 
 post_op_attr = Optional(fattr3)
 """`union post_op_attr switch (bool attributes_follow)`: None or a `fattr3`."""

@@ -90,8 +90,8 @@ PMAP_PROCEDURES: dict[int, tuple[str, XdrType[Any], XdrType[Any]]] = {
 
 # --- rpcbind, versions 3 and 4 (RFC 1833 section 2) ---
 
-RPCB_PORT = 111
-RPCBPROG = 100000
+RPCB_PORT = PMAP_PORT  # rpcbind answers where the portmapper did
+RPCBPROG = PMAP_PROG  # one program: rpcbind is the portmapper at versions 3 and 4
 RPCBVERS = 3
 RPCBVERS4 = 4
 

@@ -11,6 +11,7 @@ from xdr.nfs3 import (
     FSF3_HOMOGENEOUS,
     FSF3_LINK,
     FSF3_SYMLINK,
+    NAME_MAX,
     FSINFO3args,
     FSINFO3resfail,
     FSINFO3resok,
@@ -78,7 +79,7 @@ def pathconf(s: Nfs3State, ctx: CallContext, args: PATHCONF3args, learnt: Learnt
         PATHCONF3resok(
             s.post_op(target.fid),
             linkmax=65000,
-            name_max=255,
+            name_max=NAME_MAX,
             no_trunc=True,
             chown_restricted=True,
             case_insensitive=False,

@@ -15,6 +15,8 @@ from nfsd.vfs.errors import FsError
 from nfsd.vfs.tree import Attr
 from xdr.codec import Arm
 from xdr.nfs3 import (
+    FATTR3_SIZE,
+    NFS3_COOKIEVERFSIZE,
     LOOKUP3args,
     LOOKUP3resfail,
     LOOKUP3resok,
@@ -36,14 +38,14 @@ from xdr.nfs3 import (
 )
 
 OK = nfsstat3.NFS3_OK
-COOKIEVERF = b"\0" * 8
+COOKIEVERF = bytes(NFS3_COOKIEVERFSIZE)
 
 # XDR sizes: status, post_op_attr with fattr3, cookieverf, end of list, eof.
-_READDIR_FIXED = 4 + (4 + 84) + 8 + 4 + 4
+_READDIR_FIXED = 4 + (4 + FATTR3_SIZE) + NFS3_COOKIEVERFSIZE + 4 + 4
 # An entry: value-follows, fileid, name length + padded name, cookie.
 _ENTRY_FIXED = 4 + 8 + 4 + 8
-# READDIRPLUS adds post_op_attr (4 + 84) and post_op_fh3 (4 + 4 + handle).
-_PLUS_EXTRA = (4 + 84) + (4 + 4)
+# READDIRPLUS adds post_op_attr (4 + fattr3) and post_op_fh3 (4 + 4 + handle).
+_PLUS_EXTRA = (4 + FATTR3_SIZE) + (4 + 4)
 
 
 def _padded(n: int) -> int:

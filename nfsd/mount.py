@@ -70,7 +70,7 @@ class MountService:
         for name in names:
             if name == b"..":
                 raise FsError(nfsstat3.NFS3ERR_ACCES, "no .. in a mount path")
-            fid = self.state.tree.lookup(fid, name)
+            fid = self.state.tree.lookup(fid, name)[0]
             if self.state.tree.getattr(fid).kind != ftype3.NF3DIR:
                 raise FsError(nfsstat3.NFS3ERR_NOTDIR)
         return fid

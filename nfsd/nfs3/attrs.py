@@ -87,8 +87,8 @@ async def setattr_(s: Nfs3State, ctx: CallContext, args: SETATTR3args, learnt: L
         raise FsError(nfsstat3.NFS3ERR_ISDIR)
     check_setattr(before, target.user, changes)
     await s.tree.prepare_change(fid)
-    s.tree.setattr(fid, changes)
-    return Arm(OK, SETATTR3resok(s.wcc(before, fid)))
+    after = s.tree.setattr(fid, changes)
+    return Arm(OK, SETATTR3resok(s.wcc(before, fid, after)))
 
 
 @procedure(no_attrs(ACCESS3resfail))

@@ -40,8 +40,9 @@ async def read(s: Nfs3State, ctx: CallContext, args: READ3args, learnt: Learnt) 
     require(attr, target.user, 0o4, owner_override=True)
     # Nothing lies beyond MAX_FILE_SIZE: a read there is empty, with eof.
     count = min(args.count, max_io(ctx), max(0, MAX_FILE_SIZE - args.offset))
-    data, eof = await s.tree.read(fid, args.offset, count)
-    return RawReply(encode_read3res_ok(READ3resok(s.post_op(fid), len(data), eof, data)))
+    got = await s.tree.read(fid, args.offset, count)
+    result = READ3resok(s.attrs(got.attr, fid), len(got.data), got.eof, got.data)
+    return RawReply(encode_read3res_ok(result))
 
 
 @procedure(first_wcc(WRITE3resfail))
@@ -54,8 +55,8 @@ async def write(s: Nfs3State, ctx: CallContext, args: WRITE3args, learnt: Learnt
     data = args.data[: args.count] if args.count < len(args.data) else args.data
     check_size(args.offset + len(data))
     await s.tree.prepare_change(fid)
-    committed = await s.tree.write(fid, args.offset, data, args.stable)
-    return Arm(OK, WRITE3resok(s.wcc(before, fid), len(data), committed, s.write_verf))
+    committed, after = await s.tree.write(fid, args.offset, data, args.stable)
+    return Arm(OK, WRITE3resok(s.wcc(before, fid, after), len(data), committed, s.write_verf))
 
 
 @procedure(first_wcc(COMMIT3resfail))
@@ -63,5 +64,5 @@ async def commit(s: Nfs3State, ctx: CallContext, args: COMMIT3args, learnt: Lear
     target, before = learnt.first_object(s, ctx, args.file)
     fid = target.fid
     _regular(before)
-    await s.tree.commit(fid)
-    return Arm(OK, COMMIT3resok(s.wcc(before, fid), s.write_verf))
+    after = await s.tree.commit(fid)
+    return Arm(OK, COMMIT3resok(s.wcc(before, fid, after), s.write_verf))

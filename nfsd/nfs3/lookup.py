@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from nfsd.nfs3.common import Nfs3State, Target, max_io, require
 from nfsd.nfs3.failure import Learnt, first_attrs, procedure
-from nfsd.rpc.dispatch import CallContext
+from nfsd.rpc.dispatch import CallContext, RawReply
 from nfsd.vfs.errors import FsError
 from nfsd.vfs.tree import Attr
 from xdr.codec import Arm
@@ -22,17 +22,15 @@ from xdr.nfs3 import (
     LOOKUP3resok,
     READDIR3args,
     READDIR3resfail,
-    READDIR3resok,
+    ReaddirEntry,
     READDIRPLUS3args,
     READDIRPLUS3resfail,
-    READDIRPLUS3resok,
+    ReaddirplusEntry,
     READLINK3args,
     READLINK3resfail,
     READLINK3resok,
-    dirlist3,
-    dirlistplus3,
-    entry3,
-    entryplus3,
+    encode_readdir3res_ok,
+    encode_readdirplus3res_ok,
     ftype3,
     nfsstat3,
 )
@@ -70,10 +68,10 @@ def lookup(s: Nfs3State, ctx: CallContext, args: LOOKUP3args, learnt: Learnt) ->
     require(dir_attr, target.user, 0o1)
     name = args.what.name
     if name == b".." and dir_fid == s.export_root(target.export):
-        fid = dir_fid  # never above the export's root
+        fid, attr = dir_fid, dir_attr  # never above the export's root
     else:
-        fid = s.tree.lookup(dir_fid, name)
-    return Arm(OK, LOOKUP3resok(s.handle(target, fid), s.post_op(fid), s.fattr(dir_attr)))
+        fid, attr = s.tree.lookup(dir_fid, name)
+    return Arm(OK, LOOKUP3resok(s.handle(target, fid), s.attrs(attr, fid), s.fattr(dir_attr)))
 
 
 @procedure(first_attrs(READLINK3resfail))
@@ -83,60 +81,59 @@ def readlink(s: Nfs3State, ctx: CallContext, args: READLINK3args, learnt: Learnt
     return Arm(OK, READLINK3resok(s.post_op(fid), s.tree.readlink(fid)))
 
 
-def _entries(s: Nfs3State, target: Target, cookie: int):
-    at_export_root = target.fid == s.export_root(target.export)
-    for entry in s.tree.readdir(target.fid, cookie):
-        if entry.name == b".." and at_export_root:
-            entry.fileid = target.fid
-        yield entry
-
-
 @procedure(first_attrs(READDIR3resfail))
-def readdir(s: Nfs3State, ctx: CallContext, args: READDIR3args, learnt: Learnt) -> Arm:
+def readdir(s: Nfs3State, ctx: CallContext, args: READDIR3args, learnt: Learnt) -> Arm | RawReply:
     target, dir_attr = _dir_target(s, ctx, args.dir, learnt)
     require(dir_attr, target.user, 0o4)
     budget = min(args.count, max_io(ctx)) - _READDIR_FIXED
-    entries: list[entry3] = []
+    entries: list[ReaddirEntry] = []
     eof = True
-    for entry in _entries(s, target, args.cookie):
-        size = _ENTRY_FIXED + _padded(len(entry.name))
+    at_export_root = target.fid == s.export_root(target.export)
+    for entry in s.tree.readdir(target.fid, args.cookie):
+        name = entry.name
+        size = _ENTRY_FIXED + ((len(name) + 3) & ~3)
         if size > budget:
             eof = False
             break
         budget -= size
-        entries.append(entry3(entry.fileid, entry.name, entry.cookie))
+        fileid = target.fid if name == b".." and at_export_root else entry.fileid
+        entries.append((fileid, name, entry.cookie))
     if not entries and not eof:
         raise FsError(nfsstat3.NFS3ERR_TOOSMALL)
-    return Arm(OK, READDIR3resok(s.fattr(dir_attr), COOKIEVERF, dirlist3(entries, eof)))
+    return RawReply([encode_readdir3res_ok(s.fattr(dir_attr), COOKIEVERF, entries, eof)])
 
 
 @procedure(first_attrs(READDIRPLUS3resfail))
-def readdirplus(s: Nfs3State, ctx: CallContext, args: READDIRPLUS3args, learnt: Learnt) -> Arm:
+def readdirplus(
+    s: Nfs3State, ctx: CallContext, args: READDIRPLUS3args, learnt: Learnt
+) -> Arm | RawReply:
     target, dir_attr = _dir_target(s, ctx, args.dir, learnt)
     require(dir_attr, target.user, 0o4)
     budget = min(args.maxcount, max_io(ctx)) - _READDIR_FIXED
     dir_budget = args.dircount
-    entries: list[entryplus3] = []
+    entries: list[ReaddirplusEntry] = []
     eof = True
-    for entry in _entries(s, target, args.cookie):
-        handle = s.handle(target, entry.fileid)
-        info = _ENTRY_FIXED + _padded(len(entry.name))
-        size = info + _PLUS_EXTRA + _padded(len(handle.data))
+    export_id = target.export.id
+    encode_handle, fattr = s.handles.encode, s.fattr
+    at_export_root = target.fid == s.export_root(target.export)
+    for entry, attr in s.tree.readdirplus(target.fid, args.cookie):
+        name, fileid = entry.name, entry.fileid
+        if name == b".." and at_export_root:
+            fileid, attr = target.fid, dir_attr  # never above the export's root
+        handle = encode_handle(export_id, fileid)
+        info = _ENTRY_FIXED + ((len(name) + 3) & ~3)
+        size = info + _PLUS_EXTRA + ((len(handle) + 3) & ~3)
         if size > budget or (entries and info > dir_budget):
             eof = False
             break
         budget -= size
         dir_budget -= info
-        attrs = s.post_op(entry.fileid)
-        entries.append(
-            entryplus3(
-                entry.fileid,
-                entry.name,
-                entry.cookie,
-                attrs,
-                handle if attrs is not None else None,
-            )
-        )
+        if attr is None:
+            attr = s.attr_or_none(fileid)  # "." and "..", and what the listing could not stat
+        if attr is None:
+            entries.append((fileid, name, entry.cookie, None, None))
+        else:
+            entries.append((fileid, name, entry.cookie, fattr(attr), handle))
     if not entries and not eof:
         raise FsError(nfsstat3.NFS3ERR_TOOSMALL)
-    return Arm(OK, READDIRPLUS3resok(s.fattr(dir_attr), COOKIEVERF, dirlistplus3(entries, eof)))
+    return RawReply([encode_readdirplus3res_ok(fattr(dir_attr), COOKIEVERF, entries, eof)])

@@ -67,8 +67,9 @@ def _owner(dir_attr: Attr, target: Target) -> Owner:
     return Owner(user.uid, gid)
 
 
-def _apply_rest(s: Nfs3State, fid: int, attrs: sattr3, owner: Owner) -> None:
-    """Apply what creation itself did not: size, times, and an owner other than the caller."""
+def _apply_rest(s: Nfs3State, fid: int, attr: Attr, attrs: sattr3, owner: Owner) -> Attr | None:
+    """Apply what creation itself did not: size, times, and an owner other than the caller.
+    The attributes after (`attr`, those of the new object, when nothing was left to do)."""
     changes = to_setattr(attrs)
     changes.mode = None
     if changes.uid == owner.uid:
@@ -76,7 +77,8 @@ def _apply_rest(s: Nfs3State, fid: int, attrs: sattr3, owner: Owner) -> None:
     if changes.gid == owner.gid:
         changes.gid = None
     if changes != SetAttr():
-        s.tree.setattr(fid, changes)
+        return s.tree.setattr(fid, changes)
+    return attr
 
 
 class _DirChange:
@@ -110,24 +112,24 @@ def create(s: Nfs3State, ctx: CallContext, args: CREATE3args, learnt: Learnt) ->
     check_new_name(args.where.name)
     owner = _owner(d.before, d.target)
     how = args.how
+    after: Attr | None
     if how.tag == createmode3.EXCLUSIVE:
-        fid, _ = s.tree.create(
+        fid, after, _ = s.tree.create(
             d.fid, args.where.name, DEFAULT_FILE_MODE, owner, exclusive=True, verifier=how.value
         )
     else:
         attrs: sattr3 = how.value
         to_setattr(attrs)  # refuse what cannot be applied before creating anything
         mode = DEFAULT_FILE_MODE if attrs.mode is None else attrs.mode
-        fid, created = s.tree.create(
+        fid, after, created = s.tree.create(
             d.fid, args.where.name, mode, owner, exclusive=how.tag == createmode3.GUARDED
         )
         if created:
-            _apply_rest(s, fid, attrs, owner)
+            after = _apply_rest(s, fid, after, attrs, owner)
         elif attrs.size is not None:
-            existing = s.tree.getattr(fid)
-            require(existing, d.target.user, 0o2, owner_override=True)
-            s.tree.setattr(fid, SetAttr(size=attrs.size))
-    return Arm(OK, CREATE3resok(s.handle(d.target, fid), s.post_op(fid), d.wcc(s)))
+            require(after, d.target.user, 0o2, owner_override=True)
+            after = s.tree.setattr(fid, SetAttr(size=attrs.size))
+    return Arm(OK, CREATE3resok(s.handle(d.target, fid), s.attrs(after, fid), d.wcc(s)))
 
 
 @procedure(first_wcc(MKDIR3resfail))
@@ -138,17 +140,17 @@ def mkdir(s: Nfs3State, ctx: CallContext, args: MKDIR3args, learnt: Learnt) -> A
     mode = DEFAULT_DIR_MODE if attrs.mode is None else attrs.mode
     if d.before.mode & stat.S_ISGID:
         mode |= stat.S_ISGID
-    fid = s.tree.mkdir(d.fid, args.where.name, mode, owner)
-    _apply_rest(s, fid, attrs, owner)
-    return Arm(OK, MKDIR3resok(s.handle(d.target, fid), s.post_op(fid), d.wcc(s)))
+    fid, after = s.tree.mkdir(d.fid, args.where.name, mode, owner)
+    after = _apply_rest(s, fid, after, attrs, owner)
+    return Arm(OK, MKDIR3resok(s.handle(d.target, fid), s.attrs(after, fid), d.wcc(s)))
 
 
 @procedure(first_wcc(SYMLINK3resfail))
 def symlink(s: Nfs3State, ctx: CallContext, args: SYMLINK3args, learnt: Learnt) -> Arm:
     d = _dir_change(s, ctx, args.where, learnt.first_object)
     owner = _owner(d.before, d.target)
-    fid = s.tree.symlink(d.fid, args.where.name, args.symlink.symlink_data, owner)
-    return Arm(OK, SYMLINK3resok(s.handle(d.target, fid), s.post_op(fid), d.wcc(s)))
+    fid, after = s.tree.symlink(d.fid, args.where.name, args.symlink.symlink_data, owner)
+    return Arm(OK, SYMLINK3resok(s.handle(d.target, fid), s.fattr(after), d.wcc(s)))
 
 
 @procedure(first_wcc(MKNOD3resfail))
@@ -164,15 +166,15 @@ def mknod(s: Nfs3State, ctx: CallContext, args: MKNOD3args, learnt: Learnt) -> A
         raise FsError(nfsstat3.NFS3ERR_BADTYPE)
     owner = _owner(d.before, d.target)
     mode = DEFAULT_FILE_MODE if attrs.mode is None else attrs.mode
-    fid = s.tree.mknod(d.fid, args.where.name, kind, mode, owner, rdev)
-    _apply_rest(s, fid, attrs, owner)
-    return Arm(OK, MKNOD3resok(s.handle(d.target, fid), s.post_op(fid), d.wcc(s)))
+    fid, after = s.tree.mknod(d.fid, args.where.name, kind, mode, owner, rdev)
+    after = _apply_rest(s, fid, after, attrs, owner)
+    return Arm(OK, MKNOD3resok(s.handle(d.target, fid), s.attrs(after, fid), d.wcc(s)))
 
 
 def _check_delete(s: Nfs3State, d: _DirChange, name: bytes) -> None:
     if d.before.mode & stat.S_ISVTX and name not in (b".", b".."):
-        victim = s.tree.getattr(s.tree.lookup(d.fid, name))
-        may_delete_from(d.before, victim, d.target.user)
+        fid, victim = s.tree.lookup(d.fid, name)
+        may_delete_from(d.before, victim or s.tree.getattr(fid), d.target.user)
 
 
 def _delete(
@@ -224,5 +226,5 @@ async def link(s: Nfs3State, ctx: CallContext, args: LINK3args, learnt: Learnt) 
     if d.target.export.id != target.export.id:
         raise FsError(nfsstat3.NFS3ERR_XDEV)
     await s.tree.prepare_change(fid)  # a second name needs the content here
-    s.tree.link(fid, d.fid, args.link.name)
-    return Arm(OK, LINK3resok(s.post_op(fid), d.wcc(s)))
+    after = s.tree.link(fid, d.fid, args.link.name)
+    return Arm(OK, LINK3resok(s.attrs(after, fid), d.wcc(s)))

@@ -33,10 +33,18 @@ from nfsd.vfs.listing import DOT_COOKIE, DOTDOT_COOKIE, Listing, ListingCache, n
 from nfsd.vfs.local import AreaRoots, LocalLayer
 from nfsd.vfs.names import TEMP_PREFIX, check_name, check_new_name, check_old_name
 from nfsd.vfs.osapi import RWF_NOWAIT
-from nfsd.vfs.tree import SERVER_TIME, Attr, DirEntry, FsStat, Owner, SetAttr, Tree
+from nfsd.vfs.tree import (
+    SERVER_TIME,
+    Attr,
+    DirEntry,
+    FsStat,
+    Owner,
+    ReadResult,
+    SetAttr,
+    Tree,
+)
 from nfsd.vfs.unreal import Progress, UnrealLayer, unreal_attr
 from nfsd.waiting import about_to_wait
-from xdr.codec import Gather
 from xdr.nfs3 import ftype3, nfsstat3, stable_how
 
 log = logging.getLogger("realize.tree")
@@ -61,20 +69,27 @@ _SPECIAL = {
 }
 
 
+_KIND_BY_FORMAT = [_KIND.get(fmt << 12, ftype3.NF3REG) for fmt in range(16)]
+_NO_RDEV = (0, 0)
+
+
 def attr_from_stat(st: os.stat_result, fid: int) -> Attr:
-    kind = _KIND.get(stat.S_IFMT(st.st_mode), ftype3.NF3REG)
+    """The attributes of an lstat; in a READDIRPLUS this runs once per entry."""
+    mode = st.st_mode
+    kind = _KIND_BY_FORMAT[(mode >> 12) & 15]
     nlink = st.st_nlink
-    if kind == ftype3.NF3DIR and nlink < 2:
+    if nlink < 2 and kind == ftype3.NF3DIR:
         nlink = 2  # macOS skips READDIR of a directory that claims one link
+    rdev = st.st_rdev
     return Attr(
         kind,
-        stat.S_IMODE(st.st_mode),
+        mode & 0o7777,
         nlink,
         st.st_uid,
         st.st_gid,
         st.st_size,
         st.st_blocks * 512,
-        (os.major(st.st_rdev), os.minor(st.st_rdev)),
+        (os.major(rdev), os.minor(rdev)) if rdev else _NO_RDEV,
         fid,
         st.st_atime_ns,
         st.st_mtime_ns,
@@ -413,7 +428,7 @@ class MergedTree(Tree):
         """The fid of an area path, walked name by name as LOOKUP would."""
         fid = self.areas[area].root_fid
         for name in rel.split(b"/") if rel else ():
-            fid = self.lookup(fid, name)
+            fid = self.lookup(fid, name)[0]
         return fid
 
     # ---- the fileid table ----
@@ -531,7 +546,7 @@ class MergedTree(Tree):
             ftype3.NF3DIR, 0o755, 2 + len(self.areas), 0, 0, 4096, 4096, (0, 0), ROOT_FID, t, t, t
         )
 
-    def setattr(self, fid: int, changes: SetAttr) -> None:
+    def setattr(self, fid: int, changes: SetAttr) -> Attr | None:
         if fid == ROOT_FID:
             raise FsError(nfsstat3.NFS3ERR_ACCES)
         node, st = self._real_node(fid)
@@ -569,23 +584,26 @@ class MergedTree(Tree):
         area, rel = self.area_path(fid)
         if changes.size is not None:
             self.journal.written(area, rel)
-        with contextlib.suppress(OSError, FsError):
-            self.journal.attributes(area, rel, self.local.lstat(node))
+        try:
+            after = self.local.lstat(node)
+        except FsError:
+            return None
+        self.journal.attributes(area, rel, after)
+        return attr_from_stat(after, fid)
 
     # ---- lookup and listing ----
 
-    def lookup(self, dir_fid: int, name: bytes) -> int:
+    def lookup(self, dir_fid: int, name: bytes) -> tuple[int, Attr | None]:
         if name == b".":
-            self.getattr(dir_fid)
-            return dir_fid
+            return dir_fid, self.getattr(dir_fid)
         if name == b"..":
-            return self.parent(dir_fid)
+            return self.parent(dir_fid), None
         check_name(name)
         if dir_fid == ROOT_FID:
             area = self.area_by_name.get(os.fsdecode(name))
             if area is None:
                 raise FsError(nfsstat3.NFS3ERR_NOENT)
-            return area.root_fid
+            return area.root_fid, None
         if name.startswith(TEMP_PREFIX):
             raise FsError(nfsstat3.NFS3ERR_NOENT)
         node = self._node(dir_fid)
@@ -600,8 +618,9 @@ class MergedTree(Tree):
             fid = self._unreal_child(dir_fid, name)
             if fid is None:
                 raise FsError(nfsstat3.NFS3ERR_NOENT)
-            return fid
-        return self._register(dir_fid, name, st)
+            return fid, None
+        fid = self._register(dir_fid, name, st)
+        return fid, attr_from_stat(st, fid)
 
     def parent(self, dir_fid: int) -> int:
         if dir_fid == ROOT_FID:
@@ -676,32 +695,39 @@ class MergedTree(Tree):
                 attr = self.getattr(fid) if with_attrs else None
                 yield DirEntry(listing.names[i], fid, listing.cookies[i]), attr
             return
-        for i in range(listing.after(cookie), len(listing.names)):
-            name, ino = listing.names[i], listing.inodes[i]
-            if ino == 0:  # Unreal
-                fid = listing.fids[i] or self._unreal_child(dir_fid, name)
-                if fid is None:
+        # The directory held for this listing (the cache may close its own copy meanwhile).
+        dir_fd = os.dup(self.local.dir_fd(dir_fid)) if len(listing.names) else -1
+        hidden = self.roots.hidden
+        hidden_inodes = {ino for _, ino in hidden}
+        names, inodes, fids, cookies = listing.names, listing.inodes, listing.fids, listing.cookies
+        try:
+            for i in range(listing.after(cookie), len(names)):
+                name, ino = names[i], inodes[i]
+                if ino == 0:  # Unreal
+                    fid = fids[i] or self._unreal_child(dir_fid, name)
+                    if fid is None:
+                        continue
+                    fids[i] = fid
+                    attr = self._attr_or_none(fid) if with_attrs else None
+                    yield DirEntry(name, fid, cookies[i]), attr
                     continue
-                listing.fids[i] = fid
-                attr = None
-                if with_attrs:
-                    attr = self._attr_or_none(fid)
-                yield DirEntry(name, fid, listing.cookies[i]), attr
-                continue
-            st = None
-            if with_attrs or not listing.fids[i]:
-                try:
-                    st = self.local.child_stat(dir_fid, name)
-                except FsError:
-                    st = None
-                if st is None or st.st_ino != ino:
-                    continue  # gone or replaced since the listing was taken
-            fid = listing.fids[i]
-            if not fid:
-                fid = self._register(dir_fid, name, st)
-                listing.fids[i] = fid
-            attr = attr_from_stat(st, fid) if with_attrs and st is not None else None
-            yield DirEntry(name, fid, listing.cookies[i]), attr
+                fid = fids[i]
+                st = None
+                if with_attrs or not fid:
+                    try:
+                        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    except OSError:
+                        continue  # gone since the listing was taken
+                    if st.st_ino != ino:
+                        continue  # replaced: the directory's next listing has it
+                    if st.st_ino in hidden_inodes and (st.st_dev, st.st_ino) in hidden:
+                        continue
+                    if not fid:
+                        fid = fids[i] = self._register(dir_fid, name, st)
+                yield DirEntry(name, fid, cookies[i]), (attr_from_stat(st, fid) if st else None)
+        finally:
+            if dir_fd >= 0:
+                os.close(dir_fd)
 
     def _attr_or_none(self, fid: int) -> Attr | None:
         try:
@@ -715,14 +741,14 @@ class MergedTree(Tree):
         node, _ = self._real_node(fid)
         return self.local.open_file(node, writable)
 
-    async def read(
-        self, fid: int, offset: int, count: int
-    ) -> tuple[bytes | bytearray | memoryview | Gather, bool]:
-        entry = self._unreal_entry(self._node(fid))
+    async def read(self, fid: int, offset: int, count: int) -> ReadResult:
+        node = self._node(fid)
+        entry = self._unreal_entry(node)
         if entry is not None:
             if self.unreal is None:
                 raise FsError(nfsstat3.NFS3ERR_IO, "no blob cache attached")
-            return await self.unreal.read(entry, offset, count)
+            data, eof = await self.unreal.read(entry, offset, count)
+            return ReadResult(data, eof, unreal_attr(entry, fid, *self._area_owner(node.area)))
         with self.fds.borrow(fid, lambda w: self._open(fid, w), False) as fd:
             try:
                 buf = bytearray(count)
@@ -731,13 +757,15 @@ class MergedTree(Tree):
                 done, ended = _read_cached(fd, buf, offset)
                 if done < count and not ended:
                     done += await trio.to_thread.run_sync(_read_into, fd, buf, done, offset)
-                size = os.fstat(fd).st_size
+                st = os.fstat(fd)
             except OSError as e:
                 raise from_os_error(e) from None
         data = memoryview(buf)[:done] if done < count else buf
-        return data, offset + done >= size
+        return ReadResult(data, offset + done >= st.st_size, attr_from_stat(st, fid))
 
-    async def write(self, fid: int, offset: int, data: bytes, stable: stable_how) -> stable_how:
+    async def write(
+        self, fid: int, offset: int, data: bytes, stable: stable_how
+    ) -> tuple[stable_how, Attr | None]:
         with self.fds.borrow(fid, lambda w: self._open(fid, w), True) as fd:
             try:
                 done = 0
@@ -753,17 +781,19 @@ class MergedTree(Tree):
                     await trio.to_thread.run_sync(
                         _write_all, fd, offset + done, memoryview(data)[done:], stable
                     )
+                st = os.fstat(fd)
             except OSError as e:
                 raise from_os_error(e) from None
         self.journal.written(*self.area_path(fid))
-        return stable
+        return stable, attr_from_stat(st, fid)
 
-    async def commit(self, fid: int) -> None:
+    async def commit(self, fid: int) -> Attr | None:
         if self._unreal_entry(self._node(fid)) is not None:
-            return  # nothing written here: all of it is in the cache, verified
+            return self._attr_or_none(fid)  # nothing written here: all of it is in the cache
         with self.fds.borrow(fid, lambda w: self._open(fid, w), False) as fd:
             try:
                 await trio.to_thread.run_sync(os.fsync, fd)
+                return attr_from_stat(os.fstat(fd), fid)
             except OSError as e:
                 raise from_os_error(e) from None
 
@@ -797,7 +827,7 @@ class MergedTree(Tree):
         *,
         exclusive: bool,
         verifier: bytes | None = None,
-    ) -> tuple[int, bool]:
+    ) -> tuple[int, Attr, bool]:
         check_new_name(name)
         dir_fd = self._writable_dir(dir_fid)
         flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -807,10 +837,10 @@ class MergedTree(Tree):
             except FileExistsError:
                 if verifier is not None:
                     # EXCLUSIVE: a retransmission of our own create finds its verifier.
-                    fid = self.lookup(dir_fid, name)
+                    fid, attr = self.lookup(dir_fid, name)
                     if self.inodes.verifier(fid) != verifier:
                         raise FsError(nfsstat3.NFS3ERR_EXIST) from None
-                    return fid, False
+                    return fid, attr or self.getattr(fid), False
                 if exclusive:
                     raise FsError(nfsstat3.NFS3ERR_EXIST) from None
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -820,7 +850,8 @@ class MergedTree(Tree):
                     raise FsError(nfsstat3.NFS3ERR_ISDIR) from None
                 if not stat.S_ISREG(st.st_mode):
                     raise FsError(nfsstat3.NFS3ERR_EXIST, "not a regular file") from None
-                return self._created(dir_fid, name, st), False
+                fid = self._created(dir_fid, name, st)
+                return fid, attr_from_stat(st, fid), False
             try:
                 self._chown_new(dir_fd, name, owner, fd)
                 st = os.fstat(fd)
@@ -833,18 +864,21 @@ class MergedTree(Tree):
             batch = self.store.batch()
             self.inodes.put_verifier(batch, fid, verifier)
             batch.commit()
-        return fid, True
+        return fid, attr_from_stat(st, fid), True
 
-    def _made(self, dir_fid: int, dir_fd: int, name: bytes, owner: Owner, target=b"") -> int:
+    def _made(
+        self, dir_fid: int, dir_fd: int, name: bytes, owner: Owner, target: bytes = b""
+    ) -> tuple[int, Attr]:
         """Register what mkdir/symlink/mknod just made as `name` in `dir_fd`."""
         try:
             self._chown_new(dir_fd, name, owner)
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except OSError as e:
             raise from_os_error(e) from None
-        return self._created(dir_fid, name, st, target)
+        fid = self._created(dir_fid, name, st, target)
+        return fid, attr_from_stat(st, fid)
 
-    def mkdir(self, dir_fid: int, name: bytes, mode: int, owner: Owner) -> int:
+    def mkdir(self, dir_fid: int, name: bytes, mode: int, owner: Owner) -> tuple[int, Attr]:
         check_new_name(name)
         dir_fd = self._writable_dir(dir_fid)
         try:
@@ -853,7 +887,7 @@ class MergedTree(Tree):
             raise from_os_error(e) from None
         return self._made(dir_fid, dir_fd, name, owner)
 
-    def symlink(self, dir_fid: int, name: bytes, target: bytes, owner: Owner) -> int:
+    def symlink(self, dir_fid: int, name: bytes, target: bytes, owner: Owner) -> tuple[int, Attr]:
         check_new_name(name)
         if not target or b"\0" in target:
             raise FsError(nfsstat3.NFS3ERR_INVAL, "bad symlink target")
@@ -872,7 +906,7 @@ class MergedTree(Tree):
         mode: int,
         owner: Owner,
         rdev: tuple[int, int] = (0, 0),
-    ) -> int:
+    ) -> tuple[int, Attr]:
         check_new_name(name)
         type_bits = _SPECIAL.get(kind)
         if type_bits is None:
@@ -1068,7 +1102,7 @@ class MergedTree(Tree):
         self._listings.forget(from_dir)
         self._listings.forget(to_dir)
 
-    def link(self, fid: int, dir_fid: int, name: bytes) -> None:
+    def link(self, fid: int, dir_fid: int, name: bytes) -> Attr | None:
         check_new_name(name)
         node, st = self._real_node(fid)
         if stat.S_ISDIR(st.st_mode):
@@ -1091,6 +1125,7 @@ class MergedTree(Tree):
         batch.commit()
         area, existing = self.area_path(fid)
         self.journal.linked(area, existing, self._child_path(dir_fid, name)[1])
+        return self._attr_or_none(fid)
 
     # ---- file system ----
 

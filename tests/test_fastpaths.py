@@ -6,14 +6,29 @@ import pytest
 
 from xdr.codec import Arm, encode
 from xdr.nfs3 import (
+    FATTR3_CODEC,
+    WCC_ATTR_CODEC,
     READ3res,
     READ3resok,
+    READDIR3res,
+    READDIR3resok,
+    READDIRPLUS3res,
+    READDIRPLUS3resok,
+    dirlist3,
+    dirlistplus3,
     encode_read3res_ok,
+    encode_readdir3res_ok,
+    encode_readdirplus3res_ok,
+    entry3,
+    entryplus3,
     fattr3,
     ftype3,
+    nfs_fh3,
     nfsstat3,
     nfstime3,
+    pre_op_attr,
     specdata3,
+    wcc_attr,
 )
 
 pytestmark = pytest.mark.inproc
@@ -67,3 +82,63 @@ def test_authsys_fast_parser_agrees_with_the_declared_type_and_rejects_damage():
     too_many = too_many[:16] + (17).to_bytes(4, "big") + too_many[20:] + b"\0\0\0\0"
     with pytest.raises(BadCredential):
         _parse_authsys(too_many)
+
+
+def _fattr_bytes(a: fattr3) -> bytes:
+    return FATTR3_CODEC.pack(
+        a.type,
+        a.mode,
+        a.nlink,
+        a.uid,
+        a.gid,
+        a.size,
+        a.used,
+        a.rdev.specdata1,
+        a.rdev.specdata2,
+        a.fsid,
+        a.fileid,
+        a.atime.seconds,
+        a.atime.nseconds,
+        a.mtime.seconds,
+        a.mtime.nseconds,
+        a.ctime.seconds,
+        a.ctime.nseconds,
+    )
+
+
+def test_preencoded_attributes_pack_as_the_declared_types_do():
+    assert encode(fattr3, _fattr_bytes(ATTRS)) == encode(fattr3, ATTRS)
+    before = wcc_attr(5, nfstime3(3, 4), nfstime3(5, 6))
+    raw = WCC_ATTR_CODEC.pack(5, 3, 4, 5, 6)
+    assert encode(pre_op_attr, raw) == encode(pre_op_attr, before)
+
+
+@pytest.mark.parametrize("eof", [True, False])
+def test_directory_replies_equal_the_declared_encoding(eof: bool):
+    names = [b"", b"a", b"ab", b"abc", b"abcd", "é".encode() * 3, b"x" * 255]
+    verf = bytes(range(8))
+    for dir_attrs in (ATTRS, None):
+        raw_dir = None if dir_attrs is None else _fattr_bytes(dir_attrs)
+        plain = [(i + 10, name, 2**63 - i) for i, name in enumerate(names)]
+        expected = encode(
+            READDIR3res,
+            Arm(
+                nfsstat3.NFS3_OK,
+                READDIR3resok(dir_attrs, verf, dirlist3([entry3(*e) for e in plain], eof)),
+            ),
+        )
+        assert encode_readdir3res_ok(raw_dir, verf, plain, eof) == expected
+        handles = [bytes(range(n)) for n in (32, 30, 29, 0, 64, 31, 33)]
+        plus, declared = [], []
+        for (fileid, name, cookie), handle in zip(plain, handles, strict=True):
+            attrs = None if fileid % 3 == 0 else ATTRS
+            fh = None if fileid % 4 == 0 else handle
+            plus.append((fileid, name, cookie, None if attrs is None else _fattr_bytes(attrs), fh))
+            declared.append(
+                entryplus3(fileid, name, cookie, attrs, None if fh is None else nfs_fh3(fh))
+            )
+        expected = encode(
+            READDIRPLUS3res,
+            Arm(nfsstat3.NFS3_OK, READDIRPLUS3resok(dir_attrs, verf, dirlistplus3(declared, eof))),
+        )
+        assert encode_readdirplus3res_ok(raw_dir, verf, plus, eof) == expected

@@ -216,7 +216,11 @@ class Fattr3Type(XdrType[fattr3]):
     # type mode nlink uid gid | size used | rdev(2) | fsid fileid | atime mtime ctime (2 each)
     codec = struct.Struct(">5I2Q2I2Q6I")
 
-    def pack(self, p: Packer, v: fattr3) -> None:
+    def pack(self, p: Packer, v: fattr3 | bytes) -> None:
+        """`v` may be its 84 bytes already encoded (by `codec`), as the server makes them."""
+        if type(v) is bytes and len(v) == self.codec.size:
+            p.pack_raw(v)
+            return
         rdev, at, mt, ct = v.rdev, v.atime, v.mtime, v.ctime
         try:
             raw = self.codec.pack(
@@ -271,6 +275,10 @@ class Fattr3Type(XdrType[fattr3]):
 fattr3.XDR = Fattr3Type()  # type: ignore[attr-defined]
 
 FATTR3_SIZE = Fattr3Type.codec.size  # 84: every field of fattr3 has a fixed size
+FATTR3_CODEC = Fattr3Type.codec
+"""Encodes an fattr3 from its 21 numbers (type, mode, nlink, uid, gid, size, used, rdev as
+two, fsid, fileid, then seconds and nanoseconds of atime, mtime, ctime); the bytes stand for
+an `fattr3` wherever one is packed."""
 
 post_op_attr = Optional(fattr3)
 """`union post_op_attr switch (bool attributes_follow)`: None or a `fattr3`."""
@@ -288,7 +296,11 @@ class WccAttrType(XdrType[wcc_attr]):
 
     codec = struct.Struct(">Q4I")
 
-    def pack(self, p: Packer, v: wcc_attr) -> None:
+    def pack(self, p: Packer, v: wcc_attr | bytes) -> None:
+        """`v` may be its 24 bytes already encoded (by `codec`)."""
+        if type(v) is bytes and len(v) == self.codec.size:
+            p.pack_raw(v)
+            return
         mt, ct = v.mtime, v.ctime
         try:
             raw = self.codec.pack(v.size, mt.seconds, mt.nseconds, ct.seconds, ct.nseconds)
@@ -302,6 +314,7 @@ class WccAttrType(XdrType[wcc_attr]):
 
 
 wcc_attr.XDR = WccAttrType()  # type: ignore[attr-defined]
+WCC_ATTR_CODEC = WccAttrType.codec  # size, mtime and ctime as seconds and nanoseconds
 
 pre_op_attr = Optional(wcc_attr)
 """`union pre_op_attr switch (bool attributes_follow)`: None or a `wcc_attr`."""
@@ -849,6 +862,74 @@ class READDIRPLUS3resfail:
 READDIRPLUS3res = Union(
     Enum(nfsstat3), {nfsstat3.NFS3_OK: READDIRPLUS3resok}, default=READDIRPLUS3resfail
 )
+
+# READDIR and READDIRPLUS replies of thousands of entries, packed without an object per
+# entry: the same bytes as READDIR3res / READDIRPLUS3res with NFS3_OK (tests/test_fastpaths).
+
+_ENTRY_HEAD = struct.Struct(">IQI")  # value follows (TRUE), fileid, name length
+_COOKIE = struct.Struct(">Q")
+_HANDLE_HEAD = struct.Struct(">II")  # handle follows (TRUE), handle length
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+_TRUE, _FALSE = b"\0\0\0\1", b"\0\0\0\0"
+
+ReaddirEntry = tuple[int, bytes, int]
+"""fileid, name, cookie."""
+ReaddirplusEntry = tuple[int, bytes, int, bytes | None, bytes | None]
+"""fileid, name, cookie, encoded fattr3 (FATTR3_CODEC) or None, handle or None."""
+
+
+def _readdir_head(out: bytearray, dir_attributes: bytes | None, cookieverf: bytes) -> None:
+    out += _FALSE  # NFS3_OK
+    if dir_attributes is None:
+        out += _FALSE
+    else:
+        out += _TRUE
+        out += dir_attributes
+    out += cookieverf
+
+
+def encode_readdir3res_ok(
+    dir_attributes: bytes | None, cookieverf: bytes, entries: list[ReaddirEntry], eof: bool
+) -> bytes:
+    """`READDIR3res` with NFS3_OK; `dir_attributes` an encoded fattr3 or None."""
+    out = bytearray()
+    _readdir_head(out, dir_attributes, cookieverf)
+    for fileid, name, cookie in entries:
+        out += _ENTRY_HEAD.pack(1, fileid, len(name))
+        out += name
+        out += _PAD[len(name) & 3]
+        out += _COOKIE.pack(cookie)
+    out += _FALSE  # no more entries
+    out += _TRUE if eof else _FALSE
+    return bytes(out)
+
+
+def encode_readdirplus3res_ok(
+    dir_attributes: bytes | None, cookieverf: bytes, entries: list[ReaddirplusEntry], eof: bool
+) -> bytes:
+    """`READDIRPLUS3res` with NFS3_OK; attributes as encoded fattr3s (or None)."""
+    out = bytearray()
+    _readdir_head(out, dir_attributes, cookieverf)
+    for fileid, name, cookie, attributes, handle in entries:
+        out += _ENTRY_HEAD.pack(1, fileid, len(name))
+        out += name
+        out += _PAD[len(name) & 3]
+        out += _COOKIE.pack(cookie)
+        if attributes is None:
+            out += _FALSE
+        else:
+            out += _TRUE
+            out += attributes
+        if handle is None:
+            out += _FALSE
+        else:
+            out += _HANDLE_HEAD.pack(1, len(handle))
+            out += handle
+            out += _PAD[len(handle) & 3]
+    out += _FALSE
+    out += _TRUE if eof else _FALSE
+    return bytes(out)
+
 
 # --- FSSTAT (3.3.18) ---
 

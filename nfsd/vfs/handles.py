@@ -18,6 +18,7 @@ HANDLE_VERSION = 1
 _BODY = struct.Struct(">BBHQ")
 _MAC_SIZE = 20
 HANDLE_SIZE = _BODY.size + _MAC_SIZE  # 32: within NFS3_FHSIZE and a multiple of 4
+_MADE_KEPT = 100_000  # handles remembered (about 10 MB), then forgotten all at once
 
 
 class HandleCodec:
@@ -25,13 +26,21 @@ class HandleCodec:
         if len(secret) != 32:
             raise ValueError("handle secret must be 32 bytes")
         self.secret = secret
+        self._made: dict[tuple[int, int], bytes] = {}  # a listing asks for thousands again
 
     def _mac(self, body: bytes) -> bytes:
         return blake3.blake3(body, key=self.secret).digest(_MAC_SIZE)
 
     def encode(self, export_id: int, fid: int) -> bytes:
+        made = self._made.get((export_id, fid))
+        if made is not None:
+            return made
         body = _BODY.pack(HANDLE_VERSION, 0, export_id, fid)
-        return body + self._mac(body)
+        handle = body + self._mac(body)
+        if len(self._made) >= _MADE_KEPT:
+            self._made.clear()
+        self._made[(export_id, fid)] = handle
+        return handle
 
     def decode(self, handle: bytes) -> tuple[int, int]:
         """(export id, fileid) of a handle this server made, else NFS3ERR_BADHANDLE."""

@@ -24,14 +24,14 @@ from dataclasses import dataclass
 import trio
 
 from nfsd.rpc.dispatch import DEFERRED, Dispatcher, Reply
-from nfsd.rpc.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge, frame
+from nfsd.rpc.record import DEFAULT_MAX_RECORD, Record, RecordReader, RecordTooLarge, frame
+from nfsd.rpc.streamio import SocketIO, StreamIO, stream_io
 
 log = logging.getLogger("realize.rpc")
 
 UDP_MAX_DATAGRAM = 65507
 # Replies are gathered into one send up to this size; bigger buffers are sent as they are.
 _COALESCE_LIMIT = 256 * 1024
-_IOV_MAX = 1024  # buffers one sendmsg takes (Linux UIO_MAXIOV)
 # Inline calls of one connection run for at most this long before other tasks get a turn.
 _INLINE_SLICE = 0.005
 _SEND_BUFFER = 4 * 1024 * 1024
@@ -87,6 +87,39 @@ class _Outbox:
         """The writer has stopped: nothing waits for room any more, and puts fail."""
         self.receive.close()
         self._room.set()
+
+
+ConnectionIO = SocketIO | StreamIO
+
+
+class _ReceiveTimer:
+    """The receive timeouts of one connection, kept by a task of its own.
+
+    A cancel scope entered per receive costs more than the rest of a quick call's receive.
+    Instead the reader notes when it starts waiting and for how long it may (`since`,
+    `timeout`); this task sleeps until that moment (and never longer than the shortest
+    timeout, in case a shorter wait starts meanwhile) and cancels `scope`, which the reader
+    holds around its loop, if the reader is still in that wait. Outside a receive `since` is
+    None, so nothing else the reader does is ever cut short."""
+
+    def __init__(self, shortest: float) -> None:
+        self.scope = trio.CancelScope()
+        self.since: float | None = None
+        self.timeout = math.inf
+        self._shortest = shortest
+
+    async def run(self) -> None:
+        while True:
+            now = trio.current_time()
+            wake = now + self._shortest
+            since = self.since
+            if since is not None:
+                deadline = since + self.timeout
+                if now >= deadline:
+                    self.scope.cancel()
+                    return
+                wake = min(wake, deadline)
+            await trio.sleep_until(wake)
 
 
 class RpcServer:
@@ -150,48 +183,58 @@ class RpcServer:
         per_connection = trio.Semaphore(limits.inflight_per_connection)
         outbox = _Outbox(limits.max_queued_replies)
         sending = trio.Lock()
+        timer = _ReceiveTimer(
+            min(limits.partial_record_timeout, limits.first_call_timeout, limits.idle_timeout)
+        )
+        io = stream_io(stream)
         established = False
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_replies, stream, outbox, sending)
-            while True:
-                if reader.partial:
-                    timeout = limits.partial_record_timeout
-                elif established:
-                    timeout = limits.idle_timeout
-                else:
-                    timeout = limits.first_call_timeout
-                data = b""
-                with trio.move_on_after(timeout) as waited:
-                    try:
-                        data = await stream.receive_some(1 << 18)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        data = b""
-                if waited.cancelled_caught:
-                    if reader.partial or not established:
-                        self.dispatcher.bad_input.warn(
-                            "connection closed", peer[0], "no complete call in time"
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_replies, io, outbox, sending)
+                nursery.start_soon(timer.run)
+                with timer.scope:
+                    while True:
+                        if reader.partial:
+                            timer.timeout = limits.partial_record_timeout
+                        elif established:
+                            timer.timeout = limits.idle_timeout
+                        else:
+                            timer.timeout = limits.first_call_timeout
+                        timer.since = trio.current_time()
+                        try:
+                            received = await io.receive_into(reader.receive_buffer())
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            received = 0
+                        timer.since = None
+                        if not received or timer.scope.cancel_called:
+                            break
+                        try:
+                            records = reader.received(received)
+                        except RecordTooLarge as e:
+                            self.dispatcher.bad_input.warn("connection closed", peer[0], str(e))
+                            break
+                        if not records:
+                            continue
+                        answered = await self._dispatch(
+                            records, io, outbox, sending, nursery, per_connection, peer, local
                         )
-                    break
-                if not data:
-                    break
-                try:
-                    records = reader.feed(data)
-                except RecordTooLarge as e:
-                    self.dispatcher.bad_input.warn("connection closed", peer[0], str(e))
-                    break
-                answered = await self._dispatch(
-                    records, stream, outbox, sending, nursery, per_connection, peer, local
-                )
-                if not answered:
-                    break  # the writer stopped: the client is gone
-                established = established or bool(records)
-            # The client is gone or cut off: nobody will read the replies of unfinished calls.
-            nursery.cancel_scope.cancel()
+                        if not answered:
+                            break  # the writer stopped: the client is gone
+                        established = True
+                if timer.scope.cancel_called and (reader.partial or not established):
+                    self.dispatcher.bad_input.warn(
+                        "connection closed", peer[0], "no complete call in time"
+                    )
+                # The client is gone or cut off: nobody will read the replies of unfinished
+                # calls.
+                nursery.cancel_scope.cancel()
+        finally:
+            io.detach()
 
     async def _dispatch(
         self,
-        records: list[bytes],
-        stream: trio.abc.Stream,
+        records: list[Record],
+        io: ConnectionIO,
         outbox: _Outbox,
         sending: trio.Lock,
         nursery: trio.Nursery,
@@ -203,16 +246,18 @@ class RpcServer:
         is gone."""
         slice_end = trio.current_time() + _INLINE_SLICE
         ready: list[Reply] = []  # inline replies of this burst, sent together
+        dispatcher = self.dispatcher
         try:
             for record in records:
-                await outbox.wait_for_room()
-                if self.dispatcher.is_inline(record):
-                    reply = await self.dispatcher.handle(record, peer, "tcp", local, inline=True)
+                if outbox.queued > outbox.limit:
+                    await outbox.wait_for_room()
+                if dispatcher.is_inline(record):
+                    reply = await dispatcher.handle(record, peer, "tcp", local, inline=True)
                     if reply is not DEFERRED:  # else: it must wait, so it gets a task below
                         if reply is not None:
                             ready.append(reply)
                         if trio.current_time() > slice_end:
-                            await self._send_ready(stream, outbox, sending, ready)
+                            await self._send_ready(io, outbox, sending, ready)
                             ready = []
                             await trio.lowlevel.checkpoint()  # let other connections run
                             slice_end = trio.current_time() + _INLINE_SLICE
@@ -225,29 +270,35 @@ class RpcServer:
                 nursery.start_soon(
                     self._tcp_call, outbox, per_connection, record, peer, local, token
                 )
-            await self._send_ready(stream, outbox, sending, ready)
+            await self._send_ready(io, outbox, sending, ready)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
         return True
 
     @staticmethod
     async def _send_ready(
-        stream: trio.abc.Stream, outbox: _Outbox, sending: trio.Lock, ready: list[Reply]
+        io: ConnectionIO, outbox: _Outbox, sending: trio.Lock, ready: list[Reply]
     ) -> None:
         """Send inline replies from the reader itself when nothing else is being sent (saving
-        the hand-off to the writer, which is most of a quick call's latency); else queue them."""
+        the hand-off to the writer, which is most of a quick call's latency); else queue them.
+        The lock is taken without a checkpoint: it is free, and a send the socket takes at
+        once does not wait at all."""
         if not ready:
             return
         if outbox.queued == 0 and not sending.locked():
-            async with sending:
-                await send_buffers(stream, [part for reply in ready for part in frame(reply)])
+            sending.acquire_nowait()
+            try:
+                if len(ready) == 1:
+                    await io.send(frame(ready[0]))
+                else:
+                    await io.send([part for reply in ready for part in frame(reply)])
+            finally:
+                sending.release()
             return
         for reply in ready:
             outbox.put(reply)
 
-    async def _write_replies(
-        self, stream: trio.abc.Stream, outbox: _Outbox, sending: trio.Lock
-    ) -> None:
+    async def _write_replies(self, io: ConnectionIO, outbox: _Outbox, sending: trio.Lock) -> None:
         """Send replies as they come, coalescing all that are ready into one send."""
         try:
             async for reply in outbox.receive:
@@ -264,7 +315,7 @@ class RpcServer:
                     size += sum(len(p) for p in parts)
                     replies += 1
                 async with sending:
-                    await send_buffers(stream, batch)
+                    await io.send(batch)
                 outbox.sent(size - 4 * replies)  # without the record marks frame() added
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away; its replies have nobody to read them
@@ -325,29 +376,6 @@ class RpcServer:
                 log.debug("udp send to %s failed: %s", addr, e)
         finally:
             self._inflight.release_on_behalf_of(token)
-
-
-async def send_buffers(stream: trio.abc.Stream, parts: list[bytes | memoryview]) -> None:
-    """Send buffers in order with as few system calls as they need: one `sendmsg` gathers
-    them (a READ reply's header and its chunks' buffers) unless the socket takes less. A
-    stream without a socket gets them joined, in one `send_all`."""
-    if not isinstance(stream, trio.SocketStream):
-        await stream.send_all(b"".join(parts))
-        return
-    views = [memoryview(part) for part in parts if len(part)]
-    try:
-        while views:
-            sent = await stream.socket.sendmsg(views[:_IOV_MAX])
-            while sent:
-                first = views[0]
-                if sent >= first.nbytes:
-                    sent -= first.nbytes
-                    del views[0]
-                else:
-                    views[0] = first[sent:]
-                    sent = 0
-    except OSError as e:
-        raise trio.BrokenResourceError(f"cannot send: {e}") from e
 
 
 async def open_udp_socket(host: str, port: int) -> trio.socket.SocketType:

@@ -16,7 +16,7 @@ import trio
 from nfsd.rpc.client import encode_args, open_client, udp_call
 from nfsd.rpc.record import LAST_FRAGMENT, RecordReader
 from tests.conftest import HOST, ROOT, Nfs, Served
-from xdr.codec import Arm, String, boolean, decode, encode, uint32, void
+from xdr.codec import Arm, String, XdrError, boolean, decode, encode, uint32, void
 from xdr.mount import (
     MOUNT_PROGRAM,
     MOUNT_V1,
@@ -668,3 +668,46 @@ def test_fast_call_header_matches_the_declarative_types() -> None:
     assert (parsed.xid, parsed.prog, parsed.vers, parsed.proc) == (5, NFS_PROGRAM, 3, 1)
     assert (parsed.cred.uid, parsed.cred.gid) == (0, 0)
     assert parsed.args_offset == len(expected)
+
+
+@pytest.mark.inproc
+def test_parse_reply_reads_every_reply_the_declarative_types_make() -> None:
+    def reply(xid: int, body: Arm) -> bytes:
+        return encode(rpc_msg, rpc_msg(xid, Arm(msg_type.REPLY, body)))
+
+    def accepted(verf: opaque_auth, stat: Arm) -> Arm:
+        return Arm(reply_stat.MSG_ACCEPTED, accepted_reply(verf, stat))
+
+    body = b"\0\0\0\x05"
+    # (record, xid, accepted, stat, detail, offset of the body)
+    cases = [
+        (reply(1, accepted(NO_AUTH, Arm(accept_stat.SUCCESS))) + body, 1, True, 0, (), 24),
+        (reply(2, accepted(NO_AUTH, Arm(accept_stat.GARBAGE_ARGS))), 2, True, 4, (), 24),
+        # a verifier with a body: not the one-step case
+        (
+            reply(3, accepted(opaque_auth(auth_flavor.AUTH_SYS, b"abcde"), Arm(0))) + body,
+            3,
+            True,
+            0,
+            (),
+            32,
+        ),
+        (
+            reply(4, accepted(NO_AUTH, Arm(accept_stat.PROG_MISMATCH, mismatch_info(2, 3)))),
+            4,
+            True,
+            accept_stat.PROG_MISMATCH,
+            (2, 3),
+            32,
+        ),
+        (rpc_mismatch_reply(5), 5, False, reject_stat.RPC_MISMATCH, (2, 2), 24),
+        (auth_error_reply(6, auth_stat.AUTH_BADCRED), 6, False, reject_stat.AUTH_ERROR, (1,), 20),
+    ]
+    for record, xid, ok, stat, detail, offset in cases:
+        header = parse_reply(record)
+        assert (header.xid, header.accepted, header.stat, header.detail) == (xid, ok, stat, detail)
+        assert header.body_offset == offset
+    with pytest.raises(XdrError):
+        parse_reply(encode_call(7, NFS_PROGRAM, 3, 0))  # a call, not a reply
+    with pytest.raises(XdrError):
+        parse_reply(fast_accepted_reply(8)[:20])

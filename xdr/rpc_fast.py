@@ -172,9 +172,14 @@ def auth_error_reply(xid: int, stat: auth_stat) -> bytes:
     )
 
 
-def encode_call(xid: int, prog: int, vers: int, proc: int, cred: Credential | None = None) -> bytes:
-    """A call header (used by the client), AUTH_SYS when a credential is given."""
-    head = _CALL_FIXED.pack(xid, msg_type.CALL, RPC_VERS, prog, vers, proc)
+def call_head(xid: int, prog: int, vers: int, proc: int) -> bytes:
+    """The fixed start of a call header: xid, CALL, rpcvers and the procedure's numbers."""
+    return _CALL_FIXED.pack(xid, msg_type.CALL, RPC_VERS, prog, vers, proc)
+
+
+def encode_auth(cred: Credential | None = None) -> bytes:
+    """The rest of a call header: the credential (AUTH_SYS when one is given) and an
+    AUTH_NONE verifier. The same for every call with `cred`, so a client encodes it once."""
     if cred is None or cred.flavor == auth_flavor.AUTH_NONE:
         auth = _AUTH_HEAD.pack(auth_flavor.AUTH_NONE, 0)
     else:
@@ -182,7 +187,12 @@ def encode_call(xid: int, prog: int, vers: int, proc: int, cred: Credential | No
             authsys_parms, authsys_parms(0, cred.machinename, cred.uid, cred.gid, cred.gids)
         )
         auth = _AUTH_HEAD.pack(auth_flavor.AUTH_SYS, len(body)) + body
-    return head + auth + _AUTH_HEAD.pack(auth_flavor.AUTH_NONE, 0)
+    return auth + _AUTH_HEAD.pack(auth_flavor.AUTH_NONE, 0)
+
+
+def encode_call(xid: int, prog: int, vers: int, proc: int, cred: Credential | None = None) -> bytes:
+    """A call header (used by the client), AUTH_SYS when a credential is given."""
+    return call_head(xid, prog, vers, proc) + encode_auth(cred)
 
 
 @dataclass(slots=True)
@@ -194,8 +204,19 @@ class ReplyHeader:
     body_offset: int
 
 
+_REPLY_START = struct.Struct(">5I")  # xid, mtype, reply_stat, verf flavor, verf length
+_U32_AT = struct.Struct(">I").unpack_from
+
+
 def parse_reply(record: bytes) -> ReplyHeader:
     """Decode a reply header (client side); raises XdrError when malformed."""
+    # The common case in one step: accepted, an empty verifier, anything but PROG_MISMATCH.
+    if len(record) >= 24:
+        xid, mtype, rstat, _flavor, vlength = _REPLY_START.unpack_from(record)
+        if mtype == msg_type.REPLY and rstat == reply_stat.MSG_ACCEPTED and vlength == 0:
+            (stat,) = _U32_AT(record, 20)
+            if stat != accept_stat.PROG_MISMATCH:
+                return ReplyHeader(xid, True, stat, (), 24)
     u = Unpacker(record)
     try:
         xid, mtype, rstat = u.unpack_uint(), u.unpack_uint(), u.unpack_uint()

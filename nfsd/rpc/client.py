@@ -15,10 +15,20 @@ from typing import Any
 
 import trio
 
-from nfsd.rpc.record import RecordReader, frame
+from nfsd.rpc.record import Record, RecordReader, frame, record_mark
+from nfsd.rpc.streamio import stream_io
 from xdr.codec import Packer, as_type, decode
 from xdr.rpc import accept_stat
-from xdr.rpc_fast import Credential, ReplyHeader, encode_call, parse_reply
+from xdr.rpc_fast import (
+    Credential,
+    ReplyHeader,
+    call_head,
+    encode_auth,
+    encode_call,
+    parse_reply,
+)
+
+_XID = struct.Struct(">I")
 
 
 class RpcError(Exception):
@@ -36,14 +46,66 @@ def encode_args(t: Any, value: Any) -> bytes:
     return p.get_buffer()
 
 
+class _Pending:
+    """Where the reply to one call is delivered: the caller parks on it until the reply
+    reader hands the record over (`send_nowait`) or ends (`close`).
+
+    A memory channel per call does the same with more objects and checkpoints; this has the
+    channel's two methods the reader calls, so a test may put a channel in its place."""
+
+    __slots__ = ("_closed", "_record", "_task")
+
+    def __init__(self) -> None:
+        self._record: Record | None = None
+        self._closed = False
+        self._task: trio.lowlevel.Task | None = None
+
+    def send_nowait(self, record: Record) -> None:
+        self._record = record
+        self._wake()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    def _abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        self._task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    async def receive(self) -> Record:
+        """The reply record; trio.EndOfChannel if the connection ended without it."""
+        if self._record is None and not self._closed:
+            self._task = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort)
+        if self._record is None:
+            raise trio.EndOfChannel
+        return self._record
+
+
 class RpcClient:
     def __init__(self, stream: trio.abc.Stream, cred: Credential | None = None) -> None:
         self.stream = stream
         self.cred = cred
+        self._io = stream_io(stream)
         self._xid = random.getrandbits(31)
-        self._waiting: dict[int, trio.MemorySendChannel] = {}
+        self._waiting: dict[int, _Pending | trio.MemorySendChannel] = {}
         self._send_lock = trio.Lock()
         self.closed = trio.Event()
+
+    @property
+    def cred(self) -> Credential | None:
+        """The credential of calls that name none."""
+        return self._cred
+
+    @cred.setter
+    def cred(self, cred: Credential | None) -> None:
+        self._cred = cred
+        self._auth = encode_auth(cred)  # the call header after its fixed part
 
     def next_xid(self) -> int:
         self._xid = (self._xid + 1) & 0xFFFFFFFF
@@ -51,32 +113,45 @@ class RpcClient:
 
     async def _read_replies(self) -> None:
         reader = RecordReader(64 << 20)
+        io = self._io
+        waiting = self._waiting
         try:
             while True:
-                data = await self.stream.receive_some(1 << 18)
-                if not data:
+                received = await io.receive_into(reader.receive_buffer())
+                if not received:
                     break
-                for record in reader.feed(data):
-                    (xid,) = struct.unpack_from(">I", record)
-                    channel = self._waiting.pop(xid, None)
-                    if channel is not None:
-                        channel.send_nowait(record)
+                for record in reader.received(received):
+                    (xid,) = _XID.unpack_from(record)
+                    pending = waiting.pop(xid, None)
+                    if pending is not None:
+                        pending.send_nowait(record)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
             self.closed.set()
-            for channel in self._waiting.values():
-                channel.close()
-            self._waiting.clear()
+            for pending in waiting.values():
+                pending.close()
+            waiting.clear()
+
+    async def _send(self, parts: list[bytes | memoryview]) -> None:
+        """Send buffers as one piece of the stream. The lock is taken without a checkpoint
+        when it is free, and a send the socket takes at once does not wait at all."""
+        lock = self._send_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()
+        try:
+            await self._io.send(parts)
+        finally:
+            lock.release()
 
     async def send_record(self, record: bytes) -> None:
         """Send one record as it is (for tests of malformed input)."""
-        async with self._send_lock:
-            await self.stream.send_all(b"".join(frame([record])))
+        await self._send(frame([record]))
 
     async def send_bytes(self, data: bytes) -> None:
-        async with self._send_lock:
-            await self.stream.send_all(data)
+        await self._send([data])
 
     async def call_raw(
         self,
@@ -94,16 +169,17 @@ class RpcClient:
         ConnectionError when the connection is (or gets) closed before the reply."""
         xid = self.next_xid() if xid is None else xid
         if header is None:
-            header = encode_call(xid, prog, vers, proc, cred or self.cred)
+            auth = self._auth if cred is None else encode_auth(cred)
+            header = call_head(xid, prog, vers, proc) + auth
         if self.closed.is_set():
             # The reply reader has ended: nothing would ever answer this call.
             raise ConnectionError("connection closed")
-        send, receive = trio.open_memory_channel(1)
-        self._waiting[xid] = send
+        pending = _Pending()
+        self._waiting[xid] = pending
         try:
             try:
-                await self.send_record(header + args)
-                record = await receive.receive()
+                await self._send([record_mark(len(header) + len(args)), header, args])
+                record = await pending.receive()
             except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
                 raise ConnectionError("connection closed before the reply") from None
         finally:
@@ -128,6 +204,7 @@ class RpcClient:
         return decode(res_type, body)
 
     async def aclose(self) -> None:
+        self._io.detach()
         await self.stream.aclose()
 
 

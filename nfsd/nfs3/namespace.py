@@ -6,7 +6,7 @@ Each answers wcc_data for the directories it changed, taken just before and afte
 from __future__ import annotations
 
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from nfsd.nfs3.attrs import to_setattr
 from nfsd.nfs3.common import (
@@ -107,21 +107,21 @@ def _dir_change(s: Nfs3State, ctx: CallContext, where: diropargs3, learn: _Learn
 
 
 @procedure(first_wcc(CREATE3resfail))
-def create(s: Nfs3State, ctx: CallContext, args: CREATE3args, learnt: Learnt) -> Arm:
+async def create(s: Nfs3State, ctx: CallContext, args: CREATE3args, learnt: Learnt) -> Arm:
     d = _dir_change(s, ctx, args.where, learnt.first_object)
     check_new_name(args.where.name)
     owner = _owner(d.before, d.target)
     how = args.how
     after: Attr | None
     if how.tag == createmode3.EXCLUSIVE:
-        fid, after, _ = s.tree.create(
+        fid, after, _ = await s.tree.create(
             d.fid, args.where.name, DEFAULT_FILE_MODE, owner, exclusive=True, verifier=how.value
         )
     else:
         attrs: sattr3 = how.value
         to_setattr(attrs)  # refuse what cannot be applied before creating anything
         mode = DEFAULT_FILE_MODE if attrs.mode is None else attrs.mode
-        fid, after, created = s.tree.create(
+        fid, after, created = await s.tree.create(
             d.fid, args.where.name, mode, owner, exclusive=how.tag == createmode3.GUARDED
         )
         if created:
@@ -133,28 +133,28 @@ def create(s: Nfs3State, ctx: CallContext, args: CREATE3args, learnt: Learnt) ->
 
 
 @procedure(first_wcc(MKDIR3resfail))
-def mkdir(s: Nfs3State, ctx: CallContext, args: MKDIR3args, learnt: Learnt) -> Arm:
+async def mkdir(s: Nfs3State, ctx: CallContext, args: MKDIR3args, learnt: Learnt) -> Arm:
     d = _dir_change(s, ctx, args.where, learnt.first_object)
     owner = _owner(d.before, d.target)
     attrs = args.attributes
     mode = DEFAULT_DIR_MODE if attrs.mode is None else attrs.mode
     if d.before.mode & stat.S_ISGID:
         mode |= stat.S_ISGID
-    fid, after = s.tree.mkdir(d.fid, args.where.name, mode, owner)
+    fid, after = await s.tree.mkdir(d.fid, args.where.name, mode, owner)
     after = _apply_rest(s, fid, after, attrs, owner)
     return Arm(OK, MKDIR3resok(s.handle(d.target, fid), s.attrs(after, fid), d.wcc(s)))
 
 
 @procedure(first_wcc(SYMLINK3resfail))
-def symlink(s: Nfs3State, ctx: CallContext, args: SYMLINK3args, learnt: Learnt) -> Arm:
+async def symlink(s: Nfs3State, ctx: CallContext, args: SYMLINK3args, learnt: Learnt) -> Arm:
     d = _dir_change(s, ctx, args.where, learnt.first_object)
     owner = _owner(d.before, d.target)
-    fid, after = s.tree.symlink(d.fid, args.where.name, args.symlink.symlink_data, owner)
+    fid, after = await s.tree.symlink(d.fid, args.where.name, args.symlink.symlink_data, owner)
     return Arm(OK, SYMLINK3resok(s.handle(d.target, fid), s.fattr(after), d.wcc(s)))
 
 
 @procedure(first_wcc(MKNOD3resfail))
-def mknod(s: Nfs3State, ctx: CallContext, args: MKNOD3args, learnt: Learnt) -> Arm:
+async def mknod(s: Nfs3State, ctx: CallContext, args: MKNOD3args, learnt: Learnt) -> Arm:
     d = _dir_change(s, ctx, args.where, learnt.first_object)
     kind = args.what.tag
     if kind in (ftype3.NF3CHR, ftype3.NF3BLK):
@@ -166,7 +166,7 @@ def mknod(s: Nfs3State, ctx: CallContext, args: MKNOD3args, learnt: Learnt) -> A
         raise FsError(nfsstat3.NFS3ERR_BADTYPE)
     owner = _owner(d.before, d.target)
     mode = DEFAULT_FILE_MODE if attrs.mode is None else attrs.mode
-    fid, after = s.tree.mknod(d.fid, args.where.name, kind, mode, owner, rdev)
+    fid, after = await s.tree.mknod(d.fid, args.where.name, kind, mode, owner, rdev)
     after = _apply_rest(s, fid, after, attrs, owner)
     return Arm(OK, MKNOD3resok(s.handle(d.target, fid), s.attrs(after, fid), d.wcc(s)))
 
@@ -177,32 +177,32 @@ def _check_delete(s: Nfs3State, d: _DirChange, name: bytes) -> None:
         may_delete_from(d.before, victim or s.tree.getattr(fid), d.target.user)
 
 
-def _delete(
+async def _delete(
     s: Nfs3State,
     ctx: CallContext,
     what: diropargs3,
     learnt: Learnt,
-    delete: Callable[[int, bytes], None],
+    delete: Callable[[int, bytes], Awaitable[None]],
 ) -> wcc_data:
     """REMOVE or RMDIR (`delete`) of `what`; the directory's wcc_data."""
     d = _dir_change(s, ctx, what, learnt.first_object)
     _check_delete(s, d, what.name)
-    delete(d.fid, what.name)
+    await delete(d.fid, what.name)
     return d.wcc(s)
 
 
 @procedure(first_wcc(REMOVE3resfail))
-def remove(s: Nfs3State, ctx: CallContext, args: REMOVE3args, learnt: Learnt) -> Arm:
-    return Arm(OK, REMOVE3resok(_delete(s, ctx, args.object, learnt, s.tree.remove)))
+async def remove(s: Nfs3State, ctx: CallContext, args: REMOVE3args, learnt: Learnt) -> Arm:
+    return Arm(OK, REMOVE3resok(await _delete(s, ctx, args.object, learnt, s.tree.remove)))
 
 
 @procedure(first_wcc(RMDIR3resfail))
-def rmdir(s: Nfs3State, ctx: CallContext, args: RMDIR3args, learnt: Learnt) -> Arm:
-    return Arm(OK, RMDIR3resok(_delete(s, ctx, args.object, learnt, s.tree.rmdir)))
+async def rmdir(s: Nfs3State, ctx: CallContext, args: RMDIR3args, learnt: Learnt) -> Arm:
+    return Arm(OK, RMDIR3resok(await _delete(s, ctx, args.object, learnt, s.tree.rmdir)))
 
 
 @procedure(lambda s, learnt: RENAME3resfail(learnt.wcc(s), learnt.second_wcc(s)))
-def rename(s: Nfs3State, ctx: CallContext, args: RENAME3args, learnt: Learnt) -> Arm:
+async def rename(s: Nfs3State, ctx: CallContext, args: RENAME3args, learnt: Learnt) -> Arm:
     src = _dir_change(s, ctx, args.from_, learnt.first_object)
     dst = _dir_change(s, ctx, args.to, learnt.second_object)
     if src.target.export.id != dst.target.export.id:
@@ -214,7 +214,7 @@ def rename(s: Nfs3State, ctx: CallContext, args: RENAME3args, learnt: Learnt) ->
         except FsError as e:
             if e.status != nfsstat3.NFS3ERR_NOENT:
                 raise
-    s.tree.rename(src.fid, args.from_.name, dst.fid, args.to.name)
+    await s.tree.rename(src.fid, args.from_.name, dst.fid, args.to.name)
     return Arm(OK, RENAME3resok(src.wcc(s), dst.wcc(s)))
 
 
@@ -226,5 +226,5 @@ async def link(s: Nfs3State, ctx: CallContext, args: LINK3args, learnt: Learnt) 
     if d.target.export.id != target.export.id:
         raise FsError(nfsstat3.NFS3ERR_XDEV)
     await s.tree.prepare_change(fid)  # a second name needs the content here
-    after = s.tree.link(fid, d.fid, args.link.name)
+    after = await s.tree.link(fid, d.fid, args.link.name)
     return Arm(OK, LINK3resok(s.attrs(after, fid), d.wcc(s)))

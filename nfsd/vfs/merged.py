@@ -25,6 +25,7 @@ import trio
 from nfsd.store.areas import AreaTable
 from nfsd.store.db import Batch, Store
 from nfsd.store.index import Entry, Kind, Layer
+from nfsd.threads import run_blocking
 from nfsd.vfs.errors import FsError, from_os_error
 from nfsd.vfs.fdcache import FdCache
 from nfsd.vfs.inodes import ROOT_FID, InodeTable, Node
@@ -155,6 +156,27 @@ def _write_all(fd: int, offset: int, data: bytes, stable: stable_how) -> None:
         os.fsync(fd)
     elif stable == stable_how.DATA_SYNC:
         os.fdatasync(fd)
+
+
+def _create_file(dir_fd: int, name: bytes, mode: int, owner: Owner) -> os.stat_result:
+    """A new regular file `name` (O_EXCL) given to `owner`; its stat. On a worker thread."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    fd = os.open(name, flags, mode, dir_fd=dir_fd)
+    try:
+        if os.geteuid() == 0:
+            os.fchown(fd, owner.uid, owner.gid)
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_owned(dir_fd: int, name: bytes, owner: Owner, make) -> os.stat_result:
+    """`make(dir_fd, name)`, then the new object given to `owner` (never following it); its
+    lstat. On a worker thread."""
+    make(dir_fd, name)
+    if os.geteuid() == 0:
+        os.chown(name, owner.uid, owner.gid, dir_fd=dir_fd, follow_symlinks=False)
+    return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
 
 
 class MergedTree(Tree):
@@ -756,7 +778,7 @@ class MergedTree(Tree):
                 # the disk goes to a worker thread.
                 done, ended = _read_cached(fd, buf, offset)
                 if done < count and not ended:
-                    done += await trio.to_thread.run_sync(_read_into, fd, buf, done, offset)
+                    done += await run_blocking(_read_into, fd, buf, done, offset)
                 st = os.fstat(fd)
             except OSError as e:
                 raise from_os_error(e) from None
@@ -778,7 +800,7 @@ class MergedTree(Tree):
                     else:
                         done = _write_cached(fd, data, offset)
                 if done < len(data) or stable != stable_how.UNSTABLE:
-                    await trio.to_thread.run_sync(
+                    await run_blocking(
                         _write_all, fd, offset + done, memoryview(data)[done:], stable
                     )
                 st = os.fstat(fd)
@@ -792,21 +814,12 @@ class MergedTree(Tree):
             return self._attr_or_none(fid)  # nothing written here: all of it is in the cache
         with self.fds.borrow(fid, lambda w: self._open(fid, w), False) as fd:
             try:
-                await trio.to_thread.run_sync(os.fsync, fd)
+                await run_blocking(os.fsync, fd)
                 return attr_from_stat(os.fstat(fd), fid)
             except OSError as e:
                 raise from_os_error(e) from None
 
     # ---- namespace changes ----
-
-    @staticmethod
-    def _chown_new(dir_fd: int, name: bytes, owner: Owner, fd: int = -1) -> None:
-        if os.geteuid() != 0:
-            return
-        if fd >= 0:
-            os.fchown(fd, owner.uid, owner.gid)
-        else:
-            os.chown(name, owner.uid, owner.gid, dir_fd=dir_fd, follow_symlinks=False)
 
     def _created(self, dir_fid: int, name: bytes, st: os.stat_result, target: bytes = b"") -> int:
         self._listings.forget(dir_fid)
@@ -818,7 +831,12 @@ class MergedTree(Tree):
             self.journal.made(area, rel, st, target)
         return fid
 
-    def create(
+    def _held_dir(self, dir_fid: int) -> int:
+        """A descriptor of the writable directory that the caller owns (and closes): a
+        change waits on a worker thread, while the cache may close its own."""
+        return os.dup(self._writable_dir(dir_fid))
+
+    async def create(
         self,
         dir_fid: int,
         name: bytes,
@@ -829,11 +847,10 @@ class MergedTree(Tree):
         verifier: bytes | None = None,
     ) -> tuple[int, Attr, bool]:
         check_new_name(name)
-        dir_fd = self._writable_dir(dir_fid)
-        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        dir_fd = self._held_dir(dir_fid)
         try:
             try:
-                fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, mode & 0o7777, dir_fd=dir_fd)
+                st = await run_blocking(_create_file, dir_fd, name, mode & 0o7777, owner)
             except FileExistsError:
                 if verifier is not None:
                     # EXCLUSIVE: a retransmission of our own create finds its verifier.
@@ -852,13 +869,10 @@ class MergedTree(Tree):
                     raise FsError(nfsstat3.NFS3ERR_EXIST, "not a regular file") from None
                 fid = self._created(dir_fid, name, st)
                 return fid, attr_from_stat(st, fid), False
-            try:
-                self._chown_new(dir_fd, name, owner, fd)
-                st = os.fstat(fd)
-            finally:
-                os.close(fd)
         except OSError as e:
             raise from_os_error(e) from None
+        finally:
+            os.close(dir_fd)
         fid = self._created(dir_fid, name, st)
         if verifier is not None:
             batch = self.store.batch()
@@ -866,39 +880,37 @@ class MergedTree(Tree):
             batch.commit()
         return fid, attr_from_stat(st, fid), True
 
-    def _made(
-        self, dir_fid: int, dir_fd: int, name: bytes, owner: Owner, target: bytes = b""
+    async def _make(
+        self, dir_fid: int, name: bytes, owner: Owner, make, target: bytes = b""
     ) -> tuple[int, Attr]:
-        """Register what mkdir/symlink/mknod just made as `name` in `dir_fd`."""
+        """Run `make(dir_fd, name)` (mkdir, symlink or mknod) on a worker thread, give it to
+        `owner`, and register it."""
+        dir_fd = self._held_dir(dir_fid)
         try:
-            self._chown_new(dir_fd, name, owner)
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            st = await run_blocking(_make_owned, dir_fd, name, owner, make)
         except OSError as e:
             raise from_os_error(e) from None
+        finally:
+            os.close(dir_fd)
         fid = self._created(dir_fid, name, st, target)
         return fid, attr_from_stat(st, fid)
 
-    def mkdir(self, dir_fid: int, name: bytes, mode: int, owner: Owner) -> tuple[int, Attr]:
+    async def mkdir(self, dir_fid: int, name: bytes, mode: int, owner: Owner) -> tuple[int, Attr]:
         check_new_name(name)
-        dir_fd = self._writable_dir(dir_fid)
-        try:
-            os.mkdir(name, mode & 0o7777, dir_fd=dir_fd)
-        except OSError as e:
-            raise from_os_error(e) from None
-        return self._made(dir_fid, dir_fd, name, owner)
+        mode &= 0o7777
+        return await self._make(dir_fid, name, owner, lambda fd, n: os.mkdir(n, mode, dir_fd=fd))
 
-    def symlink(self, dir_fid: int, name: bytes, target: bytes, owner: Owner) -> tuple[int, Attr]:
+    async def symlink(
+        self, dir_fid: int, name: bytes, target: bytes, owner: Owner
+    ) -> tuple[int, Attr]:
         check_new_name(name)
         if not target or b"\0" in target:
             raise FsError(nfsstat3.NFS3ERR_INVAL, "bad symlink target")
-        dir_fd = self._writable_dir(dir_fid)
-        try:
-            os.symlink(target, name, dir_fd=dir_fd)
-        except OSError as e:
-            raise from_os_error(e) from None
-        return self._made(dir_fid, dir_fd, name, owner, target)
+        return await self._make(
+            dir_fid, name, owner, lambda fd, n: os.symlink(target, n, dir_fd=fd), target
+        )
 
-    def mknod(
+    async def mknod(
         self,
         dir_fid: int,
         name: bytes,
@@ -911,16 +923,14 @@ class MergedTree(Tree):
         type_bits = _SPECIAL.get(kind)
         if type_bits is None:
             raise FsError(nfsstat3.NFS3ERR_BADTYPE)
-        dir_fd = self._writable_dir(dir_fid)
         try:
             device = os.makedev(*rdev) if kind in (ftype3.NF3CHR, ftype3.NF3BLK) else 0
         except (OverflowError, ValueError):
             raise FsError(nfsstat3.NFS3ERR_INVAL, "device number out of range") from None
-        try:
-            os.mknod(name, type_bits | (mode & 0o7777), device, dir_fd=dir_fd)
-        except OSError as e:
-            raise from_os_error(e) from None
-        return self._made(dir_fid, dir_fd, name, owner)
+        bits = type_bits | (mode & 0o7777)
+        return await self._make(
+            dir_fid, name, owner, lambda fd, n: os.mknod(n, bits, device, dir_fd=fd)
+        )
 
     def _child_or_none(self, dir_fd: int, name: bytes) -> os.stat_result | None:
         try:
@@ -931,28 +941,29 @@ class MergedTree(Tree):
             raise from_os_error(e) from None
         return st
 
-    def _unlink(self, dir_fid: int, name: bytes, directory: bool) -> None:
+    async def _unlink(self, dir_fid: int, name: bytes, directory: bool) -> None:
         check_old_name(name)
-        dir_fd = self._writable_dir(dir_fid)
-        st = self._child_or_none(dir_fd, name)
-        if st is not None and self.local.is_hidden(st):
-            raise FsError(nfsstat3.NFS3ERR_NOENT, "hidden")
-        if st is None or name.startswith(TEMP_PREFIX):
-            if st is None and self._unreal_child(dir_fid, name) is not None:
-                self._forget_unreal(dir_fid, name, directory)
-                return
-            raise FsError(nfsstat3.NFS3ERR_NOENT)
+        dir_fd = self._held_dir(dir_fid)
         try:
-            if directory:
-                if not stat.S_ISDIR(st.st_mode):
-                    raise FsError(nfsstat3.NFS3ERR_NOTDIR)
-                os.rmdir(name, dir_fd=dir_fd)
-            else:
-                if stat.S_ISDIR(st.st_mode):
-                    raise FsError(nfsstat3.NFS3ERR_ISDIR)
-                os.unlink(name, dir_fd=dir_fd)
-        except OSError as e:
-            raise from_os_error(e) from None
+            st = self._child_or_none(dir_fd, name)
+            if st is not None and self.local.is_hidden(st):
+                raise FsError(nfsstat3.NFS3ERR_NOENT, "hidden")
+            if st is None or name.startswith(TEMP_PREFIX):
+                if st is None and self._unreal_child(dir_fid, name) is not None:
+                    self._forget_unreal(dir_fid, name, directory)
+                    return
+                raise FsError(nfsstat3.NFS3ERR_NOENT)
+            if directory and not stat.S_ISDIR(st.st_mode):
+                raise FsError(nfsstat3.NFS3ERR_NOTDIR)
+            if not directory and stat.S_ISDIR(st.st_mode):
+                raise FsError(nfsstat3.NFS3ERR_ISDIR)
+            try:
+                remove = os.rmdir if directory else os.unlink
+                await run_blocking(lambda: remove(name, dir_fd=dir_fd))
+            except OSError as e:
+                raise from_os_error(e) from None
+        finally:
+            os.close(dir_fd)
         self._listings.forget(dir_fid)
         self.journal.removed(*self._child_path(dir_fid, name))
         node = self._known_child(dir_fid, name, st)
@@ -991,14 +1002,14 @@ class MergedTree(Tree):
         self.inodes.drop_node(batch, self._node(fid))
         batch.commit()
 
-    def remove(self, dir_fid: int, name: bytes) -> None:
-        self._unlink(dir_fid, name, directory=False)
+    async def remove(self, dir_fid: int, name: bytes) -> None:
+        await self._unlink(dir_fid, name, directory=False)
 
-    def rmdir(self, dir_fid: int, name: bytes) -> None:
-        self._unlink(dir_fid, name, directory=True)
+    async def rmdir(self, dir_fid: int, name: bytes) -> None:
+        await self._unlink(dir_fid, name, directory=True)
         self.local.forget_dirs()
 
-    def rename(self, from_dir: int, from_name: bytes, to_dir: int, to_name: bytes) -> None:
+    async def rename(self, from_dir: int, from_name: bytes, to_dir: int, to_name: bytes) -> None:
         check_old_name(from_name)
         check_old_name(to_name)
         check_new_name(to_name)
@@ -1008,14 +1019,17 @@ class MergedTree(Tree):
             raise FsError(nfsstat3.NFS3ERR_ACCES, "the root holds only areas")
         if self._node(from_dir).area != self._node(to_dir).area:
             raise FsError(nfsstat3.NFS3ERR_XDEV, "areas are separate")
-        src_fd = os.dup(self._writable_dir(from_dir))
+        src_fd = self._held_dir(from_dir)
         try:
-            dst_fd = self._writable_dir(to_dir)
-            self._rename_in(src_fd, dst_fd, from_dir, from_name, to_dir, to_name)
+            dst_fd = self._held_dir(to_dir)
+            try:
+                await self._rename_in(src_fd, dst_fd, from_dir, from_name, to_dir, to_name)
+            finally:
+                os.close(dst_fd)
         finally:
             os.close(src_fd)
 
-    def _rename_in(
+    async def _rename_in(
         self,
         src_fd: int,
         dst_fd: int,
@@ -1031,7 +1045,7 @@ class MergedTree(Tree):
             unreal = self._unreal_child(from_dir, from_name)
             if unreal is None:
                 raise FsError(nfsstat3.NFS3ERR_NOENT)
-            self._rename_unreal(unreal, from_dir, from_name, to_dir, to_name)
+            await self._rename_unreal(unreal, from_dir, from_name, to_dir, to_name)
             return
         fid = self._register(from_dir, from_name, src)
         dst = self._child_or_none(dst_fd, to_name)
@@ -1039,11 +1053,14 @@ class MergedTree(Tree):
             raise FsError(nfsstat3.NFS3ERR_ACCES, "hidden")
         if dst is not None and dst.st_ino == src.st_ino and dst.st_dev == src.st_dev:
             return  # two names of one file: POSIX says rename does nothing
-        replaced = self._known_child(to_dir, to_name, dst) if dst is not None else None
         try:
-            os.rename(from_name, to_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+            await run_blocking(
+                lambda: os.rename(from_name, to_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+            )
         except OSError as e:
             raise from_os_error(e) from None
+        # Known after the wait: what the kernel replaced is what held the name when it did.
+        replaced = self._known_child(to_dir, to_name, dst) if dst is not None else None
         if stat.S_ISDIR(src.st_mode):
             self.local.forget_dirs()  # held descriptors below it stay right, but be plain
         self._listings.forget(from_dir)
@@ -1065,7 +1082,7 @@ class MergedTree(Tree):
             self.inodes.put_node(batch, Node(fid, to_dir, node.area, node.dev, node.ino, to_name))
         batch.commit()
 
-    def _rename_unreal(
+    async def _rename_unreal(
         self, fid: int, from_dir: int, from_name: bytes, to_dir: int, to_name: bytes
     ) -> None:
         """Rename an Unreal entry: the index moves, nothing on the disk but what it replaces."""
@@ -1082,7 +1099,7 @@ class MergedTree(Tree):
             raise FsError(nfsstat3.NFS3ERR_INVAL, "a directory cannot move into itself")
         existing = self.local.child_stat(to_dir, to_name)
         if existing is not None:
-            self._unlink(to_dir, to_name, directory=stat.S_ISDIR(existing.st_mode))
+            await self._unlink(to_dir, to_name, directory=stat.S_ISDIR(existing.st_mode))
         batch = self.store.batch()
         replaced = self._unreal_child(to_dir, to_name)
         if replaced is not None:
@@ -1102,7 +1119,7 @@ class MergedTree(Tree):
         self._listings.forget(from_dir)
         self._listings.forget(to_dir)
 
-    def link(self, fid: int, dir_fid: int, name: bytes) -> Attr | None:
+    async def link(self, fid: int, dir_fid: int, name: bytes) -> Attr | None:
         check_new_name(name)
         node, st = self._real_node(fid)
         if stat.S_ISDIR(st.st_mode):
@@ -1111,10 +1128,16 @@ class MergedTree(Tree):
             raise FsError(nfsstat3.NFS3ERR_ACCES, "the root holds only areas")
         if node.area != self._node(dir_fid).area:
             raise FsError(nfsstat3.NFS3ERR_XDEV, "areas are separate")
-        dir_fd = os.dup(self._writable_dir(dir_fid))
+        dir_fd = self._held_dir(dir_fid)
         try:
-            with self.local.pin(node) as pinned:
-                pinned.link_as(dir_fd, name)
+            pinned = self.local.pin(node)
+            try:
+                if pinned.fd < 0:  # held by name in a cached descriptor: not for a thread
+                    pinned.link_as(dir_fd, name)
+                else:
+                    await run_blocking(pinned.link_as, dir_fd, name)
+            finally:
+                pinned.close()
         except OSError as e:
             raise from_os_error(e) from None
         finally:

@@ -9,10 +9,11 @@ The rules every implementation keeps:
   whose object is gone, NOENT for a missing name, ...). Nothing else escapes for a condition a
   client can cause.
 - Methods that are not `async` never block for long: at most a few system calls on local
-  metadata and RocksDB point lookups. `async` methods may wait (on the disk, a fetch); before
-  a long wait (realizing an Unreal file, a fetch, an fsync) they call
-  `nfsd.waiting.about_to_wait`, which raises WouldWait, before changing anything, when the
-  call runs where waiting is not allowed.
+  metadata and RocksDB point lookups. `async` methods may wait: on the disk (namespace
+  changes wait on the file system's journal, so they run their system call on a worker
+  thread), on a fetch. Before a long wait (realizing an Unreal file, a fetch, an fsync) they
+  call `nfsd.waiting.about_to_wait`, which raises WouldWait, before changing anything, when
+  the call runs where waiting is not allowed.
 - Operations return the attributes they already hold, so that a procedure never asks again:
   a change returns the changed object's attributes after it, a read returns them with the
   data, READDIRPLUS's listing yields them with each entry.
@@ -141,7 +142,7 @@ class Tree(abc.ABC):
         about_to_wait first). Called before WRITE, SETATTR and LINK."""
 
     @abc.abstractmethod
-    def create(
+    async def create(
         self,
         dir_fid: int,
         name: bytes,
@@ -156,15 +157,17 @@ class Tree(abc.ABC):
         EXCLUSIVE; a retransmission with the same verifier gets the same file."""
 
     @abc.abstractmethod
-    def mkdir(self, dir_fid: int, name: bytes, mode: int, owner: Owner) -> tuple[int, Attr]:
+    async def mkdir(self, dir_fid: int, name: bytes, mode: int, owner: Owner) -> tuple[int, Attr]:
         """Make a directory: its fid and attributes. EXIST, NOSPC, ACCES (the root)..."""
 
     @abc.abstractmethod
-    def symlink(self, dir_fid: int, name: bytes, target: bytes, owner: Owner) -> tuple[int, Attr]:
+    async def symlink(
+        self, dir_fid: int, name: bytes, target: bytes, owner: Owner
+    ) -> tuple[int, Attr]:
         """Make a symlink to `target` (never followed by the server)."""
 
     @abc.abstractmethod
-    def mknod(
+    async def mknod(
         self,
         dir_fid: int,
         name: bytes,
@@ -176,20 +179,20 @@ class Tree(abc.ABC):
         """Make a FIFO, socket or device node. BADTYPE for other kinds."""
 
     @abc.abstractmethod
-    def remove(self, dir_fid: int, name: bytes) -> None:
+    async def remove(self, dir_fid: int, name: bytes) -> None:
         """Remove a name that is not a directory (ISDIR otherwise)."""
 
     @abc.abstractmethod
-    def rmdir(self, dir_fid: int, name: bytes) -> None:
+    async def rmdir(self, dir_fid: int, name: bytes) -> None:
         """Remove an empty directory (NOTEMPTY, NOTDIR otherwise)."""
 
     @abc.abstractmethod
-    def rename(self, from_dir: int, from_name: bytes, to_dir: int, to_name: bytes) -> None:
+    async def rename(self, from_dir: int, from_name: bytes, to_dir: int, to_name: bytes) -> None:
         """rename(2) between two directories of one area (XDEV across areas); the object
         keeps its fileid."""
 
     @abc.abstractmethod
-    def link(self, fid: int, dir_fid: int, name: bytes) -> Attr | None:
+    async def link(self, fid: int, dir_fid: int, name: bytes) -> Attr | None:
         """A new name for a file (not a directory: ISDIR); the file's attributes after."""
 
     @abc.abstractmethod

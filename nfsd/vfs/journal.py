@@ -32,6 +32,7 @@ log = logging.getLogger("realize.journal")
 HASH_BLOCK = 1 << 20
 DEFAULT_REST = 3.0
 _INLINE_HASH = 64 * 1024
+_SLICE = 0.005  # the longest a journal loop keeps the event loop before letting calls in
 
 
 def kind_of(st: os.stat_result) -> Kind:
@@ -188,7 +189,9 @@ class Journal:
     async def settle(self, keys: list[tuple[int, bytes]] | None = None) -> int:
         """Hash the rested files (or `keys`) and record their CREATE/CHANGE; how many."""
         done = 0
+        pause = _Pause()
         for area, path in self.rested() if keys is None else keys:
+            await pause.now_and_then()
             when = self.dirty.get((area, path))
             if when is None or area not in self.roots:
                 continue
@@ -298,7 +301,9 @@ class Journal:
 
         `on_disk` was walked in a thread, so NFS calls may have acted since: a difference is
         decided on a fresh lstat and index entry, never on the walk's."""
+        pause = _Pause()
         for path, entry in known.items():  # parents before children
+            await pause.now_and_then()
             if entry.layer != Layer.REAL or path in on_disk:
                 continue  # Unreal entries live only in the index
             if self.disk.look(area, path) is not None:
@@ -307,9 +312,8 @@ class Journal:
             if current is not None and current.layer == Layer.REAL:  # not gone with its parent
                 self._vanished(area, path, current)
         appeared: list[bytes] = []
-        for count, (path, (st, target)) in enumerate(sorted(on_disk.items())):
-            if count % 1000 == 999:
-                await trio.lowlevel.checkpoint()
+        for path, (st, target) in sorted(on_disk.items()):
+            await pause.now_and_then()
             if _same(known.get(path), st, target):
                 continue
             fresh = self.disk.look(area, path)
@@ -397,6 +401,20 @@ def _same(entry: Entry | None, st: os.stat_result, target: bytes) -> bool:
     if entry.kind == Kind.FILE:
         return bool(entry.blob) and entry.size == st.st_size
     return entry.target == target
+
+
+class _Pause:
+    """Lets the event loop serve NFS calls every few milliseconds of a long loop."""
+
+    __slots__ = ("_until",)
+
+    def __init__(self) -> None:
+        self._until = time.monotonic() + _SLICE
+
+    async def now_and_then(self) -> None:
+        if time.monotonic() >= self._until:
+            await trio.lowlevel.checkpoint()
+            self._until = time.monotonic() + _SLICE
 
 
 def _below_any(path: bytes, directories: list[bytes]) -> bool:

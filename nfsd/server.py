@@ -20,7 +20,7 @@ from pathlib import Path
 
 import trio
 
-from nfsd import sysrpcbind
+from nfsd import statedir, sysrpcbind
 from nfsd.control import ControlService, open_control_listener
 from nfsd.exports import ROOT_EXPORT_ID, Export, ExportOptions, Exports
 from nfsd.mount import MountService
@@ -127,11 +127,9 @@ class Server:
         self.portmapper = Portmapper()
 
     def _build(self) -> None:
-        # The state holds the handle key: nobody else may read it (the server runs with
-        # umask 0 so that clients' modes are applied as sent).
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.state_dir, 0o700)
-        self.store = Store(self.state_dir / "db")
+        # The state holds the handle key: nobody else may read it or change the way to it.
+        self.state_dir = statedir.prepare(self.state_dir)  # the path judged, symlinks resolved
+        self.store = Store(statedir.prepare_db(self.state_dir))
         secret = _meta_value(self.store, b"handle-secret", secrets.token_bytes(32))
         store_uuid = self.store.family("meta")[b"store-uuid"]
         self.blobs = BlobStore(self.store, self.config.cache_limits)
@@ -279,10 +277,8 @@ class Server:
             "cache": self._cache_usage(),
             "calls": self.dispatcher.calls if self.dispatcher else 0,
         }
-        path = self.state_dir / RUNTIME_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=1))
-        os.replace(tmp, path)
+        text = json.dumps(info, indent=1)
+        statedir.write_private(self.state_dir / RUNTIME_FILE, text.encode())
 
     async def _journal(self) -> None:
         """Catch up with what changed in the areas while we were away, then keep hashing

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nfsd.cli.config import area_name, is_configured, load_config, merged_options, save_config
 from nfsd.cli.control_client import ControlClient
-from nfsd.cli.daemon import running
+from nfsd.cli.daemon import prepared, running
 from nfsd.cli.errors import UsageError
 from nfsd.store.source import is_state_dir
 from xdr.control import CONTROLPROC, ctlstat
@@ -20,7 +20,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if is_configured(state_dir):
         print(f"realize: {state_dir} is already initialised")
         return 0
-    state_dir.mkdir(parents=True, exist_ok=True)
+    prepared(state_dir)
     save_config(state_dir, {"areas": {}, "server": merged_options({}, args)})
     print(f"realize: initialised {state_dir}")
     return 0

@@ -27,6 +27,7 @@ from nfsd.cli.errors import UsageError
 from nfsd.cli.options import server_arguments
 from nfsd.cli.output import human
 from nfsd.server import RUNTIME_FILE, Server, ServerConfig, default_port, mount_commands
+from nfsd.statedir import StateDirError, open_private_append, prepare, write_private
 
 PID_FILE = "server.pid"
 LOG_FILE = "server.log"
@@ -70,6 +71,9 @@ def run_foreground(config: ServerConfig, announce: bool = True) -> int:
         trio.run(main)
     except BaseException as e:
         # trio reports a task's error inside an exception group: find what the user caused.
+        refused = find_exception(e, StateDirError)
+        if refused is not None:
+            raise UsageError(f"refusing the state directory: {refused}") from None
         error = find_exception(e, OSError)
         if error is not None:
             raise UsageError(
@@ -159,24 +163,37 @@ def served_areas(state_dir: Path) -> dict:
     return {"areas": about.get("areas", {})}
 
 
+def prepared(state_dir: Path) -> Path:
+    """`state_dir` made ready for the server to write in, or the UsageError that says why
+    it may not be (see nfsd.statedir)."""
+    try:
+        return prepare(state_dir)
+    except StateDirError as e:
+        raise UsageError(f"refusing the state directory: {e}") from None
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).resolve()
     areas_to_serve(load_config(state_dir))
     if running(state_dir):
         raise UsageError(f"a server is already running (pid {server_pid(state_dir)})")
+    prepared(state_dir)  # before the log and the pid file are written there
     (state_dir / RUNTIME_FILE).unlink(missing_ok=True)
     command = [sys.executable, "-m", "nfsd.cli", "--state-dir", str(state_dir), "run"]
     command += server_arguments(args)
     log_path = state_dir / LOG_FILE
-    with open(log_path, "ab") as log_file:
+    log_fd = open_private_append(log_path)
+    try:
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
-            stdout=log_file,
+            stdout=log_fd,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    (state_dir / PID_FILE).write_text(f"{process.pid}\n")
+    finally:
+        os.close(log_fd)
+    write_private(state_dir / PID_FILE, f"{process.pid}\n".encode())
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         about = runtime(state_dir)

@@ -1,7 +1,8 @@
 """LOOKUP, READLINK, READDIR and READDIRPLUS: finding names.
 
 Directory replies are filled up to the client's `count` (READDIR) or `dircount`/`maxcount`
-(READDIRPLUS) by the exact XDR sizes of what they hold. Cookies come from the tree and stay
+(READDIRPLUS) by the exact XDR sizes of what they hold. A listing of thousands of entries
+lets other calls in every few milliseconds. Cookies come from the tree and stay
 valid whatever happens to the directory, so the cookie verifier is never checked and
 NFS3ERR_BAD_COOKIE is never answered (macOS resumes with old verifiers).
 """
@@ -13,6 +14,7 @@ from nfsd.nfs3.failure import Learnt, first_attrs, procedure
 from nfsd.rpc.dispatch import CallContext, RawReply
 from nfsd.vfs.errors import FsError
 from nfsd.vfs.tree import Attr
+from nfsd.waiting import Pause
 from xdr.codec import Arm
 from xdr.nfs3 import (
     FATTR3_SIZE,
@@ -82,14 +84,18 @@ def readlink(s: Nfs3State, ctx: CallContext, args: READLINK3args, learnt: Learnt
 
 
 @procedure(first_attrs(READDIR3resfail))
-def readdir(s: Nfs3State, ctx: CallContext, args: READDIR3args, learnt: Learnt) -> Arm | RawReply:
+async def readdir(
+    s: Nfs3State, ctx: CallContext, args: READDIR3args, learnt: Learnt
+) -> Arm | RawReply:
     target, dir_attr = _dir_target(s, ctx, args.dir, learnt)
     require(dir_attr, target.user, 0o4)
     budget = min(args.count, max_io(ctx)) - _READDIR_FIXED
     entries: list[ReaddirEntry] = []
     eof = True
     at_export_root = target.fid == s.export_root(target.export)
+    pause = Pause()
     for entry in s.tree.readdir(target.fid, args.cookie):
+        await pause.now_and_then()
         name = entry.name
         size = _ENTRY_FIXED + ((len(name) + 3) & ~3)
         if size > budget:
@@ -104,7 +110,7 @@ def readdir(s: Nfs3State, ctx: CallContext, args: READDIR3args, learnt: Learnt) 
 
 
 @procedure(first_attrs(READDIRPLUS3resfail))
-def readdirplus(
+async def readdirplus(
     s: Nfs3State, ctx: CallContext, args: READDIRPLUS3args, learnt: Learnt
 ) -> Arm | RawReply:
     target, dir_attr = _dir_target(s, ctx, args.dir, learnt)
@@ -116,7 +122,9 @@ def readdirplus(
     export_id = target.export.id
     encode_handle, fattr = s.handles.encode, s.fattr
     at_export_root = target.fid == s.export_root(target.export)
+    pause = Pause()
     for entry, attr in s.tree.readdirplus(target.fid, args.cookie):
+        await pause.now_and_then()
         name, fileid = entry.name, entry.fileid
         if name == b".." and at_export_root:
             fileid, attr = target.fid, dir_attr  # never above the export's root

@@ -26,13 +26,13 @@ from nfsd.store.history import Change, History, Op
 from nfsd.store.index import AreaIndex, Entry, Kind, Layer, join
 from nfsd.vfs.errors import FsError
 from nfsd.vfs.local import AreaRoots
+from nfsd.waiting import Pause
 
 log = logging.getLogger("realize.journal")
 
 HASH_BLOCK = 1 << 20
 DEFAULT_REST = 3.0
 _INLINE_HASH = 64 * 1024
-_SLICE = 0.005  # the longest a journal loop keeps the event loop before letting calls in
 
 
 def kind_of(st: os.stat_result) -> Kind:
@@ -189,7 +189,7 @@ class Journal:
     async def settle(self, keys: list[tuple[int, bytes]] | None = None) -> int:
         """Hash the rested files (or `keys`) and record their CREATE/CHANGE; how many."""
         done = 0
-        pause = _Pause()
+        pause = Pause()
         for area, path in self.rested() if keys is None else keys:
             await pause.now_and_then()
             when = self.dirty.get((area, path))
@@ -301,7 +301,7 @@ class Journal:
 
         `on_disk` was walked in a thread, so NFS calls may have acted since: a difference is
         decided on a fresh lstat and index entry, never on the walk's."""
-        pause = _Pause()
+        pause = Pause()
         for path, entry in known.items():  # parents before children
             await pause.now_and_then()
             if entry.layer != Layer.REAL or path in on_disk:
@@ -401,20 +401,6 @@ def _same(entry: Entry | None, st: os.stat_result, target: bytes) -> bool:
     if entry.kind == Kind.FILE:
         return bool(entry.blob) and entry.size == st.st_size
     return entry.target == target
-
-
-class _Pause:
-    """Lets the event loop serve NFS calls every few milliseconds of a long loop."""
-
-    __slots__ = ("_until",)
-
-    def __init__(self) -> None:
-        self._until = time.monotonic() + _SLICE
-
-    async def now_and_then(self) -> None:
-        if time.monotonic() >= self._until:
-            await trio.lowlevel.checkpoint()
-            self._until = time.monotonic() + _SLICE
 
 
 def _below_any(path: bytes, directories: list[bytes]) -> bool:

@@ -72,15 +72,16 @@ from xdr.rpc import (
     rpc_msg,
 )
 from xdr.rpc_fast import (
-    accepted_reply as fast_accepted_reply,
-)
-from xdr.rpc_fast import (
+    Credential,
     auth_error_reply,
     encode_call,
     parse_call,
     parse_reply,
     prog_mismatch_reply,
     rpc_mismatch_reply,
+)
+from xdr.rpc_fast import (
+    accepted_reply as fast_accepted_reply,
 )
 
 NFS_ACL_PROGRAM = 100227
@@ -183,6 +184,9 @@ def test_truncated_or_overlong_arguments_are_garbage_args(server: Served) -> Non
         for bad in (good[:2], good[:-4], good + b"\0\0\0\0", b""):
             reply, _ = await raw(nfs, NFS_PROGRAM, 3, NFSPROC3.GETATTR, bad)
             assert reply.accepted and reply.stat == accept_stat.GARBAGE_ARGS, bad
+        # NULL takes no arguments: anything after the header is garbage
+        reply, _ = await raw(nfs, NFS_PROGRAM, 3, NFSPROC3.NULL, b"\0\0\0\0")
+        assert reply.accepted and reply.stat == accept_stat.GARBAGE_ARGS
         # MNT with a path longer than MNTPATHLEN
         reply, _ = await raw(nfs, MOUNT_PROGRAM, 3, MOUNTPROC3.MNT, encode_args(dirpath, b"/a")[:5])
         assert reply.stat == accept_stat.GARBAGE_ARGS
@@ -711,3 +715,16 @@ def test_parse_reply_reads_every_reply_the_declarative_types_make() -> None:
         parse_reply(encode_call(7, NFS_PROGRAM, 3, 0))  # a call, not a reply
     with pytest.raises(XdrError):
         parse_reply(fast_accepted_reply(8)[:20])
+
+
+@pytest.mark.inproc
+def test_a_credential_seen_before_parses_the_same_and_on_its_own() -> None:
+    """The parsed credentials of one client's calls are equal, and each call gets its own."""
+    cred = Credential(auth_flavor.AUTH_SYS, 1000, 100, [4, 5], b"host")
+    record = encode_call(1, NFS_PROGRAM, 3, 0, cred)
+    first = parse_call(record).cred
+    first.gids.append(6)  # what one call does with its credential stays with it
+    again = parse_call(record).cred
+    assert again == cred and again is not first
+    other = parse_call(encode_call(2, NFS_PROGRAM, 3, 0, ROOT)).cred
+    assert (other.uid, other.machinename) == (ROOT.uid, ROOT.machinename)

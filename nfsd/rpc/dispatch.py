@@ -16,7 +16,7 @@ from typing import Any
 
 from nfsd.rpc.drc import DuplicateRequestCache, Lookup
 from nfsd.waiting import WouldWait, allow_waiting, forbid_waiting
-from xdr.codec import Packer, XdrError, as_type, decode
+from xdr.codec import Packer, XdrError, as_type, decode, void
 from xdr.rpc import accept_stat
 from xdr.rpc_fast import (
     BadCredential,
@@ -176,8 +176,13 @@ class Dispatcher:
         if procedure is None:
             return [accepted_reply(call.xid, accept_stat.PROC_UNAVAIL)]
         try:
-            # A view, so bulk data (WRITE) is not copied out of the record.
-            args = decode(procedure.args, memoryview(record), call.args_offset)
+            if procedure.args is void:  # NULL: nothing to decode, nothing may follow
+                if call.args_offset != len(record):
+                    raise XdrError("trailing bytes")
+                args = None
+            else:
+                # A view, so bulk data (WRITE) is not copied out of the record.
+                args = decode(procedure.args, memoryview(record), call.args_offset)
         except XdrError as e:
             self.bad_input.warn(
                 f"garbage arguments to {program.name} {procedure.name}", client[0], str(e)
@@ -191,7 +196,12 @@ class Dispatcher:
             return await self._run(procedure, ctx, args, inline)
 
         key = self.drc.key(
-            client[0], call.xid, call.prog, call.vers, call.proc, record[call.args_offset :]
+            client[0],
+            call.xid,
+            call.prog,
+            call.vers,
+            call.proc,
+            memoryview(record)[call.args_offset :],  # checksummed, not copied
         )
         state, cached = self.drc.begin(key)
         if state is Lookup.DONE:
@@ -228,6 +238,8 @@ class Dispatcher:
                 allow_waiting(token)
         if isinstance(result, RawReply):
             return [accepted_reply(ctx.xid), *result.parts]
+        if procedure.res is void:
+            return [accepted_reply(ctx.xid)]
         p = Packer()
         procedure.res.pack(p, result)
         return [accepted_reply(ctx.xid), p.get_buffer()]

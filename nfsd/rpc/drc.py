@@ -32,7 +32,7 @@ class DuplicateRequestCache:
         self.hits = 0
 
     @staticmethod
-    def key(host: str, xid: int, prog: int, vers: int, proc: int, args: bytes) -> Key:
+    def key(host: str, xid: int, prog: int, vers: int, proc: int, args: bytes | memoryview) -> Key:
         return (host, xid, prog, vers, proc, zlib.crc32(args))
 
     def begin(self, key: Key) -> tuple[Lookup, bytes | None]:

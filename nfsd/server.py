@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,7 @@ log = logging.getLogger("realize.server")
 DEFAULT_PORT = 2049
 DEFAULT_UNPRIVILEGED_PORT = 20490
 RUNTIME_FILE = "server.json"  # in the state directory, while a server runs
+RETRY_PAUSE = 5.0  # seconds before a failed background job runs again
 
 
 def default_port() -> int:
@@ -99,6 +101,32 @@ def _write_verifier(store: Store) -> bytes:
     return struct.pack(">I", count) + secrets.token_bytes(4)
 
 
+class _Trouble:
+    """The failures of one recurring background job, logged once per kind (errno) until the
+    job succeeds again: a full disk must not fill the log, nor go unsaid."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.kinds: set[str] = set()
+
+    def failed(self, error: Exception) -> None:
+        while isinstance(error, ExceptionGroup):  # a job's own nursery reports it so
+            error = error.exceptions[0]
+        kind = errno.errorcode.get(getattr(error, "errno", None) or 0, type(error).__name__)
+        if kind in self.kinds:
+            return
+        self.kinds.add(kind)
+        if isinstance(error, OSError):  # the disk's doing (full, gone): no bug to trace
+            log.warning("%s failed, trying again later: %s", self.what, error)
+        else:
+            log.error("%s failed, trying again later", self.what, exc_info=error)
+
+    def succeeded(self) -> None:
+        if self.kinds:
+            log.info("%s works again", self.what)
+            self.kinds.clear()
+
+
 async def _listen(bind: str, port: int) -> tuple[list[trio.SocketListener], trio.socket.SocketType]:
     """TCP listeners and a UDP socket on one port number (any free one for port 0)."""
     for _ in range(20):
@@ -125,6 +153,8 @@ class Server:
         self.dispatcher: Dispatcher | None = None
         self.rpc: RpcServer | None = None
         self.portmapper = Portmapper()
+        self._runtime_trouble = _Trouble(f"writing {RUNTIME_FILE}")
+        self._usage_trouble = _Trouble("measuring the cache's disk")
 
     def _build(self) -> None:
         # The state holds the handle key: nobody else may read it or change the way to it.
@@ -263,6 +293,7 @@ class Server:
         return True
 
     def _write_runtime(self, running: Running) -> None:
+        """Best effort: on a full disk the old file stays, and the next tick tries again."""
         info = {
             "pid": os.getpid(),
             "bind": self.config.bind,
@@ -277,29 +308,56 @@ class Server:
             "cache": self._cache_usage(),
             "calls": self.dispatcher.calls if self.dispatcher else 0,
         }
-        text = json.dumps(info, indent=1)
-        statedir.write_private(self.state_dir / RUNTIME_FILE, text.encode())
+        try:
+            text = json.dumps(info, indent=1)
+            statedir.write_private(self.state_dir / RUNTIME_FILE, text.encode())
+        except OSError as e:
+            self._runtime_trouble.failed(e)
+        else:
+            self._runtime_trouble.succeeded()
 
     async def _journal(self) -> None:
         """Catch up with what changed in the areas while we were away, then keep hashing
-        files that rest after changes and reconciling what changes outside NFS."""
+        files that rest after changes and reconciling what changes outside NFS. Neither job
+        ends the server when it fails (a full disk under the store, say): each is logged
+        and runs again after a pause."""
         assert self.tree is not None
         journal, hidden = self.tree.journal, self.tree.hidden
+        areas = list(self.tree.areas.values())
         watcher = Watcher(journal, hidden)
         await watcher.open()  # before the scans: a change made after its scan has an event
-        try:
+        caught_up = trio.Event()
+
+        async def follow_changes() -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watcher.run)
-                for area in self.tree.areas.values():
+                # At every start, after a failure too: what changed while nobody looked.
+                for area in areas:
                     await journal.scan(area.id, hidden)
-                await journal.run()
+                caught_up.set()
+                watching.succeeded()
+
+        async def hash_rested() -> None:
+            await caught_up.wait()
+            await journal.run()
+
+        watching = _Trouble("reconciling the areas with the disk")
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_keep_going, watching, follow_changes)
+                nursery.start_soon(_keep_going, _Trouble("hashing changed files"), hash_rested)
         finally:
             watcher.close()
 
     def _cache_usage(self) -> dict | None:
         if getattr(self, "blobs", None) is None:
             return None
-        usage = self.blobs.usage()
+        try:
+            usage = self.blobs.usage()
+        except OSError as e:  # statvfs of the store's disk
+            self._usage_trouble.failed(e)
+            return None
+        self._usage_trouble.succeeded()
         return {
             "cached": usage.cached,
             "pinned": usage.pinned,
@@ -318,14 +376,28 @@ class Server:
             self._write_runtime(running)
 
     def close(self) -> None:
-        if self.tree is not None:
-            self.tree.close()
-            self.tree = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        tree, self.tree = self.tree, None
+        store, self.store = self.store, None
+        for part in (tree, store):
+            try:
+                if part is not None:
+                    part.close()
+            except Exception as e:  # rocksdict: a memtable it cannot flush on a full disk
+                log.error("closing the %s failed: %s", type(part).__name__, e)
         (self.state_dir / RUNTIME_FILE).unlink(missing_ok=True)
         (self.state_dir / CONTROL_SOCKET).unlink(missing_ok=True)
+
+
+async def _keep_going(trouble: _Trouble, job: Callable[[], Awaitable[None]]) -> None:
+    """Run a background job of the server for as long as it runs: when it fails, log it
+    (once per kind) and start it again after a pause."""
+    while True:
+        try:
+            await job()
+            return
+        except Exception as e:
+            trouble.failed(e)
+        await trio.sleep(RETRY_PAUSE)
 
 
 def mount_commands(

@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+from nfsd import statedir
 from nfsd.cli.errors import UsageError
 from nfsd.cli.options import SERVER_KEYS
 from nfsd.exports import NOBODY, ExportOptions
@@ -50,10 +51,8 @@ def load_config(state_dir: Path) -> dict:
 
 
 def save_config(state_dir: Path, config: dict) -> None:
-    path = state_dir / CONFIG_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, path)
+    """config.json replaced whole (old or new after a crash), private like the rest."""
+    statedir.write_private(state_dir / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
 
 
 def areas_to_serve(config: dict) -> dict[str, str]:

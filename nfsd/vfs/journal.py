@@ -212,8 +212,8 @@ class Journal:
                 os.close(fd)
             if self.dirty.get((area, path)) != when:
                 continue  # written again while hashing: wait for the next rest
+            self._settled(area, path, blob, st)  # if this fails, the file stays to hash again
             del self.dirty[(area, path)]
-            self._settled(area, path, blob, st)
             done += 1
         return done
 

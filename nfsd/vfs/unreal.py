@@ -106,12 +106,17 @@ class UnrealLayer:
             log.warning("no source has chunk %d of %s", index, blob.hex()[:16])
         except CacheFull as e:
             log.warning("cannot cache chunk %d of %s: %s", index, blob.hex()[:16], e)
-            if len(self._refused) > 1000:
-                self._refused.clear()
-            self._refused[blob] = str(e)
+            self._refuse(blob, str(e))
+        except Exception as e:  # a source or the store failing: the reader gets IO, we go on
+            log.warning("fetching chunk %d of %s failed: %s", index, blob.hex()[:16], e)
         finally:
             del self._fetching[key]
             done.set()
+
+    def _refuse(self, blob: bytes, why: str) -> None:
+        if len(self._refused) > 1000:
+            self._refused.clear()
+        self._refused[blob] = why
 
     def _start_fetch(self, blob: bytes, index: int) -> trio.Event:
         key = (blob, index)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from nfsd.nfs3.common import Nfs3State, Target
 from nfsd.rpc.dispatch import CallContext
-from nfsd.vfs.errors import FsError
+from nfsd.vfs.errors import FsError, from_os_error
 from nfsd.vfs.tree import Attr
 from xdr.codec import Arm
 from xdr.nfs3 import fattr3, nfs_fh3, wcc_data
@@ -59,6 +60,8 @@ class Learnt:
         return s.wcc(self.second_before, self.second_fid)
 
 
+log = logging.getLogger("realize.nfs3")
+
 Failure = Callable[[Nfs3State, Learnt], Any]
 Body = Callable[[Nfs3State, CallContext, Any, Learnt], Any]
 Handler = Callable[[Nfs3State, CallContext, Any], Any]
@@ -80,11 +83,17 @@ def first_wcc(resfail: type) -> Failure:
 
 
 def procedure(failure: Failure | None) -> Callable[[Body], Handler]:
-    """Wrap a handler body: an FsError it raises is answered as `Arm(status, failure(...))`,
-    the status alone when `failure` is None (GETATTR has no failure body)."""
+    """Wrap a handler body: an FsError (or OSError) it raises is answered as
+    `Arm(status, failure(...))`, the status alone when `failure` is None (GETATTR has no
+    failure body)."""
 
     def wrap(body: Body) -> Handler:
-        def failed(s: Nfs3State, learnt: Learnt, e: FsError) -> Arm:
+        def failed(s: Nfs3State, learnt: Learnt, e: FsError | OSError) -> Arm:
+            if isinstance(e, OSError):
+                # Not turned into an FsError on its way (the store's database, a disk
+                # failing): still the one errno table's answer, never a server fault.
+                log.warning("%s: %s", body.__name__, e)
+                e = from_os_error(e)
             return Arm(e.status, None if failure is None else failure(s, learnt))
 
         if inspect.iscoroutinefunction(body):
@@ -93,7 +102,7 @@ def procedure(failure: Failure | None) -> Callable[[Body], Handler]:
                 learnt = Learnt()
                 try:
                     return await body(s, ctx, args, learnt)
-                except FsError as e:
+                except (FsError, OSError) as e:
                     return failed(s, learnt, e)
 
         else:
@@ -102,7 +111,7 @@ def procedure(failure: Failure | None) -> Callable[[Body], Handler]:
                 learnt = Learnt()
                 try:
                     return body(s, ctx, args, learnt)
-                except FsError as e:
+                except (FsError, OSError) as e:
                     return failed(s, learnt, e)
 
         return functools.wraps(body)(run)

@@ -6,6 +6,7 @@ written through `Batch` so a crash leaves either the old state or the new.
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from collections.abc import Callable
@@ -70,7 +71,18 @@ class Batch:
         self.batch.delete(key, self.store.handle(family))
 
     def commit(self) -> None:
-        self.store.db.write(self.batch)
+        try:
+            self.store.db.write(self.batch)
+        except Exception as e:  # rocksdict reports every failure as a plain Exception
+            raise store_error(e) from e
+
+
+def store_error(e: Exception) -> OSError:
+    """RocksDB's failure as the OSError it stands for: a full disk is ENOSPC (a client is
+    told NOSPC, not a server fault); any other I/O failure EIO."""
+    text = str(e)
+    code = errno.ENOSPC if "No space left" in text else errno.EIO
+    return OSError(code, f"the server's database: {text}")
 
 
 class Store:

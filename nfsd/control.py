@@ -171,7 +171,7 @@ class ControlService:
 
     async def import_(self, ctx: CallContext, args: importargs) -> importres:
         def failed(status: ctlstat, message: str) -> importres:
-            return importres(status, _text(message), 0, 0, 0, 0, 0)
+            return importres(status, _text(message), 0, 0, 0, 0, 0, 0, [])
 
         name = os.fsdecode(args.area)
         area = self.tree.area_by_name.get(name)
@@ -199,6 +199,8 @@ class ControlService:
             report.symlinks,
             report.bytes,
             report.skipped,
+            report.refused,
+            [_text(refusal) for refusal in report.refusals],
         )
 
     async def fsck(self, ctx: CallContext, repair: bool) -> fsckres:

@@ -28,6 +28,7 @@ CONTROL_SOCKET = "control.sock"
 
 MAX_PATH = 4096
 MAX_MESSAGE = 4096
+IMPORT_REFUSALS = 10  # refused entries an import names one by one
 LS_PAGE = 1000  # entries per LS reply
 MAX_LINES = 10000
 
@@ -157,6 +158,8 @@ class importres:
     symlinks: int = xf(uint64)
     bytes: int = xf(uint64)
     skipped: int = xf(uint64)
+    refused: int = xf(uint64)  # entries whose path the index must never hold
+    refusals: list[bytes] = xf(Array(message_string, IMPORT_REFUSALS))  # the first: "path: why"
 
 
 @xdr_struct

@@ -37,6 +37,12 @@ def cmd_import(args: argparse.Namespace) -> int:
         f"directories, {report.symlinks} symlinks now listed in {args.area}; "
         f"{report.skipped} skipped"
     )
+    if report.refused:
+        print(f"realize: {report.refused} entries of the source refused, for their paths:")
+        for refusal in report.refusals:
+            print(f"  {refusal.decode(errors='replace')}")
+        if report.refused > len(report.refusals):
+            print(f"  ... and {report.refused - len(report.refusals)} more")
     if str(source_dir) not in config.get("sources", []):
         print(f"realize: attach it to read their content: realize source add {source_dir}")
     return 0

@@ -9,15 +9,21 @@ which blob, and chunks are read from those files. The cache verifies every chunk
 `import_area` makes a source's files of one area appear here as Unreal entries: the index
 gets their paths, sizes and blob ids, the cache their manifests (chunk hashes, computed by
 reading the source's files once), and no content is copied.
+
+A source's index is input like any other (the disk it is on may have been anyone's): every
+entry's path passes nfsd/store/paths.py's check, and its directory must be one of the
+source's checked directories, before it is imported or names a file to read; the others are
+refused, with the reason, and the rest is imported. The source's files are opened below its
+area root one directory at a time, never following a symlink.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import stat
+import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -27,6 +33,9 @@ from nfsd.store.areas import AreaTable
 from nfsd.store.blobs import DEFAULT_CHUNK_SIZE, BlobStore
 from nfsd.store.db import Store
 from nfsd.store.index import AreaIndex, Entry, Kind, Layer, join
+from nfsd.store.paths import path_problem, shown, target_problem
+from nfsd.vfs.osapi import DIR_FLAGS, open_dir, open_regular
+from xdr.control import IMPORT_REFUSALS
 
 log = logging.getLogger("realize.source")
 
@@ -43,29 +52,50 @@ class BlobSource(Protocol):
         ...
 
 
-def file_chunks(
-    path: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE
-) -> tuple[bytes, int, list[bytes]]:
-    """(blob id, size, chunk hashes) of a file, read once, chunk by chunk."""
+def file_chunks(fd: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[bytes, int, list[bytes]]:
+    """(blob id, size, chunk hashes) of an open file, read once, chunk by chunk."""
     whole = blake3.blake3()
     hashes: list[bytes] = []
     size = 0
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            chunk = f.read(chunk_size)
-            if not chunk:
-                break
-            whole.update(chunk)
-            hashes.append(blake3.blake3(chunk).digest())
-            size += len(chunk)
+    while True:
+        chunk = os.pread(fd, chunk_size, size)
+        if not chunk:
+            break
+        whole.update(chunk)
+        hashes.append(blake3.blake3(chunk).digest())
+        size += len(chunk)
     return whole.digest(), size, hashes
+
+
+def open_below(root: bytes, path: bytes) -> int:
+    """The regular file `path` (a checked area path) below the directory `root`, opened for
+    reading one directory at a time: a symlink on the way or at the end is never followed,
+    so nothing outside `root` is opened."""
+    fd = os.open(root, DIR_FLAGS)
+    try:
+        *directories, name = path.split(b"/")
+        for directory in directories:
+            inner = open_dir(directory, fd)
+            os.close(fd)
+            fd = inner
+        return open_regular(fd, name, os.O_RDONLY)[0]
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
 class SourceEntry:
-    path: bytes  # relative to the area root
+    path: bytes  # relative to the area root, checked
     entry: Entry
-    location: bytes | None  # the source's Real file, for files
+    root: bytes | None  # the source's area root, where a Real entry's file is
+
+
+@dataclass(frozen=True)
+class Refused:
+    """An entry of the source's index that is not taken, and why."""
+
+    path: bytes  # as the source's index spells it: for messages only
+    reason: str
 
 
 def is_state_dir(path: Path) -> bool:
@@ -86,22 +116,67 @@ class StateDirSource:
             if area.path is not None
         }
         self.index = AreaIndex(self.store) if "entries" in self.store._families else None
-        self._locations: dict[bytes, bytes] = {}
+        self._locations: dict[bytes, tuple[bytes, bytes]] = {}  # blob -> (area root, path)
         for area_id, root in self.areas.values():
-            for path, entry in self._walk(area_id):
+            for item in self._scan(area_id):
+                if isinstance(item, Refused):
+                    continue
+                path, entry = item
                 if entry.kind == Kind.FILE and entry.blob and entry.layer == Layer.REAL:
-                    self._locations.setdefault(entry.blob, join(root, path))
+                    self._locations.setdefault(entry.blob, (root, path))
 
-    def _walk(self, area_id: int) -> Iterator[tuple[bytes, Entry]]:
-        return self.index.walk(area_id) if self.index is not None else iter(())
+    def _scan(self, area_id: int) -> Iterator[tuple[bytes, Entry] | Refused]:
+        """Every entry of one area in the source's index, each checked or refused.
 
-    def entries(self, area: str) -> Iterator[SourceEntry]:
+        Keys are `area ‖ parent ‖ NUL ‖ name` in byte order, so a directory comes before
+        everything below it: one pass knows whether an entry's directory was taken."""
+        if self.index is None:
+            return
+        prefix = struct.pack(">I", area_id)
+        directories = {b""}
+        for key, raw in self.index.entries.items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            rest = bytes(key[len(prefix) :])
+            if not rest:
+                continue  # the area root's own entry
+            parent, separator, name = rest.partition(b"\0")
+            path = join(parent, name)
+            if not separator:
+                yield Refused(rest, "not an entry key")
+                continue
+            problem = path_problem(path)
+            if problem is None and b"/" in name:
+                problem = "a '/' inside a name"
+            if problem is None and parent not in directories:
+                problem = "its directory is not one of the source's"
+            if problem is not None:
+                yield Refused(path, problem)
+                continue
+            try:
+                entry = Entry.unpack(raw)
+            except (ValueError, struct.error):
+                yield Refused(path, "an unreadable entry")
+                continue
+            if entry.kind == Kind.SYMLINK:
+                problem = target_problem(entry.target)
+                if problem is not None:
+                    yield Refused(path, problem)
+                    continue
+            if entry.kind == Kind.DIR:
+                directories.add(path)
+            yield path, entry
+
+    def entries(self, area: str) -> Iterator[SourceEntry | Refused]:
         if area not in self.areas:
             raise KeyError(f"the source has no area {area!r} (it has {sorted(self.areas)})")
         area_id, root = self.areas[area]
-        for path, entry in self._walk(area_id):
-            location = join(root, path) if entry.layer == Layer.REAL else None
-            yield SourceEntry(path, entry, location)
+        for item in self._scan(area_id):
+            if isinstance(item, Refused):
+                yield item
+                continue
+            path, entry = item
+            yield SourceEntry(path, entry, root if entry.layer == Layer.REAL else None)
 
     def has(self, blob_id: bytes) -> bool:
         return blob_id in self._locations
@@ -111,7 +186,7 @@ class StateDirSource:
         if location is None:
             return None
         try:
-            fd = os.open(location, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = open_below(*location)
         except OSError:
             return None
         try:
@@ -123,6 +198,10 @@ class StateDirSource:
         self.store.close()
 
 
+# Refused entries named one by one in the report (and the log); the rest are only counted.
+REFUSALS_SHOWN = IMPORT_REFUSALS
+
+
 @dataclass
 class ImportReport:
     files: int = 0
@@ -130,6 +209,14 @@ class ImportReport:
     symlinks: int = 0
     bytes: int = 0
     skipped: int = 0  # already here, or changed in the source since it was indexed
+    refused: int = 0  # entries whose path (or target) the index must never hold
+    refusals: list[str] = field(default_factory=list)  # the first few, "path: reason"
+
+    def refuse(self, item: Refused) -> None:
+        self.refused += 1
+        if len(self.refusals) < REFUSALS_SHOWN:
+            self.refusals.append(f"{shown(item.path)}: {item.reason}")
+            log.warning("refused %s from the source: %s", shown(item.path), item.reason)
 
 
 def import_area(
@@ -142,10 +229,14 @@ def import_area(
 ) -> ImportReport:
     """Add the source's entries of `source_area` to our area as Unreal entries.
 
-    Paths that exist here (in the Real directory or the index) are left alone."""
+    Paths that exist here (in the Real directory or the index) are left alone; entries the
+    check refuses are counted and named in the report, and the others imported."""
     index = AreaIndex(store)
     report = ImportReport()
     for item in source.entries(source_area):
+        if isinstance(item, Refused):
+            report.refuse(item)
+            continue
         path, entry = item.path, item.entry
         if index.get(area_id, path) is not None or os.path.lexists(join(area_root, path)):
             report.skipped += 1
@@ -160,16 +251,17 @@ def import_area(
             entry.target,
         )
         if entry.kind == Kind.FILE:
-            if not entry.blob or item.location is None:
+            if not entry.blob or item.root is None:
                 report.skipped += 1
                 continue
             try:
-                st = os.lstat(item.location)
-                if not stat.S_ISREG(st.st_mode):
-                    raise OSError("not a regular file")
-                blob_id, size, hashes = file_chunks(item.location)
+                fd = open_below(item.root, path)
+                try:
+                    blob_id, size, hashes = file_chunks(fd)
+                finally:
+                    os.close(fd)
             except OSError as e:
-                log.warning("skipping %s: %s", os.fsdecode(item.location), e)
+                log.warning("skipping %s: %s", shown(path), e)
                 report.skipped += 1
                 continue
             if blob_id != entry.blob or size != entry.size:
@@ -188,4 +280,6 @@ def import_area(
         batch = store.batch()
         index.put(batch, area_id, path, unreal)
         batch.commit()
+    if report.refused > REFUSALS_SHOWN:
+        log.warning("refused %d entries from the source in all", report.refused)
     return report

@@ -278,13 +278,12 @@ def test_multi_fragment_record_is_reassembled(server: Served) -> None:
             pieces.append(struct.pack(">I", last | len(chunk)) + chunk)
             size = size * 2 + 1
         stream = b"".join(pieces)
-        send, receive = trio.open_memory_channel(1)
-        nfs.rpc._waiting[xid] = send
+        pending = nfs.rpc.expect(xid)
         for i in range(0, len(stream), 5):
             await nfs.rpc.send_bytes(stream[i : i + 5])
             await trio.sleep(0)  # a checkpoint: each piece leaves on its own
         with trio.fail_after(5):
-            reply_record = await receive.receive()
+            reply_record = await nfs.rpc.reply(pending)
         assert len(pieces) > 3
         reply = parse_reply(reply_record)
         assert reply.xid == xid and reply.stat == accept_stat.SUCCESS
@@ -297,19 +296,15 @@ def test_multi_fragment_record_is_reassembled(server: Served) -> None:
 def test_two_records_in_one_segment_both_answered(server: Served) -> None:
     async def body(nfs: Nfs) -> None:
         xids = [0x6001, 0x6002]
-        channels = []
-        for xid in xids:
-            send, receive = trio.open_memory_channel(1)
-            nfs.rpc._waiting[xid] = send
-            channels.append(receive)
+        waiting = [nfs.rpc.expect(xid) for xid in xids]
         data = b""
         for xid in xids:
             record = encode_call(xid, NFS_PROGRAM, 3, 0)
             data += struct.pack(">I", LAST_FRAGMENT | len(record)) + record
         await nfs.rpc.send_bytes(data)
         with trio.fail_after(5):
-            for receive in channels:
-                assert await receive.receive()
+            for pending in waiting:
+                assert await nfs.rpc.reply(pending)
 
     server.run(body)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from nfsd.rpc.record import Record, RecordReader, frame, record_mark
+from nfsd.rpc.record import Record, RecordReader, RecordTooLarge, frame, record_mark
 from nfsd.rpc.streamio import stream_io
 from xdr.codec import Packer, as_type, decode
 from xdr.rpc import accept_stat
@@ -47,28 +47,30 @@ def encode_args(t: Any, value: Any) -> bytes:
 
 
 class _Pending:
-    """Where the reply to one call is delivered: the caller parks on it until the reply
-    reader hands the record over (`send_nowait`) or ends (`close`).
+    """One call waiting for its reply: the record once it is in, or closed when the
+    connection ended without it. Its task parks here while another call's task reads."""
 
-    A memory channel per call does the same with more objects and checkpoints; this has the
-    channel's two methods the reader calls, so a test may put a channel in its place."""
-
-    __slots__ = ("_closed", "_record", "_task")
+    __slots__ = ("_task", "closed", "record")
 
     def __init__(self) -> None:
-        self._record: Record | None = None
-        self._closed = False
+        self.record: Record | None = None
+        self.closed = False
         self._task: trio.lowlevel.Task | None = None
 
-    def send_nowait(self, record: Record) -> None:
-        self._record = record
-        self._wake()
+    def deliver(self, record: Record) -> None:
+        self.record = record
+        self.wake()
 
     def close(self) -> None:
-        self._closed = True
-        self._wake()
+        self.closed = True
+        self.wake()
 
-    def _wake(self) -> None:
+    @property
+    def parked(self) -> bool:
+        return self._task is not None
+
+    def wake(self) -> None:
+        """Let the parked task look again (its reply came, or it is its turn to read)."""
         task, self._task = self._task, None
         if task is not None:
             trio.lowlevel.reschedule(task)
@@ -77,25 +79,29 @@ class _Pending:
         self._task = None
         return trio.lowlevel.Abort.SUCCEEDED
 
-    async def receive(self) -> Record:
-        """The reply record; trio.EndOfChannel if the connection ended without it."""
-        if self._record is None and not self._closed:
-            self._task = trio.lowlevel.current_task()
-            await trio.lowlevel.wait_task_rescheduled(self._abort)
-        if self._record is None:
-            raise trio.EndOfChannel
-        return self._record
+    async def park(self) -> None:
+        self._task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
 
 
 class RpcClient:
+    """Calls over one connection, any number outstanding, from any number of tasks.
+
+    There is no reader task: the task of a waiting call reads the connection itself when no
+    other does, hands the replies of other calls to their tasks, and passes the reading on
+    to one of them when its own reply is in. At one call outstanding a reply thus reaches
+    its caller without a task switch. A reply whose call is no longer waiting is dropped."""
+
     def __init__(self, stream: trio.abc.Stream, cred: Credential | None = None) -> None:
         self.stream = stream
         self.cred = cred
         self._io = stream_io(stream)
+        self._records = RecordReader(64 << 20)
         self._xid = random.getrandbits(31)
-        self._waiting: dict[int, _Pending | trio.MemorySendChannel] = {}
+        self._waiting: dict[int, _Pending] = {}
+        self._reading = False  # a call's task is reading the connection
         self._send_lock = trio.Lock()
-        self.closed = trio.Event()
+        self.closed = trio.Event()  # set once the connection is seen to have ended
 
     @property
     def cred(self) -> Credential | None:
@@ -111,27 +117,62 @@ class RpcClient:
         self._xid = (self._xid + 1) & 0xFFFFFFFF
         return self._xid
 
-    async def _read_replies(self) -> None:
-        reader = RecordReader(64 << 20)
-        io = self._io
-        waiting = self._waiting
+    def expect(self, xid: int) -> _Pending:
+        """Wait for the reply to `xid` (a call sent by other means, as tests do); then
+        `await reply(pending)`. ConnectionError if the connection has ended."""
+        if self.closed.is_set():
+            raise ConnectionError("connection closed")
+        pending = self._waiting[xid] = _Pending()
+        return pending
+
+    async def reply(self, pending: _Pending) -> Record:
+        """The reply record `pending` waits for, reading the connection while no other task
+        does; ConnectionError if the connection ends first."""
+        while True:
+            if pending.record is not None:
+                return pending.record
+            if pending.closed:
+                raise ConnectionError("connection closed before the reply")
+            if self._reading:
+                await pending.park()
+                continue
+            self._reading = True
+            try:
+                await self._read_until(pending)
+            finally:
+                self._reading = False
+                self._hand_over()
+
+    async def _read_until(self, pending: _Pending) -> None:
+        io, records, waiting = self._io, self._records, self._waiting
         try:
-            while True:
-                received = await io.receive_into(reader.receive_buffer())
+            while pending.record is None:
+                received = await io.receive_into(records.receive_buffer())
                 if not received:
                     break
-                for record in reader.received(received):
+                for record in records.received(received):
                     (xid,) = _XID.unpack_from(record)
-                    pending = waiting.pop(xid, None)
-                    if pending is not None:
-                        pending.send_nowait(record)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    other = waiting.pop(xid, None)
+                    if other is not None:
+                        other.deliver(record)
+            else:
+                return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, RecordTooLarge):
             pass
-        finally:
-            self.closed.set()
-            for pending in waiting.values():
-                pending.close()
-            waiting.clear()
+        # The connection has ended: no call will get a reply.
+        self.closed.set()
+        for other in waiting.values():
+            other.close()
+        waiting.clear()
+        pending.close()
+
+    def _hand_over(self) -> None:
+        """Wake one parked call to read in this one's place (one not parked yet will see
+        that nobody reads when it gets to wait)."""
+        for other in self._waiting.values():
+            if other.parked:
+                other.wake()
+                return
 
     async def _send(self, parts: list[bytes | memoryview]) -> None:
         """Send buffers as one piece of the stream. The lock is taken without a checkpoint
@@ -171,17 +212,13 @@ class RpcClient:
         if header is None:
             auth = self._auth if cred is None else encode_auth(cred)
             header = call_head(xid, prog, vers, proc) + auth
-        if self.closed.is_set():
-            # The reply reader has ended: nothing would ever answer this call.
-            raise ConnectionError("connection closed")
-        pending = _Pending()
-        self._waiting[xid] = pending
+        pending = self.expect(xid)
         try:
             try:
                 await self._send([record_mark(len(header) + len(args)), header, args])
-                record = await pending.receive()
-            except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise ConnectionError("connection closed before the reply") from None
+            record = await self.reply(pending)
         finally:
             self._waiting.pop(xid, None)
         reply = parse_reply(record)
@@ -228,25 +265,13 @@ async def open_unix_client(path: str, cred: Credential | None = None) -> AsyncIt
 
 @asynccontextmanager
 async def _running(client: RpcClient) -> AsyncIterator[RpcClient]:
-    """The client with its reply reader running, closed on the way out."""
+    """The client, closed on the way out."""
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client._read_replies)
-            try:
-                yield client
-            finally:
-                nursery.cancel_scope.cancel()
-                # Shielded: in the cancelled scope a bare await would raise Cancelled, which
-                # the nursery then absorbs, and an exception from the caller's block would be
-                # lost.
-                with trio.CancelScope(shield=True):
-                    await client.aclose()
-    except BaseExceptionGroup as group:
-        # The caller's own exception, not wrapped by the reader's nursery (trio groups every
-        # error of a nursery): `async with open_client(...)` behaves like a plain block.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+        yield client
+    finally:
+        # Shielded: the block may be leaving because it was cancelled.
+        with trio.CancelScope(shield=True):
+            await client.aclose()
 
 
 async def udp_call(

@@ -8,6 +8,12 @@ from xdr.codec import Arm, encode
 from xdr.nfs3 import (
     FATTR3_CODEC,
     WCC_ATTR_CODEC,
+    ACCESS3res,
+    ACCESS3resok,
+    GETATTR3res,
+    GETATTR3resok,
+    LOOKUP3res,
+    LOOKUP3resok,
     READ3res,
     READ3resok,
     READDIR3res,
@@ -16,6 +22,9 @@ from xdr.nfs3 import (
     READDIRPLUS3resok,
     dirlist3,
     dirlistplus3,
+    encode_access3res_ok,
+    encode_getattr3res_ok,
+    encode_lookup3res_ok,
     encode_read3res_ok,
     encode_readdir3res_ok,
     encode_readdirplus3res_ok,
@@ -142,3 +151,39 @@ def test_directory_replies_equal_the_declared_encoding(eof: bool):
             Arm(nfsstat3.NFS3_OK, READDIRPLUS3resok(dir_attrs, verf, dirlistplus3(declared, eof))),
         )
         assert encode_readdirplus3res_ok(raw_dir, verf, plus, eof) == expected
+
+
+def test_handle_decoder_agrees_with_the_declared_opaque_and_refuses_damage():
+    from xdr.codec import Opaque, XdrError, decode
+
+    for n in (0, 1, 3, 4, 31, 32, 63, 64):
+        raw = encode(Opaque(64), bytes(range(n)))
+        assert decode(nfs_fh3, raw) == nfs_fh3(bytes(range(n)))
+        assert encode(nfs_fh3, nfs_fh3(bytes(range(n)))) == raw
+        for cut in range(len(raw)):
+            with pytest.raises(XdrError):
+                decode(nfs_fh3, raw[:cut])
+    with pytest.raises(XdrError):
+        decode(nfs_fh3, (65).to_bytes(4, "big") + bytes(68))
+    with pytest.raises(XdrError):
+        decode(nfs_fh3, (0xFFFFFFFF).to_bytes(4, "big") + bytes(4))
+
+
+def test_getattr_lookup_and_access_replies_equal_the_declared_encoding():
+    raw = _fattr_bytes(ATTRS)
+    assert encode_getattr3res_ok(raw) == encode(
+        GETATTR3res, Arm(nfsstat3.NFS3_OK, GETATTR3resok(ATTRS))
+    )
+    for n in (0, 29, 30, 31, 32, 64):
+        handle = bytes(range(n))
+        for obj, dir_ in ((ATTRS, ATTRS), (None, ATTRS), (ATTRS, None), (None, None)):
+            expected = encode(
+                LOOKUP3res, Arm(nfsstat3.NFS3_OK, LOOKUP3resok(nfs_fh3(handle), obj, dir_))
+            )
+            got = encode_lookup3res_ok(
+                handle, None if obj is None else raw, None if dir_ is None else raw
+            )
+            assert got == expected
+    for attrs in (ATTRS, None):
+        expected = encode(ACCESS3res, Arm(nfsstat3.NFS3_OK, ACCESS3resok(attrs, 0x1F)))
+        assert encode_access3res_ok(None if attrs is None else raw, 0x1F) == expected

@@ -181,6 +181,37 @@ class nfs_fh3:
     data: bytes = xf(Opaque(NFS3_FHSIZE))
 
 
+_UINT = struct.Struct(">I")
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+_TRUE, _FALSE = b"\0\0\0\1", b"\0\0\0\0"
+
+
+class NfsFh3Type(XdrType[nfs_fh3]):
+    """`nfs_fh3` read straight from the buffer: nearly every call starts with one."""
+
+    _declared = nfs_fh3.XDR  # type: ignore[attr-defined]
+
+    def pack(self, p: Packer, v: nfs_fh3) -> None:
+        self._declared.pack(p, v)
+
+    def unpack(self, u: Unpacker) -> nfs_fh3:
+        buf, pos = u.get_buffer(), u.get_position()
+        if pos + 4 > len(buf):
+            raise XdrError("truncated")
+        (n,) = _UINT.unpack_from(buf, pos)
+        if n > NFS3_FHSIZE:
+            raise XdrError(f"nfs_fh3 of {n} bytes")
+        end = pos + 4 + n
+        padded = end + (-n & 3)
+        if padded > len(buf):
+            raise XdrError("truncated")
+        u.set_position(padded)
+        return nfs_fh3(bytes(buf[pos + 4 : end]))
+
+
+nfs_fh3.XDR = NfsFh3Type()  # type: ignore[attr-defined]
+
+
 @xdr_struct
 class nfstime3:
     seconds: int = xf(uint32)
@@ -396,6 +427,12 @@ class GETATTR3resok:
 
 GETATTR3res = Union(Enum(nfsstat3), {nfsstat3.NFS3_OK: GETATTR3resok}, default=void)
 
+
+def encode_getattr3res_ok(obj_attributes: bytes) -> bytes:
+    """`GETATTR3res` with NFS3_OK, from an fattr3 encoded by FATTR3_CODEC."""
+    return _FALSE + obj_attributes
+
+
 # --- SETATTR (3.3.2) ---
 
 sattrguard3 = Optional(nfstime3)
@@ -443,6 +480,28 @@ class LOOKUP3resfail:
 
 LOOKUP3res = Union(Enum(nfsstat3), {nfsstat3.NFS3_OK: LOOKUP3resok}, default=LOOKUP3resfail)
 
+
+def _post_op(out: bytearray, attributes: bytes | None) -> None:
+    if attributes is None:
+        out += _FALSE
+    else:
+        out += _TRUE
+        out += attributes
+
+
+def encode_lookup3res_ok(
+    handle: bytes, obj_attributes: bytes | None, dir_attributes: bytes | None
+) -> bytes:
+    """`LOOKUP3res` with NFS3_OK; attributes encoded by FATTR3_CODEC (or None)."""
+    out = bytearray(_FALSE)
+    out += _UINT.pack(len(handle))
+    out += handle
+    out += _PAD[len(handle) & 3]
+    _post_op(out, obj_attributes)
+    _post_op(out, dir_attributes)
+    return bytes(out)
+
+
 # --- ACCESS (3.3.4) ---
 
 
@@ -464,6 +523,15 @@ class ACCESS3resfail:
 
 
 ACCESS3res = Union(Enum(nfsstat3), {nfsstat3.NFS3_OK: ACCESS3resok}, default=ACCESS3resfail)
+
+
+def encode_access3res_ok(obj_attributes: bytes | None, access: int) -> bytes:
+    """`ACCESS3res` with NFS3_OK; attributes encoded by FATTR3_CODEC (or None)."""
+    out = bytearray(_FALSE)
+    _post_op(out, obj_attributes)
+    out += _UINT.pack(access)
+    return bytes(out)
+
 
 # --- READLINK (3.3.5) ---
 
@@ -869,9 +937,6 @@ READDIRPLUS3res = Union(
 _ENTRY_HEAD = struct.Struct(">IQI")  # value follows (TRUE), fileid, name length
 _COOKIE = struct.Struct(">Q")
 _HANDLE_HEAD = struct.Struct(">II")  # handle follows (TRUE), handle length
-_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
-_TRUE, _FALSE = b"\0\0\0\1", b"\0\0\0\0"
-
 ReaddirEntry = tuple[int, bytes, int]
 """fileid, name, cookie."""
 ReaddirplusEntry = tuple[int, bytes, int, bytes | None, bytes | None]

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from nfsd.nfs3.common import Nfs3State, access_bits, check_size, in_group, require, time_ns
 from nfsd.nfs3.failure import Learnt, first_wcc, no_attrs, procedure
-from nfsd.rpc.dispatch import CallContext
+from nfsd.rpc.dispatch import CallContext, RawReply
 from nfsd.vfs.errors import FsError
 from nfsd.vfs.tree import SERVER_TIME, SetAttr
 from xdr.codec import Arm
 from xdr.nfs3 import (
     ACCESS3args,
     ACCESS3resfail,
-    ACCESS3resok,
     GETATTR3args,
-    GETATTR3resok,
     SETATTR3args,
     SETATTR3resfail,
     SETATTR3resok,
+    encode_access3res_ok,
+    encode_getattr3res_ok,
     ftype3,
     nfsstat3,
     sattr3,
@@ -27,9 +27,9 @@ OK = nfsstat3.NFS3_OK
 
 
 @procedure(None)
-def getattr_(s: Nfs3State, ctx: CallContext, args: GETATTR3args, learnt: Learnt) -> Arm:
+def getattr_(s: Nfs3State, ctx: CallContext, args: GETATTR3args, learnt: Learnt) -> RawReply:
     target = s.resolve(ctx, args.object)
-    return Arm(OK, GETATTR3resok(s.fattr(s.tree.getattr(target.fid))))
+    return RawReply([encode_getattr3res_ok(s.fattr(s.tree.getattr(target.fid)))])
 
 
 def to_setattr(attrs: sattr3) -> SetAttr:
@@ -92,8 +92,8 @@ async def setattr_(s: Nfs3State, ctx: CallContext, args: SETATTR3args, learnt: L
 
 
 @procedure(no_attrs(ACCESS3resfail))
-def access(s: Nfs3State, ctx: CallContext, args: ACCESS3args, learnt: Learnt) -> Arm:
+def access(s: Nfs3State, ctx: CallContext, args: ACCESS3args, learnt: Learnt) -> RawReply:
     target = s.resolve(ctx, args.object)
     attr = s.tree.getattr(target.fid)
     granted = access_bits(attr, target.user, target.export.options.read_only)
-    return Arm(OK, ACCESS3resok(s.fattr(attr), granted & args.access))
+    return RawReply([encode_access3res_ok(s.fattr(attr), granted & args.access)])

@@ -21,7 +21,6 @@ from xdr.nfs3 import (
     NFS3_COOKIEVERFSIZE,
     LOOKUP3args,
     LOOKUP3resfail,
-    LOOKUP3resok,
     READDIR3args,
     READDIR3resfail,
     ReaddirEntry,
@@ -31,6 +30,7 @@ from xdr.nfs3 import (
     READLINK3args,
     READLINK3resfail,
     READLINK3resok,
+    encode_lookup3res_ok,
     encode_readdir3res_ok,
     encode_readdirplus3res_ok,
     ftype3,
@@ -64,7 +64,7 @@ def _dir_target(s: Nfs3State, ctx: CallContext, fh, learnt: Learnt) -> tuple[Tar
 
 
 @procedure(first_attrs(LOOKUP3resfail))
-def lookup(s: Nfs3State, ctx: CallContext, args: LOOKUP3args, learnt: Learnt) -> Arm:
+def lookup(s: Nfs3State, ctx: CallContext, args: LOOKUP3args, learnt: Learnt) -> RawReply:
     target, dir_attr = _dir_target(s, ctx, args.what.dir, learnt)
     dir_fid = target.fid
     require(dir_attr, target.user, 0o1)
@@ -73,7 +73,9 @@ def lookup(s: Nfs3State, ctx: CallContext, args: LOOKUP3args, learnt: Learnt) ->
         fid, attr = dir_fid, dir_attr  # never above the export's root
     else:
         fid, attr = s.tree.lookup(dir_fid, name)
-    return Arm(OK, LOOKUP3resok(s.handle(target, fid), s.attrs(attr, fid), s.fattr(dir_attr)))
+    handle = s.handles.encode(target.export.id, fid)
+    reply = encode_lookup3res_ok(handle, s.attrs(attr, fid), s.fattr(dir_attr))
+    return RawReply([reply])
 
 
 @procedure(first_attrs(READLINK3resfail))

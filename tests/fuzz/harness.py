@@ -6,20 +6,22 @@ both drive.
 assembles them, over areas with a few files in `base`, with a fixed handle key and a fixed
 first walk of the tree, so the handles written into the seed corpus stay valid on every
 build. `target.check_input(data)` feeds `data` to a `RecordReader` as a connection's bytes,
-answers every record as a connection does (inline first; in a task when the call must wait),
-and raises `Crash` when an exception escapes the dispatcher, when the dispatcher logs a
-traceback or an error (its SYSTEM_ERR path), when a call takes longer than `HANG_SECONDS`,
-or when a call record gets no reply.
+answers every record as a connection does (inline first, going on on the event loop if the
+call pauses; in a task when the call must wait), and raises `Crash` when an exception escapes
+the dispatcher, when the dispatcher logs a traceback or an error (its SYSTEM_ERR path), when a
+call takes longer than `HANG_SECONDS`, or when a call record gets no reply.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import shutil
 import threading
 import time
 import traceback
+import types
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -101,14 +103,44 @@ def _populate(base: Path) -> None:
         store.close()
 
 
-def _drive(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    """Run a coroutine that must finish without waiting (an inline call) to its result."""
+class _Suspended:
+    """An inline call that paused on the event loop (`Pause.now_and_then` in a long listing):
+    the coroutine, what it awaits, and the context it runs in."""
+
+    def __init__(self, coroutine: Any, awaited: Any, context: contextvars.Context) -> None:
+        self.coroutine, self.awaited, self.context = coroutine, awaited, context
+
+
+def _start(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run an inline call up to its end, or to its first pause (then a _Suspended)."""
+    context = contextvars.copy_context()
     try:
-        awaited = coroutine.send(None)
+        awaited = context.run(coroutine.send, None)
     except StopIteration as done:
         return done.value
-    coroutine.close()
-    raise Crash(f"an inline call awaited the event loop ({awaited!r})")
+    return _Suspended(coroutine, awaited, context)
+
+
+@types.coroutine
+def _resume(suspended: _Suspended) -> Any:
+    """Go on with a paused call on the event loop, as the reader's task would: what it awaits
+    goes to the loop, the loop's answers to it, each step in the call's own context."""
+    coroutine, awaited, context = suspended.coroutine, suspended.awaited, suspended.context
+    while True:
+        try:
+            answer = yield awaited
+        except BaseException as e:
+            step, value = coroutine.throw, e
+        else:
+            step, value = coroutine.send, answer
+        try:
+            awaited = context.run(step, value)
+        except StopIteration as done:
+            return done.value
+
+
+async def _finish(suspended: _Suspended) -> Any:
+    return await _resume(suspended)
 
 
 class _TrioThread:
@@ -221,7 +253,10 @@ class DispatchTarget:
         in the loop thread: a fuzzer's input costs no event loop of its own."""
         dispatcher = self.dispatcher
         if dispatcher.is_inline(record):
-            reply = _drive(dispatcher.handle(record, CLIENT, "tcp", LOCAL, inline=True))
+            reply = _start(dispatcher.handle(record, CLIENT, "tcp", LOCAL, inline=True))
+            if isinstance(reply, _Suspended):
+                assert self._loop is not None, "a call that pauses needs the loop thread"
+                reply = self._loop.run(_finish, reply)
             if reply is not DEFERRED:
                 return reply
         assert self._loop is not None, "calls that wait need the loop thread"

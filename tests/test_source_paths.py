@@ -3,7 +3,8 @@ paths that climb out of the area ("../x", "a/../b"), empty, "." or NUL-bearing c
 over-long names or the state directory's name. `realize import` into a running server refuses
 those entries, says how many and why, and imports the rest: the good entries are listed and
 readable through NFS, the bad ones are nowhere (neither in the index nor in a listing), and
-nothing outside the source's area is opened."""
+nothing outside the source's area is opened. The path check's rules themselves are in the
+fast tier."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import struct
 from pathlib import Path
 
 import blake3
+import pytest
 
 from nfsd.store.areas import AreaTable
 from nfsd.store.db import Store
 from nfsd.store.index import AreaIndex, Entry, Kind, Layer
-from nfsd.store.paths import path_problem
+from nfsd.store.paths import BadPath, check_path, path_problem, target_problem
 from nfsd.store.source import StateDirSource
 from nfsd.vfs.watch import Inotify
 from tests.conftest import ZERO_VERF, Nfs, run_on
@@ -171,3 +173,56 @@ def test_the_source_reads_nothing_through_a_refused_path(tmp_path: Path) -> None
         assert attached.read_chunk(good_blob, 0, 4) == b"good"
     finally:
         attached.close()
+
+
+@pytest.mark.inproc
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        (b"../../etc/shadow", "'..' component"),
+        (b"a/../b", "'..' component"),
+        (b"a/..", "'..' component"),
+        (b"a//b", "empty component"),
+        (b"/a", "empty component"),
+        (b"a/", "empty component"),
+        (b"./x", "'.' component"),
+        (b"a/\0b", "NUL"),
+        (b"n" * 256, "longer than 255"),
+        (b"a/" * 2048 + b"b", "longer than 4096 bytes"),
+        (b"", "empty path"),
+        (b".realize", "state directory"),
+        (b"docs/.realize/db", "state directory"),
+        (b"x/.realize-tmp-12", "temporary files"),
+    ],
+)
+def test_the_path_check_refuses(path: bytes, problem: str) -> None:
+    found = path_problem(path)
+    assert found is not None and problem in found, found
+    with pytest.raises(BadPath) as raised:
+        check_path(path)
+    assert raised.value.path == path and raised.value.reason == found
+
+
+@pytest.mark.inproc
+@pytest.mark.parametrize(
+    "path",
+    [
+        b"a",
+        b"a/b/c",
+        b"...",
+        b"..a",
+        b".hidden",
+        b"n" * 255,
+        b"/".join([b"n" * 255] * 16),
+        b"a b/\xff",
+    ],
+)
+def test_the_path_check_takes(path: bytes) -> None:
+    assert path_problem(path) is None
+    check_path(path)
+
+
+@pytest.mark.inproc
+def test_a_symlink_target_is_data_but_holds_no_nul() -> None:
+    assert target_problem(b"../../anywhere/at/all") is None
+    assert target_problem(b"a\0b") is not None

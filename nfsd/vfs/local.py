@@ -27,12 +27,51 @@ from nfsd.vfs import osapi
 from nfsd.vfs.errors import FsError, from_os_error
 from nfsd.vfs.inodes import InodeTable, Node
 from nfsd.vfs.names import TEMP_PREFIX
-from xdr.nfs3 import nfsstat3
+from nfsd.vfs.tree import Attr
+from xdr.nfs3 import ftype3, nfsstat3
 
 log = logging.getLogger("realize.local")
 
 _DIR_CACHE = 128
 _MAX_DEPTH = 4096
+
+
+_KIND = {
+    stat.S_IFREG: ftype3.NF3REG,
+    stat.S_IFDIR: ftype3.NF3DIR,
+    stat.S_IFLNK: ftype3.NF3LNK,
+    stat.S_IFCHR: ftype3.NF3CHR,
+    stat.S_IFBLK: ftype3.NF3BLK,
+    stat.S_IFSOCK: ftype3.NF3SOCK,
+    stat.S_IFIFO: ftype3.NF3FIFO,
+}
+
+_KIND_BY_FORMAT = [_KIND.get(fmt << 12, ftype3.NF3REG) for fmt in range(16)]
+_NO_RDEV = (0, 0)
+
+
+def attr_from_stat(st: os.stat_result, fid: int) -> Attr:
+    """The attributes of an lstat; in a READDIRPLUS this runs once per entry."""
+    mode = st.st_mode
+    kind = _KIND_BY_FORMAT[(mode >> 12) & 15]
+    nlink = st.st_nlink
+    if nlink < 2 and kind == ftype3.NF3DIR:
+        nlink = 2  # macOS skips READDIR of a directory that claims one link
+    rdev = st.st_rdev
+    return Attr(
+        kind,
+        mode & 0o7777,
+        nlink,
+        st.st_uid,
+        st.st_gid,
+        st.st_size,
+        st.st_blocks * 512,
+        (os.major(rdev), os.minor(rdev)) if rdev else _NO_RDEV,
+        fid,
+        st.st_atime_ns,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+    )
 
 
 @dataclass(slots=True)

@@ -18,6 +18,7 @@ from xdr.nfs3 import (
     NFSPROC3,
     LINK3args,
     READ3args,
+    READDIRPLUS3args,
     READLINK3args,
     RENAME3args,
     diropargs3,
@@ -80,6 +81,12 @@ def test_unreal_files_listed_read_cached_and_realized(tmp_path):
     async def first(nfs: Nfs) -> None:
         root = await nfs.mount(b"/area")
         assert await nfs.names(root) == {b"local.txt", b"big.bin", b"docs", b"link"}
+        # A directory only the index holds lists its entries too.
+        docs = await nfs.lookup(root, b"docs")
+        assert await nfs.names(docs) == {b"note.txt"}
+        plus = await nfs.ok(NFSPROC3.READDIRPLUS, READDIRPLUS3args(docs, 0, bytes(8), 8192, 65536))
+        listed = {e.name: e.name_attributes for e in plus.reply.entries}
+        assert listed[b"note.txt"].size == len("a note\n")
         fh = await nfs.lookup(root, b"big.bin")
         before = await nfs.getattr(fh)
         assert before.type == ftype3.NF3REG and before.size == BIG

@@ -526,7 +526,8 @@ class MergedTree(LayerMoves, NamespaceChanges, Tree):
                 yield DirEntry(listing.names[i], fid, listing.cookies[i]), attr
             return
         # The directory held for this listing (the cache may close its own copy meanwhile).
-        dir_fd = os.dup(self.local.dir_fd(dir_fid)) if len(listing.names) else -1
+        real = listing.version[0] != 0  # an Unreal directory has nothing on the disk
+        dir_fd = os.dup(self.local.dir_fd(dir_fid)) if real and listing.names else -1
         hidden = self.roots.hidden
         hidden_inodes = {ino for _, ino in hidden}
         names, inodes, fids, cookies = listing.names, listing.inodes, listing.fids, listing.cookies

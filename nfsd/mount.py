@@ -82,6 +82,15 @@ class MountService:
         if not export.options.allows(ctx.client[0]):
             log.warning("refused mount of %s by %s", export.path, ctx.client[0])
             return mountstat3.MNT3ERR_ACCES, b""
+        if not export.options.port_allowed(ctx.client, ctx.owner):
+            # Refused here, at MNT, never later: a client mounted then refused loops forever.
+            log.warning(
+                "refused mount of %s by %s: port %d is not reserved (secure; see --insecure)",
+                export.path,
+                ctx.client[0],
+                ctx.client[1],
+            )
+            return mountstat3.MNT3ERR_ACCES, b""
         try:
             fid = self._walk(export, below)
         except FsError as e:

@@ -401,11 +401,18 @@ async def _keep_going(trouble: _Trouble, job: Callable[[], Awaitable[None]]) -> 
 
 
 def mount_commands(
-    host: str, exports: list[str], nfs_port: int, mount_port: int, portmap: bool
+    host: str,
+    exports: list[str],
+    nfs_port: int,
+    mount_port: int,
+    portmap: bool,
+    secure: bool = True,
 ) -> dict[str, list[str]]:
-    """The exact commands that mount each export, per client OS."""
+    """The exact commands that mount each export, per client OS. `secure`: the server wants
+    a reserved source port (Linux and Windows send from one; macOS needs `resvport`)."""
     standard = nfs_port == DEFAULT_PORT and mount_port == DEFAULT_PORT and portmap
     ports = "" if standard else f",port={nfs_port},mountport={mount_port}"
+    resvport = ",resvport" if secure else ""
     commands: dict[str, list[str]] = {"linux": [], "macos": [], "windows": []}
     for export in exports:
         name = export.strip("/") or "realize"
@@ -414,7 +421,7 @@ def mount_commands(
             f"vers=3,proto=tcp,mountproto=tcp,nolock{ports} {host}:{export} /mnt/{name}"
         )
         commands["macos"].append(
-            f"mkdir -p ~/{name} && sudo mount_nfs -o vers=3,tcp,locallocks{ports} "
+            f"mkdir -p ~/{name} && sudo mount_nfs -o vers=3,tcp,locallocks{resvport}{ports} "
             f"{host}:{export} ~/{name}"
         )
         if export != "/":

@@ -13,7 +13,7 @@ from pathlib import Path
 from nfsd import statedir
 from nfsd.cli.errors import UsageError
 from nfsd.cli.options import SERVER_KEYS
-from nfsd.exports import NOBODY, ExportOptions
+from nfsd.exports import NOBODY, ExportOptions, RootSquash
 from nfsd.server import ServerConfig
 from nfsd.store.limits import AreaLimit, CacheLimits
 from nfsd.vfs.journal import DEFAULT_REST
@@ -117,6 +117,16 @@ def cache_limits(options: dict) -> CacheLimits:
     )
 
 
+def root_squash(options: dict) -> RootSquash:
+    if options.get("root_squash") and options.get("no_root_squash"):
+        raise UsageError("--root-squash and --no-root-squash: choose one")
+    if options.get("root_squash"):
+        return RootSquash.ALL
+    if options.get("no_root_squash"):
+        return RootSquash.NONE
+    return RootSquash.REMOTE
+
+
 def server_config(state_dir: Path, areas: dict[str, str], options: dict) -> ServerConfig:
     try:
         allowed = [ipaddress.ip_network(n, strict=False) for n in options.get("allow") or []]
@@ -127,8 +137,9 @@ def server_config(state_dir: Path, areas: dict[str, str], options: dict) -> Serv
         allowed=allowed,
         anon_uid=options.get("anon_uid", NOBODY) or NOBODY,
         anon_gid=options.get("anon_gid", NOBODY) or NOBODY,
-        root_squash=bool(options.get("root_squash")),
+        root_squash=root_squash(options),
         all_squash=bool(options.get("all_squash")),
+        secure=not options.get("insecure"),
     )
     limits = cache_limits(options)
     unknown = sorted(set(limits.areas) - set(areas))

@@ -55,6 +55,7 @@ def run_foreground(config: ServerConfig, announce: bool = True) -> int:
                     running.nfs_port,
                     running.mount_port,
                     running.portmap_port is not None,
+                    config.options.secure,
                 )
                 for os_name, lines in commands.items():
                     print(f"  {os_name}:")
@@ -290,7 +291,8 @@ def cmd_mount_cmd(args: argparse.Namespace) -> int:
         bind = saved.get("bind") or "127.0.0.1"
     host = args.host or ("localhost" if bind in ("127.0.0.1", "::1", "0.0.0.0") else bind)
     exports = ["/" + name for name in sorted(config["areas"])] or ["/"]
-    commands = mount_commands(host, exports, nfs_port, mount_port, portmap)
+    secure = not saved.get("insecure")
+    commands = mount_commands(host, exports, nfs_port, mount_port, portmap, secure)
     for line in commands[args.os]:
         print(line)
     return 0

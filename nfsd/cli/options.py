@@ -38,7 +38,21 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
         "--root-squash",
         action="store_true",
         default=None,
-        help="map client root to the anonymous user",
+        help="map root to the anonymous user from this machine too (by default only root on "
+        "other machines is: this machine's root can read the files anyway)",
+    )
+    p.add_argument(
+        "--no-root-squash",
+        action="store_true",
+        default=None,
+        help="let root on other machines act as root here (trades away knfsd's root_squash)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="accept calls from other machines' unreserved ports (>= 1024), which any of "
+        "their users can send from: then any user there may claim to be anyone",
     )
     p.add_argument(
         "--all-squash",

@@ -102,11 +102,14 @@ class Nfs3State:
         export = self.exports.by_id.get(export_id)
         if export is None:
             raise FsError(nfsstat3.NFS3ERR_STALE, "export removed")
-        if not export.options.allows(ctx.client[0]):
+        options = export.options
+        if not options.allows(ctx.client[0]):
             raise FsError(nfsstat3.NFS3ERR_ACCES, "client not allowed")
+        if not options.port_allowed(ctx.client, ctx.owner):
+            raise FsError(nfsstat3.NFS3ERR_ACCES, "not from a reserved port (secure)")
         if export.area is not None and (fid == ROOT_FID or self.tree.area_of(fid) != export.area):
             raise FsError(nfsstat3.NFS3ERR_BADHANDLE, "not of this export")
-        return Target(export, fid, export.options.user(ctx.cred))
+        return Target(export, fid, options.user(ctx.cred, ctx.owner))
 
     def handle(self, target: Target, fid: int) -> nfs_fh3:
         return nfs_fh3(self.handles.encode(target.export.id, fid))

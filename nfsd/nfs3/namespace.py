@@ -12,6 +12,7 @@ from nfsd.nfs3.attrs import to_setattr
 from nfsd.nfs3.common import (
     Nfs3State,
     Target,
+    in_group,
     may_delete_from,
     require,
     require_dir_change,
@@ -67,6 +68,17 @@ def _owner(dir_attr: Attr, target: Target) -> Owner:
     return Owner(user.uid, gid)
 
 
+def _check_claims(attrs: sattr3, user, owner: Owner) -> None:
+    """Before anything is made: only root may give a new object to another user, or to a
+    group the caller is not in (as chown(2) says; the server itself runs as root)."""
+    if user.uid == 0:
+        return
+    if attrs.uid is not None and attrs.uid != user.uid:
+        raise FsError(nfsstat3.NFS3ERR_PERM, "only root gives files away")
+    if attrs.gid is not None and attrs.gid != owner.gid and not in_group(user, attrs.gid):
+        raise FsError(nfsstat3.NFS3ERR_PERM, "not a group of the caller")
+
+
 def _apply_rest(s: Nfs3State, fid: int, attr: Attr, attrs: sattr3, owner: Owner) -> Attr | None:
     """Apply what creation itself did not: size, times, and an owner other than the caller.
     The attributes after (`attr`, those of the new object, when nothing was left to do)."""
@@ -120,6 +132,7 @@ async def create(s: Nfs3State, ctx: CallContext, args: CREATE3args, learnt: Lear
     else:
         attrs: sattr3 = how.value
         to_setattr(attrs)  # refuse what cannot be applied before creating anything
+        _check_claims(attrs, d.target.user, owner)
         mode = DEFAULT_FILE_MODE if attrs.mode is None else attrs.mode
         fid, after, created = await s.tree.create(
             d.fid, args.where.name, mode, owner, exclusive=how.tag == createmode3.GUARDED
@@ -137,6 +150,7 @@ async def mkdir(s: Nfs3State, ctx: CallContext, args: MKDIR3args, learnt: Learnt
     d = _dir_change(s, ctx, args.where, learnt.first_object)
     owner = _owner(d.before, d.target)
     attrs = args.attributes
+    _check_claims(attrs, d.target.user, owner)
     mode = DEFAULT_DIR_MODE if attrs.mode is None else attrs.mode
     if d.before.mode & stat.S_ISGID:
         mode |= stat.S_ISGID
@@ -165,6 +179,9 @@ async def mknod(s: Nfs3State, ctx: CallContext, args: MKNOD3args, learnt: Learnt
     else:
         raise FsError(nfsstat3.NFS3ERR_BADTYPE)
     owner = _owner(d.before, d.target)
+    _check_claims(attrs, d.target.user, owner)
+    if kind in (ftype3.NF3CHR, ftype3.NF3BLK) and d.target.user.uid != 0:
+        raise FsError(nfsstat3.NFS3ERR_PERM, "only root makes device nodes")  # as mknod(2)
     mode = DEFAULT_FILE_MODE if attrs.mode is None else attrs.mode
     fid, after = await s.tree.mknod(d.fid, args.where.name, kind, mode, owner, rdev)
     after = _apply_rest(s, fid, after, attrs, owner)

@@ -47,6 +47,7 @@ class CallContext:
     client: tuple[str, int]
     transport: str  # "tcp", "udp" or "tls"
     server: str | None = None  # the local address the call arrived at, when known
+    owner: int | None = None  # the uid owning the caller's socket, when this machine's says
 
 
 Handler = Callable[[CallContext, Any], Awaitable[Any]]
@@ -148,6 +149,7 @@ class Dispatcher:
         server: str | None = None,
         *,
         inline: bool = False,
+        owner: int | None = None,
     ) -> Reply | _Deferred | None:
         """The reply to `record`, or None when nothing must be sent.
 
@@ -190,17 +192,21 @@ class Dispatcher:
             return [accepted_reply(call.xid, accept_stat.GARBAGE_ARGS)]
 
         ctx = CallContext(
-            call.xid, call.prog, call.vers, call.proc, call.cred, client, transport, server
+            call.xid, call.prog, call.vers, call.proc, call.cred, client, transport, server, owner
         )
         if procedure.idempotent:
             return await self._run(procedure, ctx, args, inline)
 
+        # A retransmission comes from the same socket with the same credential: another
+        # user's call with the same xid and arguments is another call.
+        cred = call.cred
         key = self.drc.key(
-            client[0],
+            client,
             call.xid,
             call.prog,
             call.vers,
             call.proc,
+            (cred.flavor, cred.uid, cred.gid, tuple(cred.gids), owner),
             memoryview(record)[call.args_offset :],  # checksummed, not copied
         )
         state, cached = self.drc.begin(key)

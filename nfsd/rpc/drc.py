@@ -1,8 +1,10 @@
 """Duplicate-request cache: retransmitted non-idempotent calls get the first reply.
 
-Keyed by client host, xid, program, version, procedure and a checksum of the arguments (an xid
-alone is reused by other clients). A call still being executed is not run again: its
-retransmission is dropped, and the client's next retransmission finds the finished reply.
+Keyed by the client's address and port, xid, program, version, procedure, the caller's
+credential (and socket owner) and a checksum of the arguments: an xid alone is reused by
+other clients, and one user's cached answer must never be replayed to another. A call still
+being executed is not run again: its retransmission is dropped, and the client's next
+retransmission finds the finished reply.
 Bounded in entries and bytes; entries older than `ttl` seconds are forgotten.
 """
 
@@ -13,7 +15,7 @@ import zlib
 from collections import OrderedDict
 from enum import Enum
 
-Key = tuple[str, int, int, int, int, int]
+Key = tuple[tuple[str, int], int, int, int, int, tuple, int]
 
 
 class Lookup(Enum):
@@ -32,8 +34,18 @@ class DuplicateRequestCache:
         self.hits = 0
 
     @staticmethod
-    def key(host: str, xid: int, prog: int, vers: int, proc: int, args: bytes | memoryview) -> Key:
-        return (host, xid, prog, vers, proc, zlib.crc32(args))
+    def key(
+        client: tuple[str, int],
+        xid: int,
+        prog: int,
+        vers: int,
+        proc: int,
+        caller: tuple,
+        args: bytes | memoryview,
+    ) -> Key:
+        """What makes two calls the same call: the client's address and port, the xid, the
+        procedure, who the caller claims and is, and the arguments' checksum."""
+        return (client, xid, prog, vers, proc, caller, zlib.crc32(args))
 
     def begin(self, key: Key) -> tuple[Lookup, bytes | None]:
         """Look the call up; a NEW call is recorded as in progress."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import trio
 
+from nfsd.identity import loopback_owner, loopback_udp_owner
 from nfsd.rpc.dispatch import DEFERRED, Dispatcher, Reply
 from nfsd.rpc.record import DEFAULT_MAX_RECORD, Record, RecordReader, RecordTooLarge, frame
 from nfsd.rpc.streamio import SocketIO, StreamIO, stream_io
@@ -147,19 +148,27 @@ class RpcServer:
         try:
             # A Unix socket's peer has no address: the control channel's caller is local.
             peer = ("local", 0) if unix else stream.socket.getpeername()[:2]
-            local = "local" if unix else stream.socket.getsockname()[0]
+            sockname = ("local", 0) if unix else stream.socket.getsockname()[:2]
         except OSError:
             await stream.aclose()
             return
-        await self.serve_stream(stream, peer, local)
+        # Who owns the client's socket, for a connection from this machine: the kernel's word,
+        # which bounds what its AUTH_SYS credentials may claim (nfsd/identity.py).
+        owner = None if unix else loopback_owner(peer, sockname)
+        await self.serve_stream(stream, peer, sockname[0], owner)
 
     async def serve_stream(
-        self, stream: trio.abc.Stream, peer: tuple[str, int], local: str
+        self,
+        stream: trio.abc.Stream,
+        peer: tuple[str, int],
+        local: str,
+        owner: int | None = None,
     ) -> None:
         """Serve the calls of one connected stream until its client goes, then close it.
 
         Accepted TCP and Unix connections come here; so can any other trio Stream (an
-        in-memory one in tests), given the addresses a socket would have told."""
+        in-memory one in tests), given the addresses a socket would have told and, for a
+        connection from this machine, the uid owning the client's socket."""
         if self.connections >= self.limits.max_connections:
             self.dispatcher.bad_input.warn("connection refused", peer[0], "too many connections")
             await stream.aclose()
@@ -172,12 +181,14 @@ class RpcServer:
                 # Room for a whole 1 MiB READ reply, so it leaves in one or two sends rather
                 # than eight waits for the socket to drain.
                 stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
-            await self._read_calls(stream, peer, local)
+            await self._read_calls(stream, peer, local, owner)
         finally:
             self.connections -= 1
             await stream.aclose()
 
-    async def _read_calls(self, stream: trio.abc.Stream, peer: tuple[str, int], local: str) -> None:
+    async def _read_calls(
+        self, stream: trio.abc.Stream, peer: tuple[str, int], local: str, owner: int | None
+    ) -> None:
         limits = self.limits
         reader = RecordReader(limits.max_record)
         per_connection = trio.Semaphore(limits.inflight_per_connection)
@@ -216,7 +227,15 @@ class RpcServer:
                         if not records:
                             continue
                         answered = await self._dispatch(
-                            records, io, outbox, sending, nursery, per_connection, peer, local
+                            records,
+                            io,
+                            outbox,
+                            sending,
+                            nursery,
+                            per_connection,
+                            peer,
+                            local,
+                            owner,
                         )
                         if not answered:
                             break  # the writer stopped: the client is gone
@@ -241,6 +260,7 @@ class RpcServer:
         per_connection: trio.Semaphore,
         peer: tuple[str, int],
         local: str,
+        owner: int | None,
     ) -> bool:
         """Answer quick calls at once and start tasks for the others; False if the client
         is gone."""
@@ -252,7 +272,9 @@ class RpcServer:
                 if outbox.queued > outbox.limit:
                     await outbox.wait_for_room()
                 if dispatcher.is_inline(record):
-                    reply = await dispatcher.handle(record, peer, "tcp", local, inline=True)
+                    reply = await dispatcher.handle(
+                        record, peer, "tcp", local, inline=True, owner=owner
+                    )
                     if reply is not DEFERRED:  # else: it must wait, so it gets a task below
                         if reply is not None:
                             ready.append(reply)
@@ -268,7 +290,7 @@ class RpcServer:
                 token = object()
                 await self._inflight.acquire_on_behalf_of(token)
                 nursery.start_soon(
-                    self._tcp_call, outbox, per_connection, record, peer, local, token
+                    self._tcp_call, outbox, per_connection, record, peer, local, owner, token
                 )
             await self._send_ready(io, outbox, sending, ready)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -329,10 +351,11 @@ class RpcServer:
         record: bytes,
         peer: tuple[str, int],
         local: str,
+        owner: int | None,
         token: object,
     ) -> None:
         try:
-            reply = await self.dispatcher.handle(record, peer, "tcp", local)
+            reply = await self.dispatcher.handle(record, peer, "tcp", local, owner=owner)
             if reply is not None:
                 outbox.put(reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -362,7 +385,11 @@ class RpcServer:
         try:
             local = sock.getsockname()[0]
             reply = await self.dispatcher.handle(
-                data, addr, "udp", None if local in ("0.0.0.0", "::") else local
+                data,
+                addr,
+                "udp",
+                None if local in ("0.0.0.0", "::") else local,
+                owner=loopback_udp_owner(addr),
             )
             if reply is None:
                 return

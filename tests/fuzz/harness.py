@@ -15,6 +15,7 @@ call takes longer than `HANG_SECONDS`, or when a call record gets no reply.
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import os
 import shutil
@@ -31,7 +32,7 @@ import trio
 from nfsd.rpc.dispatch import DEFERRED, Dispatcher, Reply
 from nfsd.rpc.record import RecordReader, RecordTooLarge, record_mark
 from nfsd.store.db import Store
-from tests.support.inproc import InProcessServer, make_dispatcher
+from tests.support.inproc import OWNER, InProcessServer, make_dispatcher
 from xdr.codec import decode, encode
 from xdr.mount import MOUNT_PROGRAM, MOUNT_V3, MOUNTPROC3, dirpath, mountres3
 from xdr.nfs3 import NFS_PROGRAM, NFS_V3, NFSPROC3, LOOKUP3args, LOOKUP3res, diropargs3, nfs_fh3
@@ -241,10 +242,10 @@ class DispatchTarget:
         """A record answered as a connection's task answers it."""
         dispatcher = self.dispatcher
         if dispatcher.is_inline(record):
-            reply = await dispatcher.handle(record, CLIENT, "tcp", LOCAL, inline=True)
+            reply = await dispatcher.handle(record, CLIENT, "tcp", LOCAL, inline=True, owner=OWNER)
             if reply is not DEFERRED:
                 return reply
-        reply = await dispatcher.handle(record, CLIENT, "tcp", LOCAL)
+        reply = await dispatcher.handle(record, CLIENT, "tcp", LOCAL, owner=OWNER)
         assert reply is not DEFERRED
         return reply
 
@@ -253,14 +254,18 @@ class DispatchTarget:
         in the loop thread: a fuzzer's input costs no event loop of its own."""
         dispatcher = self.dispatcher
         if dispatcher.is_inline(record):
-            reply = _start(dispatcher.handle(record, CLIENT, "tcp", LOCAL, inline=True))
+            reply = _start(
+                dispatcher.handle(record, CLIENT, "tcp", LOCAL, inline=True, owner=OWNER)
+            )
             if isinstance(reply, _Suspended):
                 assert self._loop is not None, "a call that pauses needs the loop thread"
                 reply = self._loop.run(_finish, reply)
             if reply is not DEFERRED:
                 return reply
         assert self._loop is not None, "calls that wait need the loop thread"
-        return self._loop.run(dispatcher.handle, record, CLIENT, "tcp", LOCAL)
+        return self._loop.run(
+            functools.partial(dispatcher.handle, owner=OWNER), record, CLIENT, "tcp", LOCAL
+        )
 
     def check_input(self, data: bytes) -> int:
         """Feed `data` as a connection's bytes; the number of replies. Raises Crash."""

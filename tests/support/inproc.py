@@ -30,9 +30,11 @@ from xdr.codec import decode
 from xdr.rpc import accept_stat
 from xdr.rpc_fast import Credential, encode_call, parse_reply
 
-# The addresses an in-memory connection claims: a client on the loopback, as in wire tests.
+# The addresses an in-memory connection claims: a client on the loopback, as in wire tests,
+# whose socket root owns (the tests run as root, as CI does).
 PEER = ("127.0.0.1", 40000)
 LOCAL = "127.0.0.1"
+OWNER = 0
 
 
 @dataclass
@@ -67,13 +69,16 @@ class InProcessServer:
         cred: Credential | None = None,
         xid: int = 1,
         client: tuple[str, int] = PEER,
+        owner: int | None = OWNER,
     ) -> Any:
         """The decoded result of one call handed straight to the dispatcher; RpcError when
-        the call is not accepted. A call that must wait is run again as a task runs it."""
+        the call is not accepted. A call that must wait is run again as a task runs it.
+        `owner`: the uid the kernel would say owns the caller's socket (None: unknown, as for
+        a caller on another machine)."""
         record = encode_call(xid, prog, vers, proc, cred) + encode_args(args_type, args)
-        reply = await self.dispatcher.handle(record, client, "tcp", LOCAL, inline=True)
+        reply = await self.dispatcher.handle(record, client, "tcp", LOCAL, inline=True, owner=owner)
         if reply is DEFERRED:
-            reply = await self.dispatcher.handle(record, client, "tcp", LOCAL)
+            reply = await self.dispatcher.handle(record, client, "tcp", LOCAL, owner=owner)
         assert reply is not None and reply is not DEFERRED, "the dispatcher sent no reply"
         data = b"".join(reply)
         header = parse_reply(data)
@@ -121,10 +126,11 @@ async def open_memory_client(
     *,
     peer: tuple[str, int] = PEER,
     local: str = LOCAL,
+    owner: int | None = OWNER,
 ) -> AsyncIterator[RpcClient]:
     """An RpcClient whose connection is an in-memory stream served by `rpc.serve_stream`."""
     async with (
-        open_memory_stream(rpc, peer=peer, local=local) as stream,
+        open_memory_stream(rpc, peer=peer, local=local, owner=owner) as stream,
         _running(RpcClient(stream, cred)) as client,
     ):
         yield client
@@ -132,14 +138,18 @@ async def open_memory_client(
 
 @asynccontextmanager
 async def open_memory_stream(
-    rpc: RpcServer, *, peer: tuple[str, int] = PEER, local: str = LOCAL
+    rpc: RpcServer,
+    *,
+    peer: tuple[str, int] = PEER,
+    local: str = LOCAL,
+    owner: int | None = OWNER,
 ) -> AsyncIterator[trio.abc.Stream]:
     """The client end of an in-memory connection served by `rpc`, for raw bytes; closed on
     the way out, when the server's side of it is stopped too."""
     client_end, server_end = trio.testing.memory_stream_pair()
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(rpc.serve_stream, server_end, peer, local)
+            nursery.start_soon(rpc.serve_stream, server_end, peer, local, owner)
             try:
                 yield client_end
             finally:

@@ -23,6 +23,10 @@ _BUFFER_SIZE = 64 * 1024
 # A fragment at least this long that has not all arrived is received into its own buffer;
 # shorter ones wait in the shared buffer, which always has room for one.
 _OWN_BUFFER_FROM = 16 * 1024
+# An own buffer starts at most this big and takes the fragment's announced length only once
+# that much has arrived: memory follows what a client sends, not what it announces (512
+# connections that each announce 2 MiB and send 16 KiB hold 32 MiB, not 1 GiB).
+_OWN_BUFFER_FIRST = 64 * 1024
 
 Record = bytes | bytearray
 
@@ -41,6 +45,7 @@ class RecordReader:
         self._start = 0  # the first byte not yet parsed
         self._end = 0  # the end of the received bytes
         self._own: bytearray | None = None  # a large fragment being received in place
+        self._own_length = 0  # the whole fragment's length (the buffer may be shorter yet)
         self._own_filled = 0
         self._own_last = False
         self._fragments: list[Record] = []
@@ -69,6 +74,11 @@ class RecordReader:
             self._own_filled += n
             if self._own_filled < len(self._own):
                 return records
+            if len(self._own) < self._own_length:
+                whole = bytearray(self._own_length)  # the client sent its first part
+                whole[: self._own_filled] = self._own
+                self._own = whole
+                return records
             fragment, self._own = self._own, None
             self._complete(fragment, self._own_last, records)
             return records
@@ -83,9 +93,9 @@ class RecordReader:
             available = end - pos - 4
             if available < length:
                 if length >= _OWN_BUFFER_FROM:
-                    own = bytearray(length)
+                    own = bytearray(min(length, max(_OWN_BUFFER_FIRST, available)))
                     own[:available] = self._view[pos + 4 : end]
-                    self._own, self._own_filled = own, available
+                    self._own, self._own_filled, self._own_length = own, available, length
                     self._own_last = bool(mark & LAST_FRAGMENT)
                     pos = end
                 break

@@ -49,21 +49,8 @@ NON_IDEMPOTENT = {
 }
 
 
-# These may wait on the disk (large transfers, fsync, and namespace changes, which wait on the
-# file system's journal while an fsync commits it) and run in tasks of their own.
-WAITING = {
-    NFSPROC3.READ,
-    NFSPROC3.WRITE,
-    NFSPROC3.COMMIT,
-    NFSPROC3.CREATE,
-    NFSPROC3.MKDIR,
-    NFSPROC3.SYMLINK,
-    NFSPROC3.MKNOD,
-    NFSPROC3.REMOVE,
-    NFSPROC3.RMDIR,
-    NFSPROC3.RENAME,
-    NFSPROC3.LINK,
-}
+# These may wait on the disk (large transfers, fsync) and run in tasks of their own.
+WAITING = {NFSPROC3.READ, NFSPROC3.WRITE, NFSPROC3.COMMIT}
 
 
 async def null(ctx: CallContext, args: Any) -> None:

@@ -9,11 +9,10 @@ The rules every implementation keeps:
   whose object is gone, NOENT for a missing name, ...). Nothing else escapes for a condition a
   client can cause.
 - Methods that are not `async` never block for long: at most a few system calls on local
-  metadata and RocksDB point lookups. `async` methods may wait: on the disk (namespace
-  changes wait on the file system's journal, so they run their system call on a worker
-  thread), on a fetch. Before a long wait (realizing an Unreal file, a fetch, an fsync) they
-  call `nfsd.waiting.about_to_wait`, which raises WouldWait, before changing anything, when
-  the call runs where waiting is not allowed.
+  metadata and RocksDB point lookups. `async` methods may wait: on the disk, on a fetch.
+  Before a long wait (realizing an Unreal file, a fetch, an fsync) they call
+  `nfsd.waiting.about_to_wait`, which raises WouldWait, before changing anything, when the
+  call runs where waiting is not allowed.
 - Operations return the attributes they already hold, so that a procedure never asks again:
   a change returns the changed object's attributes after it, a read returns them with the
   data, READDIRPLUS's listing yields them with each entry.

@@ -17,12 +17,10 @@ from nfsd.exports import NOBODY, ExportOptions, RootSquash
 from nfsd.server import ServerConfig
 from nfsd.store.limits import AreaLimit, CacheLimits
 from nfsd.vfs.journal import DEFAULT_REST
+from xdr.nfs3 import NAME_MAX
 
 ENV_STATE_DIR = "REALIZE_STATE_DIR"
 CONFIG_FILE = "config.json"
-# An area is exported as /NAME, so its name is one file name: at most 255 bytes like any other
-# (the control protocol's area argument is a string of that size).
-AREA_NAME_MAX = 255
 
 
 def default_state_dir() -> Path:
@@ -35,7 +33,8 @@ def is_configured(state_dir: Path) -> bool:
 
 
 def area_name(name: str) -> str:
-    if not name or "/" in name or name in (".", "..") or len(name.encode()) > AREA_NAME_MAX:
+    # Exported as /NAME: one file name, at most NAME_MAX bytes like any other.
+    if not name or "/" in name or name in (".", "..") or len(name.encode()) > NAME_MAX:
         raise UsageError(f"invalid area name {name!r}: use a plain name like 'photos'")
     return name
 

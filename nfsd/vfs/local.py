@@ -131,10 +131,35 @@ class AreaRoots:
                 step = osapi.open_dir(name, fd)
                 os.close(fd)
                 fd = step
+                if self.hidden and self.is_hidden(os.fstat(fd)):
+                    raise OSError(errno.ENOENT, "hidden")
         except BaseException:
             os.close(fd)
             raise
         return fd
+
+    def names(self, dir_fd: int) -> list[tuple[bytes, int]]:
+        """(name, inode) of a directory's entries, without realize temporaries and hidden
+        directories."""
+        listable = osapi.open_listable(dir_fd)
+        try:
+            with os.scandir(listable) as it:
+                rows = [(os.fsencode(e.name), e.inode()) for e in it]
+        finally:
+            os.close(listable)
+        rows = [row for row in rows if not row[0].startswith(TEMP_PREFIX)]
+        if self.hidden:
+            inodes = {ino for _, ino in self.hidden}
+            rows = [
+                row for row in rows if row[1] not in inodes or not self._hidden_at(dir_fd, row[0])
+            ]
+        return rows
+
+    def _hidden_at(self, dir_fd: int, name: bytes) -> bool:
+        try:
+            return self.is_hidden(os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
+        except OSError:
+            return False
 
     def open_relative(self, area: int, rel: bytes) -> int:
         """A read-only descriptor of the regular file at `rel` in `area`, never blocking;
@@ -335,40 +360,13 @@ class LocalLayer:
         if fd is not None:
             os.close(fd)
 
-    def listable_fd(self, fid: int) -> int:
-        """A descriptor to read the directory's entries from (the caller closes it)."""
-        try:
-            return osapi.open_listable(self.dir_fd(fid))
-        except OSError as e:
-            raise from_os_error(e) from None
-
     def entries(self, fid: int) -> list[tuple[bytes, int]]:
         """(name, inode) of the directory's entries, without the server's temporaries and
         hidden directories."""
-        fd = self.listable_fd(fid)
         try:
-            with os.scandir(fd) as it:
-                # Listed by descriptor, names come as str: back to the bytes they were.
-                names = ((os.fsencode(e.name), e.inode()) for e in it)
-                rows = [row for row in names if not row[0].startswith(TEMP_PREFIX)]
-            if self.roots.hidden:
-                hidden_inodes = {ino for _, ino in self.roots.hidden}
-                rows = [
-                    row
-                    for row in rows
-                    if row[1] not in hidden_inodes or not self._hidden_name(fd, row[0])
-                ]
+            return self.roots.names(self.dir_fd(fid))
         except OSError as e:
             raise from_os_error(e) from None
-        finally:
-            os.close(fd)
-        return rows
-
-    def _hidden_name(self, dir_fd: int, name: bytes) -> bool:
-        try:
-            return self.is_hidden(os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
-        except OSError:
-            return False
 
     # ---- objects ----
 

@@ -32,7 +32,7 @@ from nfsd.store.index import Entry, Kind, Layer, Mark, join
 from nfsd.vfs.errors import FsError
 from nfsd.vfs.journal import kind_of
 from nfsd.vfs.merged import MergedTree
-from xdr.nfs3 import nfsstat3
+from xdr.nfs3 import NAME_MAX, nfsstat3
 
 log = logging.getLogger("realize.marks")
 
@@ -98,7 +98,7 @@ class PathError(ValueError):
 class Marks:
     def __init__(self, tree: MergedTree) -> None:
         self.tree = tree
-        self.index = tree.journal.index
+        self.index = tree.index
         self.jobs: OrderedDict[int, Job] = OrderedDict()
         self._ids = itertools.count(1)
         self._one_at_a_time = trio.Lock()
@@ -112,8 +112,10 @@ class Marks:
             raise PathError(nfsstat3.NFS3ERR_INVAL, "give a path that starts with an area name")
         if b".." in parts:
             raise PathError(nfsstat3.NFS3ERR_INVAL, "no '..' in a path")
-        if any(b"\0" in p or len(p) > 255 for p in parts):
-            raise PathError(nfsstat3.NFS3ERR_INVAL, "a name with a NUL byte or over 255 bytes")
+        if any(b"\0" in p or len(p) > NAME_MAX for p in parts):
+            raise PathError(
+                nfsstat3.NFS3ERR_INVAL, f"a name with a NUL byte or over {NAME_MAX} bytes"
+            )
         area = self.tree.area_by_name.get(os.fsdecode(parts[0]))
         if area is None:
             names = ", ".join(sorted(self.tree.area_by_name)) or "none"
@@ -121,14 +123,9 @@ class Marks:
                 nfsstat3.NFS3ERR_NOENT, f"no area {os.fsdecode(parts[0])} (areas: {names})"
             )
         rel = b"/".join(parts[1:])
-        full = join(area.path, rel) if rel else area.path
-        if any(full == h or full.startswith(h + b"/") for h in self.tree.hidden):
-            raise PathError(nfsstat3.NFS3ERR_NOENT, f"no {os.fsdecode(text)}")
-        if (
-            rel
-            and self.index.get(area.id, rel) is None
-            and not os.path.lexists(join(area.path, rel))
-        ):
+        # On the disk it is looked at through the area root's descriptors, as clients see it:
+        # the state directory is not there, and no symlink leads elsewhere.
+        if rel and self.index.get(area.id, rel) is None and self.tree.look(area.id, rel) is None:
             raise PathError(nfsstat3.NFS3ERR_NOENT, f"no {os.fsdecode(text)}")
         return area.id, rel
 
@@ -140,13 +137,9 @@ class Marks:
 
     def view(self, area: int, rel: bytes, name: bytes | None = None) -> PathView:
         entry = self.index.get(area, rel) if rel else None
-        path = join(self.tree.areas[area].path, rel) if rel else self.tree.areas[area].path
         layer: Layer | None = entry.layer if entry is not None else None
         if entry is None:
-            try:
-                st = os.lstat(path)
-            except OSError:
-                st = None
+            st = self.tree.look(area, rel)
             kind = kind_of(st) if st is not None else Kind.DIR
             size = st.st_size if st is not None and kind == Kind.FILE else 0
             if st is not None and rel:
@@ -169,25 +162,22 @@ class Marks:
         )
 
     def _cached(self, entry: Entry | None) -> tuple[int, bool]:
-        unreal = self.tree.unreal
-        if entry is None or entry.kind != Kind.FILE or not entry.blob or unreal is None:
+        blobs = self.tree.blobs
+        if entry is None or entry.kind != Kind.FILE or not entry.blob or blobs is None:
             return 0, False
-        manifest = unreal.blobs.manifest(entry.blob)
+        manifest = blobs.manifest(entry.blob)
         if manifest is None:
             return 0, False
-        absent = sum(manifest.chunk_length(i) for i in unreal.blobs.missing(entry.blob))
+        absent = sum(manifest.chunk_length(i) for i in blobs.missing(entry.blob))
         return manifest.size - absent, manifest.pinned
 
     def listing(self, area: int, rel: bytes, after: bytes, limit: int) -> tuple[list, bool]:
         """Rows for the children of a directory, in name order, after `after`; and whether
         more follow."""
         names = {name for name, _ in self.index.children(area, rel)}
-        directory = join(self.tree.areas[area].path, rel) if rel else self.tree.areas[area].path
-        try:
-            with os.scandir(directory) as it:
-                names.update(e.name for e in it if join(directory, e.name) not in self.tree.hidden)
-        except OSError:
-            pass  # an Unreal directory, or one that just went: the index alone speaks
+        # An Unreal directory, or one that just went, has no names on the disk: the index
+        # alone speaks.
+        names |= self.tree.disk_names(area, rel)
         rows = []
         for name in sorted(n for n in names if n > after):
             if len(rows) == limit:
@@ -199,9 +189,7 @@ class Marks:
 
     def set(self, area: int, rel: bytes, mark: Mark) -> Job:
         """Record the mark and queue the job that applies it."""
-        batch = self.tree.store.batch()
-        self.index.set_mark(batch, area, rel, mark)
-        batch.commit()
+        self.tree.set_mark(area, rel, mark)
         job = Job(next(self._ids), area, rel, mark)
         self.jobs[job.id] = job
         while len(self.jobs) > MAX_JOBS_KEPT:
@@ -217,7 +205,7 @@ class Marks:
                 items += list(self.index.walk(area, rel))
         else:
             items = list(self.index.walk(area))
-        unreal = self.tree.unreal
+        blobs = self.tree.blobs
         work = []
         for path, entry in items:
             if entry is None or entry.kind != Kind.FILE:
@@ -229,8 +217,8 @@ class Marks:
                     action = Action.REALIZE
                 elif mark == Mark.KEEP:
                     action = Action.FETCH_AND_KEEP
-                elif unreal is not None and entry.blob:
-                    manifest = unreal.blobs.manifest(entry.blob)
+                elif blobs is not None and entry.blob:
+                    manifest = blobs.manifest(entry.blob)
                     if manifest is not None and KEEP_PIN in manifest.pins:
                         action = Action.RELEASE
             elif mark in (Mark.KEEP, Mark.UNREAL):
@@ -294,4 +282,4 @@ class Marks:
             except FsError as e:
                 if e.status != nfsstat3.NFS3ERR_JUKEBOX or attempt == BUSY_RETRIES:
                     raise
-            await trio.sleep(self.tree.journal.rest + 1)  # let the writer finish and rest
+            await trio.sleep(self.tree.rest + 1)  # let the writer finish and rest

@@ -22,8 +22,9 @@ from collections.abc import Iterator
 import trio
 
 from nfsd.store.areas import AreaTable
+from nfsd.store.blobs import BlobStore
 from nfsd.store.db import Batch, Store
-from nfsd.store.index import Entry, Kind, Layer
+from nfsd.store.index import AreaIndex, Entry, Kind, Layer, Mark
 from nfsd.threads import run_blocking
 from nfsd.vfs.changes import NamespaceChanges
 from nfsd.vfs.errors import FsError, from_os_error
@@ -178,6 +179,45 @@ class MergedTree(LayerMoves, NamespaceChanges, Tree):
 
     def area_root(self, area: int) -> int:
         return self.areas[area].root_fid
+
+    # ---- for marks and the control program (beside the NFS contract) ----
+
+    @property
+    def index(self) -> AreaIndex:
+        """The area index (entries, marks), to read; changes go through the methods here."""
+        return self.journal.index
+
+    @property
+    def blobs(self) -> BlobStore | None:
+        """The blob cache, when an Unreal layer is attached."""
+        return None if self.unreal is None else self.unreal.blobs
+
+    @property
+    def rest(self) -> float:
+        """How long a changed file rests before it is hashed."""
+        return self.journal.rest
+
+    def set_mark(self, area: int, rel: bytes, mark: Mark) -> None:
+        batch = self.store.batch()
+        self.journal.index.set_mark(batch, area, rel, mark)
+        batch.commit()
+
+    def look(self, area: int, rel: bytes) -> os.stat_result | None:
+        """The lstat of an area path on this disk, walked by descriptor; None when there is
+        nothing there (or it is hidden from clients)."""
+        seen = self.roots.look(area, rel) if rel else (os.fstat(self.roots.fd(area)), b"")
+        return None if seen is None else seen[0]
+
+    def disk_names(self, area: int, rel: bytes) -> set[bytes]:
+        """The names in the Real directory at an area path (none when it is not on disk)."""
+        try:
+            fd = self.roots.dir_relative(area, rel)
+        except (OSError, FsError):
+            return set()
+        try:
+            return {name for name, _ in self.roots.names(fd)}
+        finally:
+            os.close(fd)
 
     def index_changed(self) -> None:
         """Unreal entries were added or removed outside the tree (an import): listings that

@@ -4,9 +4,8 @@ it reaches the file system or the index."""
 from __future__ import annotations
 
 from nfsd.vfs.errors import FsError
-from xdr.nfs3 import nfsstat3
+from xdr.nfs3 import NAME_MAX, nfsstat3
 
-NAME_MAX = 255  # the longest name PATHCONF announces and the local file systems take
 # Realized content is written beside its final name under this prefix, then renamed in:
 # clients never see such names nor make them, scans skip them, the start scan removes leftovers.
 TEMP_PREFIX = b".realize-tmp-"

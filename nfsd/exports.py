@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from nfsd.identity import RESERVED_PORTS, claims_fit, identity_of
+from nfsd.identity import RESERVED_PORTS, claims_fit, client_address, identity_of
 from xdr.rpc import auth_flavor
 from xdr.rpc_fast import Credential
 
@@ -42,13 +42,8 @@ class ExportOptions:
     def allows(self, host: str) -> bool:
         if not self.allowed:
             return True
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.allowed)
+        address = client_address(host)
+        return address is not None and any(address in network for network in self.allowed)
 
     def port_allowed(self, client: tuple[str, int], owner: int | None) -> bool:
         """`secure`: a caller whose owner is not known must come from a reserved port."""

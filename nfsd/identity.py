@@ -34,14 +34,21 @@ _ESTABLISHED = "01"
 _MAX_GROUPS = 16  # what AUTH_SYS carries
 
 
-def is_loopback(host: str) -> bool:
+def client_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A caller's address as a value (an IPv4-mapped IPv6 one as the IPv4 it is); None for
+    what is not an address (a Unix socket's peer)."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return False
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return address.is_loopback
+        return address.ipv4_mapped
+    return address
+
+
+def is_loopback(host: str) -> bool:
+    address = client_address(host)
+    return address is not None and address.is_loopback
 
 
 def _proc_address(text: str) -> tuple[bytes, int]:

@@ -11,7 +11,6 @@ the area root.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import stat
@@ -25,7 +24,7 @@ from nfsd.store.db import Batch, Store
 from nfsd.store.history import Change, History, Op
 from nfsd.store.index import AreaIndex, Entry, Kind, Layer, join
 from nfsd.vfs.errors import FsError
-from nfsd.vfs.local import AreaRoots
+from nfsd.vfs.local import AreaRoots, identities
 from nfsd.waiting import Pause
 
 log = logging.getLogger("realize.journal")
@@ -260,11 +259,7 @@ class Journal:
             seen = self.disk.look(area, below)
             if seen is None or not stat.S_ISDIR(seen[0].st_mode):
                 return []  # gone or replaced by a file: the reconcile of its parent sees to it
-        hidden_ids = set()
-        for path in hidden:
-            with contextlib.suppress(OSError):
-                st = os.stat(path)
-                hidden_ids.add((st.st_dev, st.st_ino))
+        hidden_ids = identities(hidden)
         temporaries: list[tuple[bytes, bytes]] = []
         unreadable: list[bytes] = []
 

@@ -74,6 +74,18 @@ def attr_from_stat(st: os.stat_result, fid: int) -> Attr:
     )
 
 
+def identities(paths: set[bytes] | set[str]) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of the directories at `paths` that exist: how hidden ones are known."""
+    found = set()
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        found.add((st.st_dev, st.st_ino))
+    return found
+
+
 @dataclass(slots=True)
 class _Root:
     fd: int

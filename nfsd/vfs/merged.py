@@ -11,7 +11,6 @@ Each area is a directory; the virtual root (fileid 1) lists the areas by name.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import stat
@@ -32,7 +31,7 @@ from nfsd.vfs.fdcache import FdCache
 from nfsd.vfs.inodes import ROOT_FID, InodeTable, Node
 from nfsd.vfs.journal import DEFAULT_REST, Journal
 from nfsd.vfs.listing import DOT_COOKIE, DOTDOT_COOKIE, Listing, ListingCache, name_cookie
-from nfsd.vfs.local import AreaRoots, LocalLayer, attr_from_stat
+from nfsd.vfs.local import AreaRoots, LocalLayer, attr_from_stat, identities
 from nfsd.vfs.moves import LayerMoves
 from nfsd.vfs.names import TEMP_PREFIX, check_name
 from nfsd.vfs.osapi import RWF_NOWAIT
@@ -129,13 +128,8 @@ class MergedTree(LayerMoves, NamespaceChanges, Tree):
         before it is hashed into the history."""
         self.store = store
         self.hidden = {os.fsencode(os.path.abspath(p)) for p in hidden or ()}
-        hidden_ids = set()
-        for path in self.hidden:
-            with contextlib.suppress(OSError):
-                st = os.stat(path)
-                hidden_ids.add((st.st_dev, st.st_ino))
         self.inodes = InodeTable(store)
-        self.roots = AreaRoots(hidden_ids)
+        self.roots = AreaRoots(identities(self.hidden))
         self.local = LocalLayer(self.inodes, self.roots)
         self.fds = FdCache()
         self.areas: dict[int, Area] = {}

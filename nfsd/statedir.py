@@ -7,7 +7,8 @@ and the server's own user may be able to change it or the way to it.
 - `prepare_db(state_dir)`: its `db/`, 0700 (RocksDB creates its files there with its own
   modes).
 - `write_private(path, data)`: a file of the state directory replaced whole (temporary file
-  and rename, the temporary removed on failure), mode 0600.
+  and rename, the temporary removed on failure), mode 0600; `durable=True` also fsyncs the
+  file before the rename and the directory after, for what must survive a power cut.
 - `open_private_append(path)`: the log, mode 0600.
 
 The check is ssh's StrictModes made to walk the whole way: from / to the state directory,
@@ -165,9 +166,10 @@ def prepare_db(state_dir: Path) -> Path:
     return db
 
 
-def write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes, *, durable: bool = False) -> None:
     """Replace `path` with `data`, mode 0600: a reader sees the old file or the new one. On
-    failure (a full disk) the old file stays and no temporary file is left."""
+    failure (a full disk) the old file stays and no temporary file is left. `durable`: on
+    disk before this returns, so a crash or power cut cannot leave an empty file."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
@@ -176,9 +178,17 @@ def write_private(path: Path, data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        if durable:
+            directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import stat
+
 from nfsd.nfs3.common import Nfs3State, access_bits, check_size, in_group, require, time_ns
 from nfsd.nfs3.failure import Learnt, first_wcc, no_attrs, procedure
 from nfsd.rpc.dispatch import CallContext, RawReply
@@ -49,7 +51,8 @@ def to_setattr(attrs: sattr3) -> SetAttr:
 
 
 def check_setattr(attr, user, changes: SetAttr) -> None:
-    """POSIX rules for who may change what (root may do anything)."""
+    """POSIX rules for who may change what (root may do anything); `changes` loses what
+    chmod(2) would silently leave out."""
     if user.uid == 0:
         return
     owner = user.uid == attr.uid
@@ -73,6 +76,11 @@ def check_setattr(attr, user, changes: SetAttr) -> None:
                 require(attr, user, 0o2)
         elif not owner:
             raise FsError(nfsstat3.NFS3ERR_PERM)
+    group = attr.gid if changes.gid is None else changes.gid
+    if changes.mode is not None and changes.mode & stat.S_ISGID and not in_group(user, group):
+        # chmod(2): setgid is silently dropped for a group the caller is not in (where the
+        # kernel acts as the caller, it does the same).
+        changes.mode &= ~stat.S_ISGID
 
 
 @procedure(first_wcc(SETATTR3resfail))

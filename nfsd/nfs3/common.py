@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from nfsd.exports import Export, Exports
 from nfsd.rpc.dispatch import CallContext
+from nfsd.vfs import acting
 from nfsd.vfs.errors import FsError
 from nfsd.vfs.handles import HandleCodec
 from nfsd.vfs.inodes import ROOT_FID
@@ -109,7 +110,10 @@ class Nfs3State:
             raise FsError(nfsstat3.NFS3ERR_ACCES, "not from a reserved port (secure)")
         if export.area is not None and (fid == ROOT_FID or self.tree.area_of(fid) != export.area):
             raise FsError(nfsstat3.NFS3ERR_BADHANDLE, "not of this export")
-        return Target(export, fid, options.user(ctx.cred, ctx.owner))
+        user = options.user(ctx.cred, ctx.owner)
+        # The tree's changes act as this user until the call ends (nfsd/vfs/acting.py).
+        acting.act_for(user.uid, user.gid, user.gids)
+        return Target(export, fid, user)
 
     def handle(self, target: Target, fid: int) -> nfs_fh3:
         return nfs_fh3(self.handles.encode(target.export.id, fid))

@@ -17,6 +17,7 @@ from typing import Any
 
 from nfsd.nfs3.common import Nfs3State, Target
 from nfsd.rpc.dispatch import CallContext
+from nfsd.vfs import acting
 from nfsd.vfs.errors import FsError, from_os_error
 from nfsd.vfs.tree import Attr
 from xdr.codec import Arm
@@ -85,7 +86,7 @@ def first_wcc(resfail: type) -> Failure:
 def procedure(failure: Failure | None) -> Callable[[Body], Handler]:
     """Wrap a handler body: an FsError (or OSError) it raises is answered as
     `Arm(status, failure(...))`, the status alone when `failure` is None (GETATTR has no
-    failure body)."""
+    failure body). When it ends, however, the server acts as itself again."""
 
     def wrap(body: Body) -> Handler:
         def failed(s: Nfs3State, learnt: Learnt, e: FsError | OSError) -> Arm:
@@ -104,6 +105,8 @@ def procedure(failure: Failure | None) -> Callable[[Body], Handler]:
                     return await body(s, ctx, args, learnt)
                 except (FsError, OSError) as e:
                     return failed(s, learnt, e)
+                finally:
+                    acting.act_as_server()
 
         else:
 
@@ -113,6 +116,8 @@ def procedure(failure: Failure | None) -> Callable[[Body], Handler]:
                     return body(s, ctx, args, learnt)
                 except (FsError, OSError) as e:
                     return failed(s, learnt, e)
+                finally:
+                    acting.act_as_server()
 
         return functools.wraps(body)(run)
 

@@ -235,6 +235,21 @@ async def rename(s: Nfs3State, ctx: CallContext, args: RENAME3args, learnt: Lear
     return Arm(OK, RENAME3resok(src.wcc(s), dst.wcc(s)))
 
 
+def _check_hardlink(attr: Attr, user) -> None:
+    """protected_hardlinks (Linux's default): only the owner, or someone who may read and
+    write it, links a file, and nobody but its owner a setuid or setgid-executable one, so
+    that a hard link cannot keep a vulnerable setuid program alive after an upgrade."""
+    if user.uid in (0, attr.uid):
+        return
+    setgid_exec = attr.mode & stat.S_ISGID and attr.mode & stat.S_IXGRP
+    if attr.kind != ftype3.NF3REG or attr.mode & stat.S_ISUID or setgid_exec:
+        raise FsError(nfsstat3.NFS3ERR_PERM, "protected_hardlinks")
+    try:
+        require(attr, user, 0o6)
+    except FsError:
+        raise FsError(nfsstat3.NFS3ERR_PERM, "protected_hardlinks") from None
+
+
 @procedure(lambda s, learnt: LINK3resfail(learnt.attrs(s), learnt.second_wcc(s)))
 async def link(s: Nfs3State, ctx: CallContext, args: LINK3args, learnt: Learnt) -> Arm:
     target = s.resolve(ctx, args.file)
@@ -242,6 +257,7 @@ async def link(s: Nfs3State, ctx: CallContext, args: LINK3args, learnt: Learnt) 
     d = _dir_change(s, ctx, args.link, learnt.second_object)
     if d.target.export.id != target.export.id:
         raise FsError(nfsstat3.NFS3ERR_XDEV)
+    _check_hardlink(s.tree.getattr(fid), target.user)
     await s.tree.prepare_change(fid)  # a second name needs the content here
     after = await s.tree.link(fid, d.fid, args.link.name)
     return Arm(OK, LINK3resok(s.attrs(after, fid), d.wcc(s)))

@@ -1,6 +1,7 @@
 """The merged tree's namespace changes: create, mkdir, symlink, mknod, remove, rmdir, rename
-and link, on the local layer (one *at call on one name) or, for Unreal entries, in the index
-alone; each with its fileid table update in one batch, and its report to the journal.
+and link, on the local layer (one *at call on one name, made as the caller: see
+nfsd/vfs/acting.py) or, for Unreal entries, in the index alone; each with its fileid table
+update in one batch, and its report to the journal.
 
 The system call runs on the event loop. Run on a worker thread (tried), it waited for the
 file system's journal without stalling others, but two full benchmark runs on the same
@@ -17,12 +18,15 @@ import os
 import stat
 
 from nfsd.store.index import Entry, Kind
+from nfsd.vfs.acting import as_caller
 from nfsd.vfs.errors import FsError, from_os_error
 from nfsd.vfs.inodes import ROOT_FID, Node
 from nfsd.vfs.local import attr_from_stat
 from nfsd.vfs.names import TEMP_PREFIX, check_new_name, check_old_name
 from nfsd.vfs.tree import Attr, Owner
 from xdr.nfs3 import ftype3, nfsstat3
+
+SERVER_IS_ROOT = os.geteuid() == 0
 
 _SPECIAL = {
     ftype3.NF3FIFO: stat.S_IFIFO,
@@ -33,24 +37,31 @@ _SPECIAL = {
 
 
 def _create_file(dir_fd: int, name: bytes, mode: int, owner: Owner) -> os.stat_result:
-    """A new regular file `name` (O_EXCL) given to `owner`; its stat. On a worker thread."""
+    """A new regular file `name` (O_EXCL), made as the caller (the kernel gives it its owner)
+    or else given to `owner`; its stat."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-    fd = os.open(name, flags, mode, dir_fd=dir_fd)
+    with as_caller() as kernel_owns:
+        fd = os.open(name, flags, mode, dir_fd=dir_fd)
     try:
-        if os.geteuid() == 0:
-            os.fchown(fd, owner.uid, owner.gid)
-        return os.fstat(fd)
+        st = os.fstat(fd)
+        if not kernel_owns and SERVER_IS_ROOT and (st.st_uid, st.st_gid) != (owner.uid, owner.gid):
+            os.fchown(fd, owner.uid, owner.gid)  # (which takes setuid away)
+            st = os.fstat(fd)
+        return st
     finally:
         os.close(fd)
 
 
 def _make_owned(dir_fd: int, name: bytes, owner: Owner, make) -> os.stat_result:
-    """`make(dir_fd, name)`, then the new object given to `owner` (never following it); its
-    lstat. On a worker thread."""
-    make(dir_fd, name)
-    if os.geteuid() == 0:
+    """`make(dir_fd, name)` as the caller, or else the new object then given to `owner`
+    (never following it); its lstat."""
+    with as_caller() as kernel_owns:
+        make(dir_fd, name)
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if not kernel_owns and SERVER_IS_ROOT and (st.st_uid, st.st_gid) != (owner.uid, owner.gid):
         os.chown(name, owner.uid, owner.gid, dir_fd=dir_fd, follow_symlinks=False)
-    return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    return st
 
 
 class NamespaceChanges:
@@ -194,7 +205,8 @@ class NamespaceChanges:
                 raise FsError(nfsstat3.NFS3ERR_ISDIR)
             try:
                 remove = os.rmdir if directory else os.unlink
-                remove(name, dir_fd=dir_fd)
+                with as_caller():
+                    remove(name, dir_fd=dir_fd)
             except OSError as e:
                 raise from_os_error(e) from None
         finally:
@@ -289,7 +301,8 @@ class NamespaceChanges:
         if dst is not None and dst.st_ino == src.st_ino and dst.st_dev == src.st_dev:
             return  # two names of one file: POSIX says rename does nothing
         try:
-            os.rename(from_name, to_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+            with as_caller():
+                os.rename(from_name, to_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
         except OSError as e:
             raise from_os_error(e) from None
         # Known after the wait: what the kernel replaced is what held the name when it did.
@@ -363,7 +376,7 @@ class NamespaceChanges:
             raise FsError(nfsstat3.NFS3ERR_XDEV, "areas are separate")
         dir_fd = self._held_dir(dir_fid)
         try:
-            with self.local.pin(node) as pinned:
+            with self.local.pin(node) as pinned, as_caller():
                 pinned.link_as(dir_fd, name)
         except OSError as e:
             raise from_os_error(e) from None

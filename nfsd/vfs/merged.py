@@ -17,6 +17,7 @@ import stat
 import struct
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 
 import trio
 
@@ -25,6 +26,7 @@ from nfsd.store.blobs import BlobStore
 from nfsd.store.db import Batch, Store
 from nfsd.store.index import AreaIndex, Entry, Kind, Layer, Mark
 from nfsd.threads import run_blocking
+from nfsd.vfs.acting import as_caller, bound, kill_privileges_by_hand
 from nfsd.vfs.changes import NamespaceChanges
 from nfsd.vfs.errors import FsError, from_os_error
 from nfsd.vfs.fdcache import FdCache
@@ -421,14 +423,18 @@ class MergedTree(LayerMoves, NamespaceChanges, Tree):
                 if not stat.S_ISREG(st.st_mode):
                     raise FsError(nfsstat3.NFS3ERR_INVAL)
                 with self.fds.borrow(fid, lambda w: self.local.open_file(node, w), True) as fd:
-                    os.ftruncate(fd, changes.size)
+                    with as_caller():  # as the caller, the kernel kills setuid
+                        os.ftruncate(fd, changes.size)
+                    kill_privileges_by_hand(fd)
             with self.local.pin(node) as pinned:
                 if changes.uid is not None or changes.gid is not None:
                     uid = -1 if changes.uid is None else changes.uid
                     gid = -1 if changes.gid is None else changes.gid
-                    pinned.chown(uid, gid)
+                    with as_caller():
+                        pinned.chown(uid, gid)
                 if changes.mode is not None:
-                    pinned.chmod(changes.mode & 0o7777)
+                    with as_caller():  # setgid goes unless the caller is in the group
+                        pinned.chmod(changes.mode & 0o7777)
                 if changes.atime_ns is not None or changes.mtime_ns is not None:
                     now = time.time_ns()
 
@@ -437,10 +443,15 @@ class MergedTree(LayerMoves, NamespaceChanges, Tree):
                             return current
                         return now if value == SERVER_TIME else value
 
-                    pinned.utime(
-                        pick(changes.atime_ns, st.st_atime_ns),
-                        pick(changes.mtime_ns, st.st_mtime_ns),
-                    )
+                    # Explicit times are for the owner alone, and the kernel says so. "Now"
+                    # is for anyone who may write (checked before): made as the server,
+                    # since the kernel's own "now" cannot leave the other time untouched.
+                    to_now = SERVER_TIME in (changes.atime_ns, changes.mtime_ns)
+                    with nullcontext() if to_now else as_caller():
+                        pinned.utime(
+                            pick(changes.atime_ns, st.st_atime_ns),
+                            pick(changes.mtime_ns, st.st_mtime_ns),
+                        )
         except OSError as e:
             raise from_os_error(e) from None
         if node.parent:
@@ -635,18 +646,21 @@ class MergedTree(LayerMoves, NamespaceChanges, Tree):
             try:
                 done = 0
                 if stable == stable_how.UNSTABLE:
-                    if len(data) <= _INLINE_WRITE:
-                        # Small buffered writes only copy into the page cache: cheaper here
-                        # than a thread hand-off (RWF_NOWAIT writes are not on every kernel).
-                        _write_all(fd, offset, data, stable)
-                        done = len(data)
-                    else:
-                        done = _write_cached(fd, data, offset)
+                    # Written as the caller, so that the kernel kills setuid as it should.
+                    with as_caller():
+                        if len(data) <= _INLINE_WRITE:
+                            # Small buffered writes only copy into the page cache: cheaper
+                            # here than a thread hand-off (RWF_NOWAIT writes are not on every
+                            # kernel).
+                            _write_all(fd, offset, data, stable)
+                            done = len(data)
+                        else:
+                            done = _write_cached(fd, data, offset)
                 if done < len(data) or stable != stable_how.UNSTABLE:
                     await run_blocking(
-                        _write_all, fd, offset + done, memoryview(data)[done:], stable
+                        bound(_write_all), fd, offset + done, memoryview(data)[done:], stable
                     )
-                st = os.fstat(fd)
+                st = kill_privileges_by_hand(fd)
             except OSError as e:
                 raise from_os_error(e) from None
         self.journal.written(*self.area_path(fid))

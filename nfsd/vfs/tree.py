@@ -17,6 +17,9 @@ The rules every implementation keeps:
   a change returns the changed object's attributes after it, a read returns them with the
   data, READDIRPLUS's listing yields them with each entry.
 - Names given are single components; "." and ".." mean what they do in a directory.
+- Changes act as the current call's user (`nfsd.vfs.acting.act_for`, set by the procedures):
+  the local layer makes its changing system calls with that user's fsuid, fsgid and groups,
+  so the kernel's own permission rules apply on top of the procedures' checks.
 """
 
 from __future__ import annotations

@@ -49,8 +49,21 @@ NON_IDEMPOTENT = {
 }
 
 
-# These may wait on the disk (large transfers, fsync) and run in tasks of their own.
-WAITING = {NFSPROC3.READ, NFSPROC3.WRITE, NFSPROC3.COMMIT}
+# These may wait on the disk (large transfers, fsync) and run in tasks of their own: the
+# namespace changes sync their directories before they answer.
+WAITING = {
+    NFSPROC3.READ,
+    NFSPROC3.WRITE,
+    NFSPROC3.COMMIT,
+    NFSPROC3.CREATE,
+    NFSPROC3.MKDIR,
+    NFSPROC3.SYMLINK,
+    NFSPROC3.MKNOD,
+    NFSPROC3.REMOVE,
+    NFSPROC3.RMDIR,
+    NFSPROC3.RENAME,
+    NFSPROC3.LINK,
+}
 
 
 async def null(ctx: CallContext, args: Any) -> None:

@@ -177,7 +177,7 @@ class Ingest:
                 state.stats.stored_chunks += 1
             txn.commit()  # evictions and restamps, through the WAL
             # Under the lock, so no checkpoint can flush between listing a chunk and writing it.
-            state.store.db.write(fresh, self._unlogged)
+            state.store.write(fresh, self._unlogged)
 
     def checkpoint(self, unlogged: Unlogged, area: str) -> None:
         """Make the unlogged bytes durable (flush the chunk family), then record them."""

@@ -3,6 +3,11 @@
 Layout: version (1 byte), reserved (1), export id (2), fileid (8), keyed BLAKE3 MAC of those
 12 bytes (20). The MAC key lives in the state directory, so handles survive restarts but a
 client cannot forge one; a handle that fails the check is NFS3ERR_BADHANDLE.
+
+The handle carries no generation of its own: a fileid is never reused, and the fileid table
+checks that it still names the very file it was given for (nfsd/vfs/inodes.py), so a handle
+whose file is gone is NFS3ERR_STALE even when another file took its inode number. Handles
+made before that check look the same and go through it too.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ directory when it is renamed). The cache is emptied when the namespace changes i
 could move a directory (a rename or rmdir through NFS, or an outside change the watcher
 saw). Descriptors handed to worker threads are duplicates the caller closes.
 
+Each object reached for a fileid is checked to be the very file recorded: its (dev, ino), and
+its identity (see nfsd/vfs/inodes.py), so a file that took a deleted one's inode number is
+STALE to the old handle. The check costs one `name_to_handle_at` per GETATTR or LOOKUP.
+
 The layer knows nothing of the Unreal layer or the index; the merged tree routes to it.
 """
 
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 
 from nfsd.vfs import osapi
 from nfsd.vfs.errors import FsError, from_os_error
-from nfsd.vfs.inodes import InodeTable, Node
+from nfsd.vfs.inodes import UNIDENTIFIED, InodeTable, Node
 from nfsd.vfs.names import TEMP_PREFIX
 from nfsd.vfs.tree import Attr
 from xdr.nfs3 import ftype3, nfsstat3
@@ -308,6 +312,7 @@ class LocalLayer:
         self.inodes = inodes
         self.roots = roots
         self._dirs: OrderedDict[int, int] = OrderedDict()
+        inodes.identify = self.identify
 
     def is_hidden(self, st: os.stat_result) -> bool:
         return self.roots.is_hidden(st)
@@ -340,6 +345,7 @@ class LocalLayer:
                 st = os.fstat(fd)
                 if (st.st_dev, st.st_ino) != (step.dev, step.ino):
                     raise FsError(nfsstat3.NFS3ERR_STALE, "replaced")
+                self._verify(step, fd, b"")
         except BaseException:
             for _, held in opened:
                 os.close(held)
@@ -409,6 +415,7 @@ class LocalLayer:
             raise FsError(nfsstat3.NFS3ERR_STALE) from None
         if (st.st_dev, st.st_ino) != (node.dev, node.ino):
             raise FsError(nfsstat3.NFS3ERR_STALE, "replaced")
+        self._verify(node, dir_fd, name)  # after the stat: then both saw the recorded file
         return st
 
     def child_stat(self, dir_fid: int, name: bytes) -> os.stat_result | None:
@@ -428,11 +435,21 @@ class LocalLayer:
         dir_fd, name = self.where(node)
         expected = None if node.parent == 0 else (node.dev, node.ino)
         try:
-            return osapi.Pinned(dir_fd, name, expected)
+            pinned = osapi.Pinned(dir_fd, name, expected)
         except FileNotFoundError:
             raise FsError(nfsstat3.NFS3ERR_STALE, "replaced") from None
         except OSError as e:
             raise from_os_error(e) from None
+        if expected is not None:
+            try:
+                if pinned.fd >= 0:
+                    self._verify(node, pinned.fd, b"")
+                else:
+                    self._verify(node, dir_fd, name)
+            except FsError:
+                pinned.close()
+                raise
+        return pinned
 
     def open_file(self, node: Node, writable: bool) -> tuple[int, bool]:
         """A descriptor of the regular file `node`, read-write when allowed (read-only when
@@ -451,10 +468,61 @@ class LocalLayer:
             raise FsError(nfsstat3.NFS3ERR_STALE) from None
         except OSError as e:
             raise from_os_error(e) from None
-        if (st.st_dev, st.st_ino) != (node.dev, node.ino):
+        try:
+            if (st.st_dev, st.st_ino) != (node.dev, node.ino):
+                raise FsError(nfsstat3.NFS3ERR_STALE, "replaced")
+            self._verify(node, fd, b"")
+        except FsError:
             os.close(fd)
-            raise FsError(nfsstat3.NFS3ERR_STALE, "replaced")
+            raise
         return fd, writable
+
+    # ---- identities: which file, not only which inode number ----
+
+    def identify(self, node: Node) -> bytes:
+        """The identity of the file at the node's name now (for the table to record), found
+        with the node's dev; UNIDENTIFIED when there is none."""
+        try:
+            if node.parent == 0:
+                return osapi.identity(self.roots.fd(node.area), b"", node.dev)
+            return osapi.identity(self.dir_fd(node.parent), node.name, node.dev)
+        except (OSError, FsError):
+            return UNIDENTIFIED
+
+    def identity_in(self, dir_fid: int, name: bytes, dev: int) -> bytes:
+        """The identity of the entry `name` of the Real directory `dir_fid` (found on `dev`
+        by a stat just before); UNIDENTIFIED when there is none."""
+        try:
+            return osapi.identity(self.dir_fd(dir_fid), name, dev)
+        except (OSError, FsError):
+            return UNIDENTIFIED
+
+    def recognizes(self, node: Node, current: bytes, dir_fd: int, name: bytes) -> bool:
+        """Whether the file `name` of `dir_fd` (`dir_fd` itself when name is b""), found with
+        the node's dev and ino and whose identity is `current`, is the node's file."""
+        if current == UNIDENTIFIED:
+            return False
+        if node.identity == current:
+            return True
+
+        def birth() -> int | None:
+            try:
+                return osapi.birth_ns(dir_fd, name)
+            except OSError:
+                return None
+
+        return self.inodes.recognizes(node, current, birth)
+
+    def _verify(self, node: Node, dir_fd: int, name: bytes) -> None:
+        """STALE unless the file `name` of `dir_fd` (`dir_fd` itself when name is b""),
+        found with the node's dev and ino, is the node's file and not a later one that took
+        its inode number."""
+        try:
+            current = osapi.identity(dir_fd, name, node.dev)
+        except OSError:
+            raise FsError(nfsstat3.NFS3ERR_STALE, "gone") from None
+        if current != node.identity and not self.recognizes(node, current, dir_fd, name):
+            raise FsError(nfsstat3.NFS3ERR_STALE, "its inode number now names another file")
 
     def readlink(self, node: Node) -> bytes:
         dir_fd, name = self.where(node)

@@ -30,7 +30,7 @@ from nfsd.vfs.acting import as_caller, bound, kill_privileges_by_hand
 from nfsd.vfs.changes import NamespaceChanges
 from nfsd.vfs.errors import FsError, from_os_error
 from nfsd.vfs.fdcache import FdCache
-from nfsd.vfs.inodes import ROOT_FID, InodeTable, Node
+from nfsd.vfs.inodes import ROOT_FID, UNIDENTIFIED, InodeTable, Node
 from nfsd.vfs.journal import DEFAULT_REST, Journal
 from nfsd.vfs.listing import DOT_COOKIE, DOTDOT_COOKIE, Listing, ListingCache, name_cookie
 from nfsd.vfs.local import AreaRoots, LocalLayer, attr_from_stat, identities
@@ -300,11 +300,19 @@ class MergedTree(LayerMoves, NamespaceChanges, Tree):
     # ---- the fileid table ----
 
     def _register(self, dir_fid: int, name: bytes, st: os.stat_result) -> int:
-        """The fid of the entry `name` of `dir_fid`, whose lstat is `st`; recorded if new."""
+        """The fid of the entry `name` of `dir_fid`, whose lstat is `st`; recorded if new.
+        A recorded node whose inode number the file took but which is not its file (see
+        nfsd/vfs/inodes.py) is forgotten: its handles are STALE, the file gets a fid of its
+        own."""
+        current = self.local.identity_in(dir_fid, name, st.st_dev)  # after the stat: see lstat
         fid = self.inodes.child(dir_fid, name)
         if fid is not None:
             node = self.inodes.node(fid)
-            if node is not None and node.ino == st.st_ino and node.dev == st.st_dev:
+            if (
+                node is not None
+                and (node.dev, node.ino) == (st.st_dev, st.st_ino)
+                and not self._another_file(node, current, dir_fid, name)
+            ):
                 return fid
         area = self._node(dir_fid).area
         batch = self.store.batch()
@@ -315,6 +323,11 @@ class MergedTree(LayerMoves, NamespaceChanges, Tree):
                 self._forget_link(batch, old, dir_fid, name, remaining=None)
         known = self.inodes.by_inode(area, st.st_dev, st.st_ino)
         node = self.inodes.node(known) if known is not None else None
+        if node is not None and self._another_file(node, current, dir_fid, name):
+            self.inodes.drop_node(batch, node)  # its file is gone; another took its inode
+            self.fds.invalidate(node.fid)
+            self.local.forget_dir(node.fid)
+            node = None
         if node is not None:
             fid = node.fid
             # A second name of a known inode: a hard link, or a move made outside.
@@ -322,10 +335,20 @@ class MergedTree(LayerMoves, NamespaceChanges, Tree):
                 self.inodes.put_node(batch, Node(fid, dir_fid, area, node.dev, node.ino, name))
         else:
             fid = self.inodes.allocate(batch)
-            self.inodes.put_node(batch, Node(fid, dir_fid, area, st.st_dev, st.st_ino, name))
+            self.inodes.put_node(
+                batch, Node(fid, dir_fid, area, st.st_dev, st.st_ino, name, current)
+            )
         self.inodes.add_link(batch, fid, dir_fid, name)
         batch.commit()
         return fid
+
+    def _another_file(self, node: Node, current: bytes, dir_fid: int, name: bytes) -> bool:
+        """Whether the entry `name` of `dir_fid` (of the node's dev and ino, identity
+        `current`) is known not to be the node's file. Unidentified (gone meanwhile), it may
+        be: every use of the fid checks again."""
+        if current == UNIDENTIFIED:
+            return False
+        return not self.local.recognizes(node, current, self.local.dir_fd(dir_fid), name)
 
     def _primary_holds(self, node: Node) -> bool:
         """Whether the node's recorded primary name still names its inode."""

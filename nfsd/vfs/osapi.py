@@ -9,6 +9,8 @@ fallback beside it.
   `*at` calls with AT_SYMLINK_NOFOLLOW on the single name (lchmod exists on macOS).
 - `RWF_NOWAIT` reads and writes (Linux ≥ 4.14): done at once when the page cache allows, else
   left to a worker thread. Elsewhere everything goes to the thread.
+- File identities (`identity`, `birth_ns`): what tells a file from a later one that reuses
+  its inode number; the kernel's file handle on Linux, birth times elsewhere (see below).
 
 REALIZE_FORCE_FALLBACKS=1 in the environment makes every seam take its portable branch, so the
 fast test tier can run once more on them.
@@ -16,9 +18,13 @@ fast test tier can run once more on them.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
+import struct
+import sys
+from collections.abc import Callable
 
 FORCED_FALLBACKS = os.environ.get("REALIZE_FORCE_FALLBACKS") == "1"
 
@@ -167,3 +173,113 @@ def _require_regular(st: os.stat_result) -> None:
         raise IsADirectoryError(errno.EISDIR, "a directory")
     if not stat.S_ISREG(st.st_mode):
         raise OSError(errno.EINVAL, "not a regular file")
+
+
+# ---- which file, not only which inode number ----
+#
+# A file deleted and a new one made may get the same (st_dev, st_ino). What tells them apart:
+# - Linux: the kernel's own file handle (`name_to_handle_at`: inode number and generation,
+#   as knfsd uses), for any file type, without opening the file or needing read permission;
+#   FS_IOC_GETVERSION would need an open descriptor, which symlinks and special files lack.
+#   Where the file system encodes none, the FID flavour (overlayfs, Linux >= 6.5), then the
+#   `statx` birth time (coarse on older kernels: two files born in one clock tick may share
+#   it).
+# - Elsewhere (and with REALIZE_FORCE_FALLBACKS=1), `st_birthtime` where the platform's stat
+#   has it (macOS, the BSDs); else nothing (b""), and (st_dev, st_ino) alone name a file.
+# What was found to work on a device is kept, so a file system is always asked the same way.
+
+_AT_SYMLINK_NOFOLLOW = 0x100
+_AT_EMPTY_PATH = 0x1000
+_AT_HANDLE_FID = 0x200
+_STATX_BTIME = 0x800
+_HANDLE_ROOM = 128  # MAX_HANDLE_SZ
+_BY_HANDLE, _BY_FID, _BY_BIRTH, _BY_NOTHING = range(4)
+_WAY_BY_DEV: dict[int, int] = {}
+
+
+def _linux_calls() -> tuple[Callable[..., int], Callable[..., int]] | None:
+    if FORCED_FALLBACKS or not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.name_to_handle_at, libc.statx
+    except (OSError, AttributeError):
+        return None
+
+
+_LINUX = _linux_calls()
+if _LINUX is not None:
+    _handle_buf = ctypes.create_string_buffer(8 + _HANDLE_ROOM)
+    _handle_bytes = ctypes.c_uint.from_buffer(_handle_buf)
+    _mount_id = ctypes.c_int()
+    _mount_id_ref = ctypes.byref(_mount_id)
+    _statx_buf = ctypes.create_string_buffer(256)
+_STATX_MASK = struct.Struct("=I")
+_STATX_BIRTH = struct.Struct("=qI")  # stx_btime at offset 0x50: seconds, nanoseconds
+_BIRTH = struct.Struct(">q")
+
+
+def _kernel_handle(dir_fd: int, name: bytes, flags: int) -> bytes:
+    """The kernel's handle of `name` in `dir_fd` (of `dir_fd` itself when name is b"")."""
+    assert _LINUX is not None
+    _handle_bytes.value = _HANDLE_ROOM
+    if name == b"":
+        flags |= _AT_EMPTY_PATH
+    if _LINUX[0](dir_fd, name, _handle_buf, _mount_id_ref, flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return _handle_buf.raw[: 8 + _handle_bytes.value]
+
+
+def birth_ns(dir_fd: int, name: bytes) -> int | None:
+    """When the file `name` of `dir_fd` (`dir_fd` itself when name is b"") was born, in ns
+    since the epoch; None where the file system or platform does not say."""
+    if _LINUX is not None:
+        flags = _AT_SYMLINK_NOFOLLOW | (_AT_EMPTY_PATH if name == b"" else 0)
+        if _LINUX[1](dir_fd, name, flags, _STATX_BTIME, _statx_buf) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+        if not _STATX_MASK.unpack_from(_statx_buf, 0)[0] & _STATX_BTIME:
+            return None
+        seconds, nanoseconds = _STATX_BIRTH.unpack_from(_statx_buf, 0x50)
+        return seconds * 1_000_000_000 + nanoseconds
+    st = os.fstat(dir_fd) if name == b"" else os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    birth = getattr(st, "st_birthtime", None)
+    return None if birth is None else int(birth * 1_000_000_000)
+
+
+def identity(dir_fd: int, name: bytes, dev: int) -> bytes:
+    """What tells the file `name` of `dir_fd` (`dir_fd` itself when name is b"") from any
+    later file on the device `dev` that reuses its inode number; b"" where nothing does.
+    OSError when there is no such file."""
+    way = _WAY_BY_DEV.get(dev)
+    if way is None:
+        way = _find_way(dir_fd, name)
+        _WAY_BY_DEV[dev] = way
+    if way == _BY_HANDLE:
+        return b"h" + _kernel_handle(dir_fd, name, 0)
+    if way == _BY_FID:
+        return b"f" + _kernel_handle(dir_fd, name, _AT_HANDLE_FID)
+    if way == _BY_BIRTH:
+        birth = birth_ns(dir_fd, name)
+        return b"" if birth is None else b"b" + _BIRTH.pack(birth)
+    return b""
+
+
+def _find_way(dir_fd: int, name: bytes) -> int:
+    """How the file system of `name` is best asked for identities (OSError when it is gone)."""
+    if _LINUX is not None:
+        for way, flags in ((_BY_HANDLE, 0), (_BY_FID, _AT_HANDLE_FID)):
+            try:
+                _kernel_handle(dir_fd, name, flags)
+                return way
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, errno.EPERM):
+                    raise
+    return _BY_NOTHING if birth_ns(dir_fd, name) is None else _BY_BIRTH
+
+
+def held_path(fd: int) -> bytes:
+    """A path naming the very inode that `fd` holds, for calls that take only a path
+    (inotify_add_watch): Linux's /proc/self/fd/N, which is never looked up again by name."""
+    return os.fsencode(_PROC_FD + str(fd))

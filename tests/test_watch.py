@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import struct
 import sys
@@ -35,6 +36,7 @@ from nfsd.vfs.watch import (
     parse_events,
 )
 from tests.conftest import Nfs, run_on
+from tests.support.renameat2 import Swapper
 from tests.support.server import start_server
 from tests.test_history import ops
 
@@ -367,10 +369,12 @@ def test_an_area_beyond_the_watch_limit_is_rescanned_periodically(tmp_path, monk
     area, store, journal = journal_for(tmp_path)
     (area / "sub").mkdir()
     real_add = Inotify.add
+    added: list[bytes] = []
 
     def add(self: Inotify, path: bytes, mask: int = WATCH_MASK) -> int:
-        if path.endswith(b"/sub"):  # as when fs.inotify.max_user_watches is reached
+        if added:  # the root's watch was the last: fs.inotify.max_user_watches is reached
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        added.append(path)
         return real_add(self, path, mask)
 
     monkeypatch.setattr(Inotify, "add", add)
@@ -505,3 +509,39 @@ def test_a_running_server_records_changes_made_behind_its_back(tmp_path):
         store.close()
     assert set(entries) == disk_paths(area)
     assert all(e.blob for e in entries.values() if e.kind == Kind.FILE)
+
+
+def _watched_inodes(inotify: Inotify) -> set[int]:
+    """The inodes an inotify instance watches, as the kernel lists them in fdinfo."""
+    text = Path(f"/proc/self/fdinfo/{inotify.fd}").read_text()
+    return {int(m, 16) for m in re.findall(r"^inotify wd:\S+ ino:([0-9a-f]+)", text, re.M)}
+
+
+@pytest.mark.inproc
+@linux
+@pytest.mark.skipif(os.geteuid() != 0, reason="renameat2 races are run as root, as CI does")
+def test_a_directory_swapped_for_a_symlink_never_gets_a_watch_outside(tmp_path):
+    """While a thread swaps `area/d` between a directory and a symlink to an outside tree of
+    the same shape, the watcher adds the area's tree again and again: no inode outside is
+    ever watched (by path, `d/x/y` would be looked up through the symlink)."""
+    area, store, journal = journal_for(tmp_path)
+    outside = tmp_path / "outside"
+    for top in (area / "d", outside):
+        (top / "x" / "y").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(outside)
+    outside_inodes = {os.stat(p).st_ino for p in (outside, outside / "x", outside / "x" / "y")}
+    inotify = Inotify()
+    rounds = 0
+    try:
+        with Swapper(area / "d", tmp_path / "link") as swapper:
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                added, _ = watch._add_tree(inotify, journal.disk, AREA, b"", set())
+                assert not _watched_inodes(inotify) & outside_inodes, f"round {rounds}"
+                for wd, _ in added:
+                    inotify.remove(wd)
+                rounds += 1
+        assert rounds >= 50 and swapper.swaps >= 50
+    finally:
+        inotify.close()
+        store.close()

@@ -18,6 +18,7 @@ import ctypes
 import errno
 import logging
 import os
+import stat
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,9 +26,11 @@ from dataclasses import dataclass
 import trio
 
 from nfsd.store.index import join
+from nfsd.vfs.errors import FsError
 from nfsd.vfs.journal import Journal
+from nfsd.vfs.local import AreaRoots, identities
 from nfsd.vfs.names import TEMP_PREFIX
-from nfsd.vfs.osapi import FORCED_FALLBACKS
+from nfsd.vfs.osapi import FORCED_FALLBACKS, held_path, open_dir
 
 log = logging.getLogger("realize.watch")
 
@@ -149,31 +152,59 @@ class Inotify:
 
 
 def _add_tree(
-    inotify: Inotify, root: bytes, top: bytes, hidden: set[bytes]
+    inotify: Inotify, disk: AreaRoots, area: int, top: bytes, hidden: set[tuple[int, int]]
 ) -> tuple[list[tuple[int, bytes]], bool]:
-    """Watch `top` (relative to root) and every directory below it: the (wd, directory)
-    pairs added, and whether the kernel's watch limit stopped us. Run in a thread."""
+    """Watch `top` (relative to the area's root) and every directory below it: the (wd,
+    directory) pairs added, and whether the kernel's watch limit stopped us. Run in a thread.
+
+    Walked by descriptor, as every look at the disk: a directory swapped for a symlink is not
+    followed, and each watch is added through the held descriptor (`/proc/self/fd/N` names
+    that very inode), so nothing outside the area is ever watched."""
     added: list[tuple[int, bytes]] = []
-    pending = [top]
-    while pending:
-        relative = pending.pop()
-        directory = join(root, relative) if relative else root
-        try:
-            added.append((inotify.add(directory), relative))
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                return added, True
-            if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                log.warning("cannot watch %s: %s", os.fsdecode(directory), e.strerror)
-            continue  # gone or replaced meanwhile: its parent's events say so
-        try:
-            with os.scandir(directory) as it:
-                for item in it:
-                    if item.path not in hidden and item.is_dir(follow_symlinks=False):
-                        pending.append(join(relative, item.name))
-        except OSError:
-            continue
+    try:
+        pending = [(top, disk.dir_relative(area, top))]
+    except (OSError, FsError):
+        return added, False  # gone or replaced meanwhile: its parent's events say so
+    try:
+        while pending:
+            relative, fd = pending.pop()
+            try:
+                # The magic link is followed on purpose: it leads to the held inode alone.
+                wd = inotify.add(held_path(fd), WATCH_MASK & ~IN_DONT_FOLLOW)
+                added.append((wd, relative))
+                pending += _subdirectories(disk, relative, fd, hidden)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    return added, True
+                if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    log.warning("cannot watch %s: %s", os.fsdecode(relative), e.strerror)
+            finally:
+                os.close(fd)
+    finally:
+        for _, fd in pending:
+            os.close(fd)
     return added, False
+
+
+def _subdirectories(
+    disk: AreaRoots, relative: bytes, fd: int, hidden: set[tuple[int, int]]
+) -> list[tuple[bytes, int]]:
+    """The directories in `fd` (not hidden, not symlinks), each held by a descriptor."""
+    found = []
+    try:
+        for name, _ in disk.names(fd):
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                seen_hidden = (st.st_dev, st.st_ino) in hidden or disk.is_hidden(st)
+                if stat.S_ISDIR(st.st_mode) and not seen_hidden:
+                    found.append((join(relative, name), open_dir(name, fd)))
+            except OSError:
+                continue  # gone or replaced meanwhile: its parent's events say so
+    except OSError:
+        for _, held in found:
+            os.close(held)
+        return []
+    return found
 
 
 def _within(path: bytes, tops: list[bytes]) -> bool:
@@ -242,7 +273,7 @@ class Watcher:
         if self.inotify is None or area in self.polled:
             return
         added, full = await trio.to_thread.run_sync(
-            _add_tree, self.inotify, self.roots[area], top, self.hidden
+            _add_tree, self.inotify, self.journal.disk, area, top, identities(self.hidden)
         )
         for wd, directory in added:
             old = self._where.get(wd)

@@ -3,7 +3,8 @@
 AUTH_SYS is a claim, not a proof. The policy, per call:
 
 - From this machine, the kernel knows which user owns the client's socket
-  (`loopback_owner` for TCP, `loopback_udp_owner` for UDP, from /proc/net on Linux). Root
+  (`loopback_owner` for TCP, from sock_diag (nfsd/sockdiag.py) or else /proc/net on Linux;
+  `loopback_udp_owner` for UDP, from /proc/net). Root
   there may claim anyone (it can read the files anyway; the kernel NFS client and qemu run
   as root). Anyone else may claim only
   their own uid and groups: a claim beyond them is replaced by the owner's own identity.
@@ -22,6 +23,7 @@ import os
 import pwd
 import socket
 
+from nfsd import sockdiag
 from xdr.rpc import auth_flavor
 from xdr.rpc_fast import Credential
 
@@ -69,6 +71,13 @@ def loopback_owner(client: tuple[str, int], server: tuple[str, int]) -> int | No
     """The uid owning the client end of an established loopback TCP connection from
     `client` to `server`; None when it cannot be known (not Linux, /proc missing, no such
     or more than one such socket)."""
+    from nfsd.vfs.osapi import FORCED_FALLBACKS
+
+    if not FORCED_FALLBACKS and is_loopback(client[0]):
+        try:
+            return sockdiag.tcp_owner(client, server)  # one socket, found at once
+        except sockdiag.Unknown:
+            pass  # no sock_diag here: /proc, which lists every socket of the machine
     return _owner(_TCP_TABLES, client, server)
 
 

@@ -29,7 +29,7 @@ from nfsd.nfs3.common import Nfs3State
 from nfsd.nfs3.program import nfs_program
 from nfsd.portmap import Portmapper, Registration
 from nfsd.rpc.dispatch import Dispatcher
-from nfsd.rpc.transport import RpcServer, open_udp_socket
+from nfsd.rpc.transport import Limits, RpcServer, open_udp_socket
 from nfsd.store.blobs import BlobStore
 from nfsd.store.db import Store
 from nfsd.store.limits import CacheLimits
@@ -70,6 +70,7 @@ class ServerConfig:
     rest: float = DEFAULT_REST  # seconds a changed file rests before it is hashed
     sources: list[str] = field(default_factory=list)  # state directories attached read-only
     cache_limits: CacheLimits = field(default_factory=CacheLimits)
+    max_connections: int = Limits.max_connections  # a host may hold an eighth (rpc/slots.py)
 
 
 @dataclass
@@ -191,7 +192,12 @@ class Server:
         self.dispatcher = Dispatcher(
             [nfs_program(state), mount.program(), self.portmapper.program()]
         )
-        self.rpc = RpcServer(self.dispatcher)
+        # A host that no export allows is closed at accept, before it takes a connection slot.
+        self.rpc = RpcServer(
+            self.dispatcher,
+            Limits(max_connections=self.config.max_connections),
+            allowed=lambda host: any(e.options.allows(host) for e in exports),
+        )
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         os.umask(0)  # the client already applied its umask to the modes it sends

@@ -231,20 +231,28 @@ def test_garbage_arguments_get_garbage_args_and_the_connection_goes_on() -> None
     run(main)
 
 
-def test_connections_beyond_the_cap_are_closed_at_once() -> None:
-    rpc, _ = serve(Limits(max_connections=1))
+def test_beyond_the_cap_an_idle_connection_makes_room_and_a_busy_one_never() -> None:
+    rpc, test = serve(Limits(max_connections=1))
 
     async def main() -> None:
         async with open_memory_stream(rpc) as first:
-            await first.send_all(echo(1, b"x"))
-            assert await Replies(first).xids(1) == [1]
+            await first.send_all(framed(call(1, HOLD)))
+            await trio.testing.wait_all_tasks_blocked()
+            assert test.held == 1
+            # The only slot is busy with a call: the new connection is closed at once.
             async with open_memory_stream(rpc) as second:
                 assert await Replies(second).closed()
-        await trio.testing.wait_all_tasks_blocked()  # the first connection's end is seen
+            test.release.set()
+            assert await Replies(first).xids(1) == [1]
+            await trio.testing.wait_all_tasks_blocked()
+            # Now the first one is idle: it is closed, and the new one served.
+            async with open_memory_stream(rpc) as third:
+                await third.send_all(echo(2, b"y"))
+                assert await Replies(third).xids(1) == [2]
+                assert await Replies(first).closed()
+                assert rpc.connections == 1
+        await trio.testing.wait_all_tasks_blocked()
         assert rpc.connections == 0
-        async with open_memory_stream(rpc) as third:
-            await third.send_all(echo(2, b"y"))
-            assert await Replies(third).xids(1) == [2]
 
     run(main)
 

@@ -14,6 +14,7 @@ from nfsd import statedir
 from nfsd.cli.errors import UsageError
 from nfsd.cli.options import SERVER_KEYS
 from nfsd.exports import NOBODY, ExportOptions, RootSquash
+from nfsd.rpc.transport import Limits
 from nfsd.server import ServerConfig
 from nfsd.store.limits import AreaLimit, CacheLimits
 from nfsd.vfs.journal import DEFAULT_REST
@@ -116,6 +117,15 @@ def cache_limits(options: dict) -> CacheLimits:
     )
 
 
+def max_connections(options: dict) -> int:
+    value = options.get("max_connections")
+    if value is None:
+        return Limits.max_connections
+    if int(value) < 1:
+        raise UsageError("--max-connections: at least 1")
+    return int(value)
+
+
 def root_squash(options: dict) -> RootSquash:
     if options.get("root_squash") and options.get("no_root_squash"):
         raise UsageError("--root-squash and --no-root-squash: choose one")
@@ -155,4 +165,5 @@ def server_config(state_dir: Path, areas: dict[str, str], options: dict) -> Serv
         rest=float(options.get("rest") or DEFAULT_REST),
         cache_limits=limits,
         sources=list(options.get("sources") or []),
+        max_connections=max_connections(options),
     )

@@ -32,6 +32,14 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
         metavar="NETWORK",
         help="client network allowed to mount, e.g. 192.168.1.0/24 (repeatable)",
     )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        metavar="N",
+        help="TCP connections served at once (default 512); one client host may hold an "
+        "eighth, and when slots run out the longest idle connection is closed",
+    )
     p.add_argument("--anon-uid", type=int, default=None)
     p.add_argument("--anon-gid", type=int, default=None)
     p.add_argument(

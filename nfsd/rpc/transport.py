@@ -6,9 +6,11 @@ own, so slow calls do not hold up fast ones and replies go out in completion ord
 
 Limits keep memory bounded whatever a client sends: a record size bound, calls in flight per
 connection and in total, a bound on the bytes of replies waiting for a client that does not
-read them, a connection cap, and timeouts for records that trickle in and connections that
-never call. Quick calls answered inline yield to other connections every few milliseconds, so
-one client's burst does not stall the others.
+read them, connection slots (nfsd/rpc/slots.py: a share per client host, the longest idle
+connection closed to make room), and timeouts for records that trickle in and connections
+that never call. A host that no export allows is closed at accept, before it takes a slot.
+Quick calls answered inline yield to other connections every few milliseconds, so one
+client's burst does not stall the others.
 
 `serve_stream` serves any connected trio Stream (tests use in-memory ones): a stream without
 a socket gets its replies through `send_all` instead of gathered `sendmsg` calls.
@@ -16,9 +18,12 @@ a socket gets its replies through `send_all` instead of gathered `sendmsg` calls
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import select
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -26,6 +31,7 @@ import trio
 from nfsd.identity import loopback_owner, loopback_udp_owner
 from nfsd.rpc.dispatch import DEFERRED, Dispatcher, Reply
 from nfsd.rpc.record import DEFAULT_MAX_RECORD, Record, RecordReader, RecordTooLarge, frame
+from nfsd.rpc.slots import Cause, CauseLog, ConnectionSlots, host_key
 from nfsd.rpc.streamio import SocketIO, StreamIO, stream_io
 
 log = logging.getLogger("realize.rpc")
@@ -36,12 +42,17 @@ _COALESCE_LIMIT = 256 * 1024
 # Inline calls of one connection run for at most this long before other tasks get a turn.
 _INLINE_SLICE = 0.005
 _SEND_BUFFER = 4 * 1024 * 1024
+# accept() failing for want of descriptors or memory: pause, and the backlog waits meanwhile.
+_ACCEPT_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_ACCEPT_PAUSE = 0.1
 
 
 @dataclass
 class Limits:
     max_record: int = DEFAULT_MAX_RECORD
     max_connections: int = 512
+    # Slots one client host may hold; None: an eighth of max_connections (nfsd/rpc/slots.py).
+    max_connections_per_host: int | None = None
     inflight_per_connection: int = 64
     inflight_total: int = 256
     partial_record_timeout: float = 30.0  # a record must complete within this
@@ -123,14 +134,92 @@ class _ReceiveTimer:
             await trio.sleep_until(wake)
 
 
-class RpcServer:
-    """Serves one Dispatcher over any number of TCP listeners and UDP sockets."""
+class _Connection:
+    """One connection's state, as the slot policy asks about it (nfsd/rpc/slots.Holder).
 
-    def __init__(self, dispatcher: Dispatcher, limits: Limits | None = None) -> None:
+    Nothing on the path of a call is added for it: whether the connection is idle is read,
+    only when slots run out, from what the reader and its tasks keep anyway."""
+
+    __slots__ = (
+        "calls",
+        "evicted",
+        "last_done",
+        "no_calls",
+        "outbox",
+        "reader",
+        "sending",
+        "stream",
+        "timer",
+    )
+
+    def __init__(self, stream: trio.abc.Stream, limits: Limits) -> None:
+        self.stream = stream
+        self.timer = _ReceiveTimer(
+            min(limits.partial_record_timeout, limits.first_call_timeout, limits.idle_timeout)
+        )
+        self.reader = RecordReader(limits.max_record)
+        self.calls = trio.Semaphore(limits.inflight_per_connection)  # calls in tasks
+        self.no_calls = limits.inflight_per_connection  # its value with none in flight
+        self.outbox = _Outbox(limits.max_queued_replies)
+        self.sending = trio.Lock()
+        self.last_done = -math.inf  # when its last call answered in a task ended
+        self.evicted = False
+
+    def idle_since(self) -> float | None:
+        since = self.timer.since  # set only while the reader waits for bytes
+        if (
+            since is None
+            or self.reader.partial
+            or self.calls.value < self.no_calls
+            or self.outbox.queued
+            or self.sending.locked()
+        ):
+            return None
+        return max(since, self.last_done)
+
+    def quiet(self) -> bool:
+        """No bytes wait unread in the kernel: the reader may simply not have run yet."""
+        if not isinstance(self.stream, trio.SocketStream):
+            return True  # an in-memory stream hands its bytes to the reader at once
+        try:
+            poller = select.poll()
+            poller.register(self.stream.socket.fileno(), select.POLLIN)
+            return not poller.poll(0)
+        except (OSError, ValueError):
+            return True  # already closed: nothing to lose
+
+    def evict(self) -> None:
+        """Close it to make room: its reader, waiting for bytes, is stopped."""
+        self.evicted = True
+        self.timer.scope.cancel()
+
+
+class RpcServer:
+    """Serves one Dispatcher over any number of TCP listeners and UDP sockets.
+
+    `allowed(host)`: whether any export allows a client at that address; a connection from
+    any other is closed at accept, before it takes a slot. None: everyone (the control
+    socket's local callers, the portmapper, which only says where the programs are)."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        limits: Limits | None = None,
+        allowed: Callable[[str], bool] | None = None,
+    ) -> None:
         self.dispatcher = dispatcher
         self.limits = limits or Limits()
-        self.connections = 0
+        self.allowed = allowed
+        self.slots = ConnectionSlots(
+            self.limits.max_connections, self.limits.max_connections_per_host
+        )
+        self._slot_log = CauseLog()
         self._inflight = trio.CapacityLimiter(self.limits.inflight_total)
+
+    @property
+    def connections(self) -> int:
+        """Connections holding a slot now."""
+        return self.slots.held
 
     # ---- TCP ----
 
@@ -140,7 +229,14 @@ class RpcServer:
         task_status.started()
         async with trio.open_nursery() as nursery:
             while True:
-                stream = await listener.accept()
+                try:
+                    stream = await listener.accept()
+                except OSError as e:
+                    if e.errno not in _ACCEPT_EXHAUSTED:
+                        raise
+                    log.warning("cannot accept connections for now: %s", e.strerror)
+                    await trio.sleep(_ACCEPT_PAUSE)
+                    continue
                 nursery.start_soon(self._connection, stream)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
@@ -152,10 +248,19 @@ class RpcServer:
         except OSError:
             await stream.aclose()
             return
+        if not self._allows(peer[0]):
+            await stream.aclose()
+            return
         # Who owns the client's socket, for a connection from this machine: the kernel's word,
         # which bounds what its AUTH_SYS credentials may claim (nfsd/identity.py).
         owner = None if unix else loopback_owner(peer, sockname)
-        await self.serve_stream(stream, peer, sockname[0], owner)
+        await self._serve(stream, peer, sockname[0], owner)
+
+    def _allows(self, host: str) -> bool:
+        if self.allowed is None or self.allowed(host):
+            return True
+        self._slot_log.note(Cause.NOT_ALLOWED, host)
+        return False
 
     async def serve_stream(
         self,
@@ -169,11 +274,24 @@ class RpcServer:
         Accepted TCP and Unix connections come here; so can any other trio Stream (an
         in-memory one in tests), given the addresses a socket would have told and, for a
         connection from this machine, the uid owning the client's socket."""
-        if self.connections >= self.limits.max_connections:
-            self.dispatcher.bad_input.warn("connection refused", peer[0], "too many connections")
+        if not self._allows(peer[0]):
             await stream.aclose()
             return
-        self.connections += 1
+        await self._serve(stream, peer, local, owner)
+
+    async def _serve(
+        self, stream: trio.abc.Stream, peer: tuple[str, int], local: str, owner: int | None
+    ) -> None:
+        connection = _Connection(stream, self.limits)
+        admission = self.slots.admit(connection, host_key(peer[0], owner))
+        if admission.cause is not None:
+            self._slot_log.note(admission.cause, peer[0])
+        if not admission.admitted:
+            await stream.aclose()
+            return
+        if admission.evict is not None:
+            assert isinstance(admission.evict, _Connection)
+            admission.evict.evict()
         try:
             if isinstance(stream, trio.SocketStream):
                 if stream.socket.family != socket.AF_UNIX:
@@ -181,23 +299,22 @@ class RpcServer:
                 # Room for a whole 1 MiB READ reply, so it leaves in one or two sends rather
                 # than eight waits for the socket to drain.
                 stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
-            await self._read_calls(stream, peer, local, owner)
+            await self._read_calls(connection, peer, local, owner)
         finally:
-            self.connections -= 1
+            self.slots.release(connection)
             await stream.aclose()
 
     async def _read_calls(
-        self, stream: trio.abc.Stream, peer: tuple[str, int], local: str, owner: int | None
+        self, connection: _Connection, peer: tuple[str, int], local: str, owner: int | None
     ) -> None:
         limits = self.limits
-        reader = RecordReader(limits.max_record)
-        per_connection = trio.Semaphore(limits.inflight_per_connection)
-        outbox = _Outbox(limits.max_queued_replies)
-        sending = trio.Lock()
-        timer = _ReceiveTimer(
-            min(limits.partial_record_timeout, limits.first_call_timeout, limits.idle_timeout)
+        reader, outbox, sending, timer = (
+            connection.reader,
+            connection.outbox,
+            connection.sending,
+            connection.timer,
         )
-        io = stream_io(stream)
+        io = stream_io(connection.stream)
         established = False
         try:
             async with trio.open_nursery() as nursery:
@@ -227,20 +344,14 @@ class RpcServer:
                         if not records:
                             continue
                         answered = await self._dispatch(
-                            records,
-                            io,
-                            outbox,
-                            sending,
-                            nursery,
-                            per_connection,
-                            peer,
-                            local,
-                            owner,
+                            records, io, connection, nursery, peer, local, owner
                         )
                         if not answered:
                             break  # the writer stopped: the client is gone
                         established = True
-                if timer.scope.cancel_called and (reader.partial or not established):
+                if connection.evicted:
+                    pass  # logged once per cause by _serve, which made room
+                elif timer.scope.cancel_called and (reader.partial or not established):
                     self.dispatcher.bad_input.warn(
                         "connection closed", peer[0], "no complete call in time"
                     )
@@ -254,16 +365,15 @@ class RpcServer:
         self,
         records: list[Record],
         io: ConnectionIO,
-        outbox: _Outbox,
-        sending: trio.Lock,
+        connection: _Connection,
         nursery: trio.Nursery,
-        per_connection: trio.Semaphore,
         peer: tuple[str, int],
         local: str,
         owner: int | None,
     ) -> bool:
         """Answer quick calls at once and start tasks for the others; False if the client
         is gone."""
+        outbox, sending, per_connection = connection.outbox, connection.sending, connection.calls
         slice_end = trio.current_time() + _INLINE_SLICE
         ready: list[Reply] = []  # inline replies of this burst, sent together
         dispatcher = self.dispatcher
@@ -289,9 +399,7 @@ class RpcServer:
                 # flight together, and the limiter refuses a borrower that holds a token.
                 token = object()
                 await self._inflight.acquire_on_behalf_of(token)
-                nursery.start_soon(
-                    self._tcp_call, outbox, per_connection, record, peer, local, owner, token
-                )
+                nursery.start_soon(self._tcp_call, connection, record, peer, local, owner, token)
             await self._send_ready(io, outbox, sending, ready)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
@@ -346,8 +454,7 @@ class RpcServer:
 
     async def _tcp_call(
         self,
-        outbox: _Outbox,
-        per_connection: trio.Semaphore,
+        connection: _Connection,
         record: bytes,
         peer: tuple[str, int],
         local: str,
@@ -357,12 +464,13 @@ class RpcServer:
         try:
             reply = await self.dispatcher.handle(record, peer, "tcp", local, owner=owner)
             if reply is not None:
-                outbox.put(reply)
+                connection.outbox.put(reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
             self._inflight.release_on_behalf_of(token)
-            per_connection.release()
+            connection.last_done = trio.current_time()
+            connection.calls.release()
 
     # ---- UDP ----
 

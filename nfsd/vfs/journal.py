@@ -50,14 +50,17 @@ def entry_of(st: os.stat_result, blob: bytes = b"", target: bytes = b"") -> Entr
     return Entry(kind, Layer.REAL, stat.S_IMODE(st.st_mode), size, st.st_mtime_ns, blob, target)
 
 
-def hash_fd(fd: int) -> tuple[bytes, os.stat_result]:
-    """BLAKE3 of an open file, streamed, and its stat taken after reading."""
-    hasher = blake3.blake3()
+def hash_fd(fd: int, start: bytes = b"") -> tuple[bytes, os.stat_result]:
+    """BLAKE3 of an open file, streamed from its beginning (`start`: its first bytes, read
+    already), and its stat taken after reading."""
+    hasher = blake3.blake3(start)
+    offset = len(start)
     while True:
-        block = os.read(fd, HASH_BLOCK)
+        block = os.pread(fd, HASH_BLOCK, offset)
         if not block:
             break
         hasher.update(block)
+        offset += len(block)
     return hasher.digest(), os.fstat(fd)
 
 
@@ -200,10 +203,14 @@ class Journal:
                 self.dirty.pop((area, path), None)  # gone or not a file: its removal reports
                 continue
             try:
-                if os.fstat(fd).st_size <= _INLINE_HASH:
-                    blob, st = hash_fd(fd)  # a thread hand-off costs more than a small file
+                # The event loop reads at most _INLINE_HASH + 1 bytes, whatever size the file
+                # had when opened (it may be growing): a thread hand-off costs more than a small
+                # file, and anything bigger is hashed in a thread.
+                first = os.pread(fd, _INLINE_HASH + 1, 0)
+                if len(first) <= _INLINE_HASH:
+                    blob, st = blake3.blake3(first).digest(), os.fstat(fd)
                 else:
-                    blob, st = await trio.to_thread.run_sync(hash_fd, fd)
+                    blob, st = await trio.to_thread.run_sync(hash_fd, fd, first)
             except OSError:
                 self.dirty.pop((area, path), None)
                 continue

@@ -4,7 +4,7 @@ reach the new file through the old handle, nor through the fileid table's record
 one. Also: a rename or a hard link keeps the handle, and handles recorded before files had
 identities keep working (a file older than the table) or are cleanly STALE.
 
-Inode numbers are reused by ext4, xfs and btrfs right after a delete; tmpfs hands out new
+ext4 (and xfs) give a freed inode number to the next file made nearby; tmpfs hands out new
 ones, and there the reuse tests skip, saying so."""
 
 from __future__ import annotations
@@ -134,6 +134,35 @@ def test_a_handle_of_a_deleted_file_is_stale_when_its_inode_is_reused(
         assert bytes(data) == ATTACK
         # ...and the old handle stays STALE once the table knows the new file.
         await assert_stale_everywhere(nfs, handle, planted)
+
+    run(tmp_path, body)
+
+
+def test_a_handle_of_a_deleted_directory_is_stale_when_its_inode_is_reused(
+    tmp_path: Path,
+) -> None:
+    async def body(nfs: Direct, inproc: InProcessServer) -> None:
+        area = inproc.areas["a"]
+        (area / "d").mkdir()
+        require_identities(area / "d")
+        root = await nfs.mount(b"/a")
+        handle = await lookup(nfs, root, b"d")
+        ino = (area / "d").stat().st_ino
+        os.rmdir(area / "d")
+        for attempt in range(_TRIES):
+            (area / "d").mkdir()
+            if (area / "d").stat().st_ino == ino:
+                break
+            (area / "d").rename(area / f"miss-{attempt}")
+        else:
+            pytest.skip(f"this file system gave inode {ino} to none of {_TRIES} directories")
+        (area / "d" / "inside").write_bytes(ATTACK)
+        status, _ = await nfs.status_and_value(NFSPROC3.GETATTR, GETATTR3args(handle))
+        assert status == nfsstat3.NFS3ERR_STALE
+        args = LOOKUP3args(diropargs3(handle, b"inside"))
+        status, _ = await nfs.status_and_value(NFSPROC3.LOOKUP, args)
+        assert status == nfsstat3.NFS3ERR_STALE
+        assert await lookup(nfs, root, b"d") != handle
 
     run(tmp_path, body)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import stat
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import trio
 from nfsd.rpc.client import encode_args, udp_call
 from tests.conftest import HOST, OK, ROOT, ZERO_VERF, Nfs, NfsStatusError, Served, user
 from xdr.codec import Arm, decode
-from xdr.mount import mountstat3
+from xdr.mount import MOUNT_PROGRAM, MOUNT_V3, MOUNTPROC3, dirpath, mountres3, mountstat3
 from xdr.nfs3 import (
     ACCESS3_DELETE,
     ACCESS3_EXECUTE,
@@ -70,6 +71,7 @@ from xdr.nfs3 import (
     time_how,
 )
 from xdr.rpc import accept_stat
+from xdr.rpc_fast import encode_call
 
 ALL_BITS = (
     ACCESS3_READ
@@ -1360,16 +1362,37 @@ def test_allow_list_refuses_other_clients(make_server) -> None:
     srv.extra = ["--allow", "10.9.9.0/24"]
     srv.restart()
 
-    async def after(nfs: Nfs) -> None:
-        for export in ("/", "/a"):
-            res = await nfs.mnt(export)
-            assert res.tag == mountstat3.MNT3ERR_ACCES
+    async def after() -> None:
+        # Over TCP the connection is closed at accept, before any call is read.
+        for port in (srv.port, srv.process.mount_port):
+            stream = await trio.open_tcp_stream(HOST, port)
+            with trio.fail_after(10):
+                try:
+                    call = encode_call(1, NFS_PROGRAM, 3, NFSPROC3.NULL)
+                    await stream.send_all(struct.pack(">I", 0x80000000 | len(call)) + call)
+                    assert await stream.receive_some(1 << 16) == b""
+                except trio.BrokenResourceError:
+                    pass  # closed before the call was even taken
+            await stream.aclose()
+        # Over UDP, where nothing is accepted, MNT and every call refuse.
+        for export in (b"/", b"/a"):
+            _, body = await udp_call(
+                HOST, srv.process.mount_port, MOUNT_PROGRAM, MOUNT_V3, MOUNTPROC3.MNT,
+                encode_args(dirpath, export), cred=ROOT,
+            )  # fmt: skip
+            assert decode(mountres3, body).tag == mountstat3.MNT3ERR_ACCES
         # a handle obtained before does not help
-        assert await nfs.status(NFSPROC3.GETATTR, GETATTR3args(root)) == E.NFS3ERR_ACCES
-        status = await nfs.status(NFSPROC3.READDIR, READDIR3args(root, 0, ZERO_VERF, 4096))
-        assert status == E.NFS3ERR_ACCES
+        for proc, args in (
+            (NFSPROC3.GETATTR, GETATTR3args(root)),
+            (NFSPROC3.READDIR, READDIR3args(root, 0, ZERO_VERF, 4096)),
+        ):
+            _, args_type, res_type = PROCEDURES[proc]
+            _, body = await udp_call(
+                HOST, srv.port, NFS_PROGRAM, 3, proc, encode_args(args_type, args), cred=ROOT
+            )
+            assert decode(res_type, body).tag == E.NFS3ERR_ACCES
 
-    srv.run(after)
+    srv.run(after, connect=False)
 
 
 def test_root_squash(make_server) -> None:

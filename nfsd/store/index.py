@@ -4,6 +4,11 @@ Column family `entries`, key `area id (4) ‖ parent path ‖ 0x00 ‖ name` →
 the entries of one directory are one prefix scan (names hold neither "/" nor NUL). Paths are
 bytes relative to the area root, "/"-separated, the root itself being b"".
 
+A packed entry is `kind, layer, mode, size, mtime_ns, blob length` (`_ENTRY`), then, when the
+kind byte has its high bit (`_OWNED`) set, the owner's `uid, gid` (`_OWNER`), then the blob id
+and the symlink target. Entries written before owners were kept lack that bit and the owner:
+they load with `uid = gid = None`, the owner unknown (see `Entry.uid`).
+
 Column family `marks`, key `area id (4) ‖ path` → one byte `Mark`: what a path should be
 (`real`, `keep`, `unreal`); a path without its own mark inherits the nearest marked parent's,
 and the area's default (stored under the root path b"") applies above all.
@@ -19,8 +24,11 @@ from enum import IntEnum
 from nfsd.store.db import Batch, Store
 
 _AREA = struct.Struct(">I")
-# kind, layer, mode, size, mtime_ns, blob length; then blob id, then symlink target
+# kind, layer, mode, size, mtime_ns, blob length; then the owner (when `_OWNED`), then blob
+# id, then symlink target
 _ENTRY = struct.Struct(">BBIQqB")
+_OWNER = struct.Struct(">II")
+_OWNED = 0x80  # in the kind byte: the owner follows the header (kinds are 1..4)
 
 
 class Kind(IntEnum):
@@ -51,21 +59,38 @@ class Entry:
     mtime_ns: int
     blob: bytes = b""  # BLAKE3 id of the content (files); b"" while not yet hashed
     target: bytes = b""  # symlinks
+    # The owner the Real object had, kept so that it comes back with it. None (both) when
+    # unknown: an entry from before owners were kept, or one imported from a source whose
+    # owners are not taken at its word (nfsd/store/source.py); see nfsd/vfs/unreal.py
+    # `ownership` for what such an entry is then shown and realized as.
+    uid: int | None = None
+    gid: int | None = None
 
     def pack(self) -> bytes:
-        return (
-            _ENTRY.pack(self.kind, self.layer, self.mode, self.size, self.mtime_ns, len(self.blob))
-            + self.blob
-            + self.target
+        owned = self.uid is not None and self.gid is not None
+        header = _ENTRY.pack(
+            self.kind | (_OWNED if owned else 0),
+            self.layer,
+            self.mode,
+            self.size,
+            self.mtime_ns,
+            len(self.blob),
         )
+        owner = _OWNER.pack(self.uid, self.gid) if owned else b""
+        return header + owner + self.blob + self.target
 
     @classmethod
     def unpack(cls, raw: bytes) -> Entry:
         kind, layer, mode, size, mtime_ns, blob_length = _ENTRY.unpack_from(raw)
         start = _ENTRY.size
+        uid = gid = None
+        if kind & _OWNED:
+            kind &= ~_OWNED
+            uid, gid = _OWNER.unpack_from(raw, start)
+            start += _OWNER.size
         blob = bytes(raw[start : start + blob_length])
         target = bytes(raw[start + blob_length :])
-        return cls(Kind(kind), Layer(layer), mode, size, mtime_ns, blob, target)
+        return cls(Kind(kind), Layer(layer), mode, size, mtime_ns, blob, target, uid, gid)
 
 
 def split(path: bytes) -> tuple[bytes, bytes]:

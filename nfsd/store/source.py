@@ -15,6 +15,11 @@ entry's path passes nfsd/store/paths.py's check, and its directory must be one o
 source's checked directories, before it is imported or names a file to read; the others are
 refused, with the reason, and the rest is imported. The source's files are opened below its
 area root one directory at a time, never following a symlink.
+
+Nor are a source's owners taken at its word: anyone may have written that index, or made a
+setuid-root file on that disk. An imported entry keeps its permission bits and the sticky bit,
+but not setuid or setgid, and no owner: it is shown and realized as the importing area root's
+owner and group (nfsd/vfs/unreal.py `ownership`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ from nfsd.vfs.osapi import DIR_FLAGS, open_dir, open_regular
 from xdr.control import IMPORT_REFUSALS
 
 log = logging.getLogger("realize.source")
+
+# What an imported entry keeps of its mode: the permissions and the sticky bit (which only
+# restricts), never setuid or setgid.
+_IMPORTED_MODE = 0o1777
 
 
 class BlobSource(Protocol):
@@ -244,12 +253,12 @@ def import_area(
         unreal = Entry(
             entry.kind,
             Layer.UNREAL,
-            entry.mode,
+            entry.mode & _IMPORTED_MODE,
             entry.size,
             entry.mtime_ns,
             entry.blob,
             entry.target,
-        )
+        )  # no owner: the source's is not taken at its word (see the module docstring)
         if entry.kind == Kind.FILE:
             if not entry.blob or item.root is None:
                 report.skipped += 1

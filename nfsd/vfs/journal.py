@@ -47,7 +47,8 @@ def kind_of(st: os.stat_result) -> Kind:
 def entry_of(st: os.stat_result, blob: bytes = b"", target: bytes = b"") -> Entry:
     kind = kind_of(st)
     size = st.st_size if kind == Kind.FILE else 0
-    return Entry(kind, Layer.REAL, stat.S_IMODE(st.st_mode), size, st.st_mtime_ns, blob, target)
+    mode = stat.S_IMODE(st.st_mode)
+    return Entry(kind, Layer.REAL, mode, size, st.st_mtime_ns, blob, target, st.st_uid, st.st_gid)
 
 
 def hash_fd(fd: int, start: bytes = b"") -> tuple[bytes, os.stat_result]:
@@ -176,10 +177,18 @@ class Journal:
         if entry is None:
             return
         mode = stat.S_IMODE(st.st_mode)
-        if mode == entry.mode and entry.mtime_ns == st.st_mtime_ns:
+        same_owner = (entry.uid, entry.gid) == (st.st_uid, st.st_gid)
+        same_mode_mtime = mode == entry.mode and entry.mtime_ns == st.st_mtime_ns
+        if same_mode_mtime and same_owner:
             return
-        change = Change(Op.SETATTR, path, mode=mode) if _announced(entry) else None
+        # The owner is kept in the index (for the Unreal layer), not yet told to peers.
+        change = (
+            Change(Op.SETATTR, path, mode=mode)
+            if _announced(entry) and not same_mode_mtime
+            else None
+        )
         entry.mode, entry.mtime_ns = mode, st.st_mtime_ns
+        entry.uid, entry.gid = st.st_uid, st.st_gid
         self._record(area, put=(path, entry), change=change)
 
     # ---- hashing what rested ----
@@ -227,7 +236,7 @@ class Journal:
         old = self.index.get(area, path)
         new = entry_of(st, blob)
         if old is not None and old.blob == blob:
-            if (old.size, old.mtime_ns, old.mode) != (new.size, new.mtime_ns, new.mode):
+            if _attributes(old) != _attributes(new):
                 self._record(area, put=(path, new))
             return
         op = Op.CHANGE if old is not None and old.blob else Op.CREATE
@@ -373,10 +382,12 @@ class Journal:
         """A directory, symlink or special file still there. A new mode is a SETATTR; a new
         mtime alone is not (a directory's changes whenever its content does)."""
         mode = stat.S_IMODE(st.st_mode)
-        if (mode, st.st_mtime_ns, entry.layer) == (entry.mode, entry.mtime_ns, Layer.REAL):
+        now = (mode, st.st_mtime_ns, Layer.REAL, st.st_uid, st.st_gid)
+        if now == (entry.mode, entry.mtime_ns, entry.layer, entry.uid, entry.gid):
             return
         change = Change(Op.SETATTR, path, mode=mode) if mode != entry.mode else None
         entry.mode, entry.mtime_ns, entry.layer = mode, st.st_mtime_ns, Layer.REAL
+        entry.uid, entry.gid = st.st_uid, st.st_gid
         self._record(area, put=(path, entry), change=change)
 
     def _vanished(self, area: int, path: bytes, entry: Entry) -> None:
@@ -394,12 +405,18 @@ class Journal:
         self._record(area, put=(path, entry))
 
 
+def _attributes(entry: Entry) -> tuple[object, ...]:
+    return entry.size, entry.mtime_ns, entry.mode, entry.uid, entry.gid
+
+
 def _same(entry: Entry | None, st: os.stat_result, target: bytes) -> bool:
     """Whether the index entry already says what this lstat does (the common case)."""
     if entry is None or entry.layer != Layer.REAL or entry.kind != kind_of(st):
         return False
     if stat.S_IMODE(st.st_mode) != entry.mode or st.st_mtime_ns != entry.mtime_ns:
         return False
+    if (entry.uid, entry.gid) != (st.st_uid, st.st_gid):
+        return False  # chowned, or an entry from before owners were kept
     if entry.kind == Kind.FILE:
         return bool(entry.blob) and entry.size == st.st_size
     return entry.target == target

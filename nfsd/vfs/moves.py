@@ -1,7 +1,8 @@
 """The merged tree's moves between its layers: realize (an Unreal file written as a Real one,
-keeping its fileid; an Unreal directory made on the disk to put something in it) and
-unrealize (a Real file's content moved into the blob cache, verified, then the file removed
-once the index holds it).
+keeping its fileid; an Unreal directory made on the disk to put something in it), each with
+the owner, group and mode the index kept (nfsd/vfs/unreal.py `ownership`), and unrealize (a
+Real file's content moved into the blob cache, verified, then the file removed once the
+index holds it, synced, with the file's owner, group and mode).
 
 A mixin of MergedTree (nfsd/vfs/merged.py), whose resolution and fileid-table helpers it uses.
 """
@@ -18,11 +19,13 @@ from nfsd.store.index import Kind, Layer
 from nfsd.vfs.errors import FsError, from_os_error
 from nfsd.vfs.inodes import Node
 from nfsd.vfs.journal import entry_of
-from nfsd.vfs.unreal import Progress
+from nfsd.vfs.unreal import Progress, give_ownership, ownership
 from nfsd.waiting import about_to_wait
 from xdr.nfs3 import nfsstat3
 
 log = logging.getLogger("realize.tree")
+
+_OWN_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class LayerMoves:
@@ -39,14 +42,24 @@ class LayerMoves:
         self._materialize_dir(node.parent)
         parent_fd = self.local.dir_fd(node.parent)
         try:
-            os.mkdir(node.name, entry.mode & 0o7777, dir_fd=parent_fd)
-            st = os.stat(node.name, dir_fd=parent_fd, follow_symlinks=False)
+            # Made by the server, private until it has its owner and then its mode.
+            os.mkdir(node.name, 0o700, dir_fd=parent_fd)
+            fd = os.open(node.name, _OWN_DIR_FLAGS, dir_fd=parent_fd)
+            try:
+                st = os.fstat(fd)
+                if st.st_uid != os.geteuid():  # another's directory renamed in meanwhile
+                    raise FsError(nfsstat3.NFS3ERR_IO, "the directory changed while made")
+                give_ownership(fd, *ownership(entry, *self._area_owner(node.area)))
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
         except OSError as e:
             raise from_os_error(e) from None
         area, rel = self.area_path(fid)
         batch = self.store.batch()
         self.inodes.put_node(batch, Node(fid, node.parent, area, st.st_dev, st.st_ino, node.name))
         entry.layer = Layer.REAL
+        entry.mode, entry.uid, entry.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
         self.journal.index.put(batch, area, rel, entry)
         batch.commit()
         self._listings.forget(node.parent)
@@ -71,7 +84,9 @@ class LayerMoves:
         done = self._realizing[fid] = trio.Event()
         dir_fd = self.local.dup_dir_fd(node.parent)
         try:
-            await self.unreal.realize(entry, dir_fd, node.name, progress)
+            await self.unreal.realize(
+                entry, dir_fd, node.name, self._area_owner(node.area), progress
+            )
             st = os.stat(node.name, dir_fd=dir_fd, follow_symlinks=False)
         except OSError as e:
             raise from_os_error(e) from None
@@ -137,7 +152,9 @@ class LayerMoves:
         self.journal.index.put(batch, area, rel, entry)
         self.inodes.forget_inode(batch, node)
         self.inodes.put_node(batch, Node(fid, node.parent, area, 0, 0, node.name))
-        batch.commit()
+        # Synced: once the file is unlinked, this batch (and the WAL before it, the blob's
+        # manifest included) is the only record of its content, and must survive a power cut.
+        batch.commit(sync=True)
         self.fds.invalidate(fid)
         # A crash here leaves both the file and an Unreal entry: the start-up scan then
         # takes the file back as Real (the old state), and the cache copy stays as cache.

@@ -7,6 +7,13 @@ chunks fetched from the sources, with read-ahead for sequential readers; a read 
 longer than `wait` seconds is answered NFS3ERR_JUKEBOX while the fetch goes on), and
 realizing (the whole content written to a temporary file beside the target, synced, then
 renamed into place) before anything changes it.
+
+An Unreal object has the owner, group and mode its Real one had (the index keeps them), and
+comes back with them. It is never setuid or setgid for anyone but its owner: where the index
+does not know the owner (an entry from before owners were kept, or an imported one), the
+area root's owner stands in and the setuid and setgid bits are dropped (`ownership`); a
+realized file is made by the server, given its owner, and only then its mode (chown clears
+setuid), keeping setuid and setgid only if it got that very owner and group.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 from collections.abc import Callable
 
 import trio
@@ -39,16 +47,41 @@ Progress = Callable[[int], None]  # told how many more bytes are done
 _KINDS = {Kind.FILE: ftype3.NF3REG, Kind.DIR: ftype3.NF3DIR, Kind.SYMLINK: ftype3.NF3LNK}
 
 
+def ownership(entry: Entry, area_uid: int, area_gid: int) -> tuple[int, int, int]:
+    """(uid, gid, mode) an Unreal entry is shown with and realized as: the recorded owner,
+    group and mode; where the index does not know the owner, the area root's (`area_uid`,
+    `area_gid`) without the setuid and setgid bits, which only the real owner may hold."""
+    if entry.uid is None or entry.gid is None:
+        return area_uid, area_gid, entry.mode & 0o7777 & ~(stat.S_ISUID | stat.S_ISGID)
+    return entry.uid, entry.gid, entry.mode & 0o7777
+
+
+def give_ownership(fd: int, uid: int, gid: int, mode: int) -> None:
+    """Give the object made by the server behind `fd` its owner, then its mode: chown first,
+    since chown clears setuid. Where the owner or group cannot be given (a server that is not
+    root), the object keeps the server's and loses setuid or setgid with it."""
+    with contextlib.suppress(PermissionError):
+        os.fchown(fd, uid, gid)
+    st = os.fstat(fd)
+    if st.st_uid != uid:
+        mode &= ~stat.S_ISUID
+    if st.st_gid != gid:
+        mode &= ~stat.S_ISGID
+    os.fchmod(fd, mode)
+
+
 def unreal_attr(entry: Entry, fid: int, uid: int, gid: int) -> Attr:
-    """Attributes of an Unreal entry: what the index says, whatever is cached."""
+    """Attributes of an Unreal entry: what the index says, whatever is cached. `uid` and
+    `gid` are the area root's owner, standing in where the index knows no owner."""
     kind = _KINDS.get(entry.kind, ftype3.NF3REG)
     size = entry.size if entry.kind == Kind.FILE else len(entry.target)
     if entry.kind == Kind.DIR:
         size = 4096
     t = entry.mtime_ns
+    uid, gid, mode = ownership(entry, uid, gid)
     return Attr(
         kind,
-        entry.mode,
+        mode,
         2 if entry.kind == Kind.DIR else 1,
         uid,
         gid,
@@ -208,12 +241,18 @@ class UnrealLayer:
     # ---- realizing ----
 
     async def realize(
-        self, entry: Entry, dir_fd: int, name: bytes, progress: Progress | None = None
+        self,
+        entry: Entry,
+        dir_fd: int,
+        name: bytes,
+        area_owner: tuple[int, int],
+        progress: Progress | None = None,
     ) -> None:
         """Write the entry's whole content as the Real file `name` of the directory `dir_fd`
-        (atomically: a temporary file beside it, synced, then renamed). Streams chunk by
-        chunk, fetching what is missing as it goes, so a file larger than the cache realizes
-        too. `dir_fd` stays the caller's and open throughout."""
+        (atomically: a temporary file beside it, synced, then renamed), with the owner and
+        mode `ownership` gives it (`area_owner`: the area root's uid and gid). Streams chunk
+        by chunk, fetching what is missing as it goes, so a file larger than the cache
+        realizes too. `dir_fd` stays the caller's and open throughout."""
         manifest = self.blobs.manifest(entry.blob)
         if manifest is None:
             raise FsError(nfsstat3.NFS3ERR_IO, "content unknown here")
@@ -226,7 +265,7 @@ class UnrealLayer:
                 await trio.to_thread.run_sync(_write_all, fd, data)
                 if progress is not None:
                     progress(len(data))
-            os.fchmod(fd, entry.mode & 0o7777)
+            give_ownership(fd, *ownership(entry, *area_owner))
             await trio.to_thread.run_sync(os.fsync, fd)
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
             os.close(fd)

@@ -1,5 +1,6 @@
 """The control program: what `realize` asks of a running server over the state directory's
-Unix socket (xdr/control.py) — marks and their jobs, `ls`, import, sources, fsck.
+Unix socket (xdr/control.py) — marks and their jobs, `ls`, import, sources, fsck, and the
+household's roster and links (nfsd/peer/service.py).
 
 Handlers turn the tree's and the store's answers into the protocol's results; every failure a
 user can cause becomes a status and a sentence, never a dropped call.
@@ -16,6 +17,8 @@ from typing import Any
 
 import trio
 
+from nfsd.peer.roster import RosterError
+from nfsd.peer.service import PeerService
 from nfsd.rpc.dispatch import CallContext, Procedure, Program
 from nfsd.store.blobs import BlobStore
 from nfsd.store.check import check_store
@@ -29,6 +32,7 @@ from xdr.control import (
     CONTROL_V1,
     CONTROLPROC,
     LS_PAGE,
+    MAX_PEERS,
     PROCEDURES,
     ctlres,
     ctlstat,
@@ -42,6 +46,8 @@ from xdr.control import (
     lsres,
     markargs,
     markres,
+    peersres,
+    peerstate,
 )
 from xdr.control import kind as ctlkind
 from xdr.control import layer as ctllayer
@@ -110,6 +116,7 @@ class ControlService:
         self.blobs = blobs
         self.marks = Marks(tree)
         self.nursery: trio.Nursery | None = None  # see `serve_in`
+        self.peers: PeerService | None = None  # the server sets it; None without links
 
     def serve_in(self, nursery: trio.Nursery) -> None:
         """Mark jobs run in `nursery` from now on, outliving the calls that started them."""
@@ -221,6 +228,27 @@ class ControlService:
         unreal.sources.append(source)
         return ctlres(ctlstat.OK, b"attached")
 
+    async def roster(self, ctx: CallContext, args: None) -> ctlres:
+        """Re-read peers.json: a removed peer's link is closed now."""
+        if self.peers is None:
+            return ctlres(ctlstat.OK, b"")  # read at the next start
+        try:
+            closed = self.peers.reload()
+        except RosterError as e:
+            return ctlres(ctlstat.INVAL, _text(str(e)))
+        if closed:
+            return ctlres(ctlstat.OK, _text("closed the link of " + ", ".join(closed)))
+        return ctlres(ctlstat.OK, b"")
+
+    async def peers_status(self, ctx: CallContext, args: None) -> peersres:
+        if self.peers is None:
+            return peersres(ctlstat.IO, b"this server has no peer links", [])
+        states = [
+            peerstate(s.name.encode(), s.connected, s.outgoing, int(s.since), int(s.last_contact))
+            for s in self.peers.status()[:MAX_PEERS]
+        ]
+        return peersres(ctlstat.OK, b"", states)
+
     def program(self) -> Program:
         handlers = {
             CONTROLPROC.NULL: self.null,
@@ -230,8 +258,10 @@ class ControlService:
             CONTROLPROC.IMPORT: self.import_,
             CONTROLPROC.FSCK: self.fsck,
             CONTROLPROC.SOURCE: self.source,
+            CONTROLPROC.ROSTER: self.roster,
+            CONTROLPROC.PEERS: self.peers_status,
         }
-        quick = {CONTROLPROC.NULL, CONTROLPROC.JOB}
+        quick = {CONTROLPROC.NULL, CONTROLPROC.JOB, CONTROLPROC.PEERS}
         return Program(
             CONTROL_PROGRAM,
             "CONTROL",

@@ -27,6 +27,9 @@ from nfsd.exports import ROOT_EXPORT_ID, Export, ExportOptions, Exports
 from nfsd.mount import MountService
 from nfsd.nfs3.common import Nfs3State
 from nfsd.nfs3.program import nfs_program
+from nfsd.peer import identity as peer_identity
+from nfsd.peer.roster import DEFAULT_PEER_PORT, RosterError
+from nfsd.peer.service import PeerService
 from nfsd.portmap import Portmapper, Registration
 from nfsd.rpc.dispatch import Dispatcher
 from nfsd.rpc.transport import Limits, RpcServer, open_udp_socket
@@ -68,6 +71,9 @@ class ServerConfig:
     portmap: str = "auto"  # "auto": serve 111 if allowed, "on": must, "off": never
     options: ExportOptions = field(default_factory=ExportOptions)
     rest: float = DEFAULT_REST  # seconds a changed file rests before it is hashed
+    # None: DEFAULT_PEER_PORT, or no peer listener when another process holds it; 0: any port
+    peer_port: int | None = None
+    peer_bind: str | None = None  # None: `bind`
     sources: list[str] = field(default_factory=list)  # state directories attached read-only
     cache_limits: CacheLimits = field(default_factory=CacheLimits)
     max_connections: int = Limits.max_connections  # a host may hold an eighth (rpc/slots.py)
@@ -153,6 +159,7 @@ class Server:
         self.tree: MergedTree | None = None
         self.dispatcher: Dispatcher | None = None
         self.rpc: RpcServer | None = None
+        self.peers: PeerService | None = None
         self.portmapper = Portmapper()
         self._runtime_trouble = _Trouble(f"writing {RUNTIME_FILE}")
         self._usage_trouble = _Trouble("measuring the cache's disk")
@@ -178,6 +185,7 @@ class Server:
             rest=self.config.rest,
         )
         self.control = ControlService(self.tree, self.blobs)
+        self._build_peers()
         exports = Exports()
         exports.add(Export(ROOT_EXPORT_ID, "/", None, self.config.options))
         for area in self.tree.areas.values():
@@ -198,6 +206,24 @@ class Server:
             Limits(max_connections=self.config.max_connections),
             allowed=lambda host: any(e.options.allows(host) for e in exports),
         )
+
+    def _build_peers(self) -> None:
+        """This peer's key pair (made on the first start) and the household links' service."""
+        identity, made = peer_identity.load_or_create(self.state_dir)
+        if made:
+            log.info("made this peer's key pair: peer id %s", identity.peer_id)
+        config = self.config
+        try:
+            self.peers = PeerService(
+                self.state_dir,
+                identity,
+                config.peer_bind or config.bind,
+                DEFAULT_PEER_PORT if config.peer_port is None else config.peer_port,
+                port_required=config.peer_port is not None,
+            )
+        except RosterError as e:
+            raise statedir.StateDirError(str(e)) from None
+        self.control.peers = self.peers
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         os.umask(0)  # the client already applied its umask to the modes it sends
@@ -234,6 +260,8 @@ class Server:
                 await nursery.start(
                     RpcServer(Dispatcher([self.control.program()])).serve_tcp, control
                 )
+                assert self.peers is not None
+                await nursery.start(self.peers.run)
                 self._write_runtime(running)
                 nursery.start_soon(self._status_loop, running)
                 nursery.start_soon(self._journal)
@@ -313,6 +341,8 @@ class Server:
             "connections": self.rpc.connections if self.rpc else 0,
             "cache": self._cache_usage(),
             "calls": self.dispatcher.calls if self.dispatcher else 0,
+            "peer_port": self.peers.port if self.peers else None,
+            "peer_id": self.peers.identity.peer_id if self.peers else None,
         }
         try:
             text = json.dumps(info, indent=1)

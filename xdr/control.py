@@ -29,6 +29,7 @@ CONTROL_SOCKET = "control.sock"
 MAX_PATH = 4096
 MAX_MESSAGE = 4096
 IMPORT_REFUSALS = 10  # refused entries an import names one by one
+MAX_PEERS = 1000
 LS_PAGE = 1000  # entries per LS reply
 MAX_LINES = 10000
 
@@ -41,6 +42,8 @@ class CONTROLPROC(IntEnum):
     IMPORT = 4
     FSCK = 5
     SOURCE = 6
+    ROSTER = 7  # re-read the household roster (peers.json) now
+    PEERS = 8  # each peer's link
 
 
 class ctlstat(IntEnum):
@@ -169,6 +172,22 @@ class fsckres:
     ok: bool = xf(boolean)
 
 
+@xdr_struct
+class peerstate:
+    name: bytes = xf(String(64))
+    connected: bool = xf(boolean)
+    outgoing: bool = xf(boolean)  # this server dialled the live link
+    since: int = xf(uint64)  # unix seconds the live link was made; 0 if none
+    last_contact: int = xf(uint64)  # unix seconds a link last existed; 0 if never
+
+
+@xdr_struct
+class peersres:
+    status: ctlstat = xf(Enum(ctlstat))
+    message: bytes = xf(message_string)
+    peers: list[peerstate] = xf(Array(peerstate, MAX_PEERS))
+
+
 PROCEDURES: dict[int, tuple[str, XdrType[Any], XdrType[Any]]] = {
     CONTROLPROC.NULL: ("NULL", void, void),
     CONTROLPROC.MARK: ("MARK", markargs, markres),
@@ -177,5 +196,7 @@ PROCEDURES: dict[int, tuple[str, XdrType[Any], XdrType[Any]]] = {
     CONTROLPROC.IMPORT: ("IMPORT", importargs, importres),
     CONTROLPROC.FSCK: ("FSCK", boolean, fsckres),
     CONTROLPROC.SOURCE: ("SOURCE", path_string, ctlres),
+    CONTROLPROC.ROSTER: ("ROSTER", void, ctlres),
+    CONTROLPROC.PEERS: ("PEERS", void, peersres),
 }
 """Control procedure number -> (name, argument type, result type)."""

@@ -163,6 +163,8 @@ def server_config(state_dir: Path, areas: dict[str, str], options: dict) -> Serv
         portmap=options.get("portmap") or "auto",
         options=export_options,
         rest=float(options.get("rest") or DEFAULT_REST),
+        peer_port=options.get("peer_port"),
+        peer_bind=options.get("peer_bind"),
         cache_limits=limits,
         sources=list(options.get("sources") or []),
         max_connections=max_connections(options),

@@ -11,6 +11,7 @@ from nfsd.cli.config import area_name, is_configured, load_config, merged_option
 from nfsd.cli.control_client import ControlClient
 from nfsd.cli.daemon import prepared, running
 from nfsd.cli.errors import UsageError
+from nfsd.cli.peers import this_identity
 from nfsd.store.source import is_state_dir
 from xdr.control import CONTROLPROC, ctlstat
 
@@ -19,10 +20,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).resolve()
     if is_configured(state_dir):
         print(f"realize: {state_dir} is already initialised")
+        this_identity(state_dir)  # one made before peers existed gets its key pair now
         return 0
     prepared(state_dir)
     save_config(state_dir, {"areas": {}, "server": merged_options({}, args)})
     print(f"realize: initialised {state_dir}")
+    print(f"realize: peer id {this_identity(state_dir).peer_id} ('realize id' shows how to pair)")
     return 0
 
 

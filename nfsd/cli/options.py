@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from nfsd.peer.roster import DEFAULT_PEER_PORT
 from nfsd.server import DEFAULT_PORT, DEFAULT_UNPRIVILEGED_PORT
 
 
@@ -93,6 +94,19 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SECONDS",
         help="how long a changed file rests before it is hashed into the history (default 3)",
+    )
+    p.add_argument(
+        "--peer-port",
+        type=int,
+        default=None,
+        help=f"TLS port other peers of the household dial (default {DEFAULT_PEER_PORT}; 0: any)",
+    )
+    p.add_argument(
+        "--peer-bind",
+        default=None,
+        metavar="ADDRESS",
+        help="address to listen for peers on (default: the --bind address; 0.0.0.0 for every "
+        "network)",
     )
 
 

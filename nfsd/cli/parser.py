@@ -10,6 +10,7 @@ from nfsd.cli.configure import cmd_area_add, cmd_area_list, cmd_init, cmd_source
 from nfsd.cli.daemon import cmd_mount_cmd, cmd_run, cmd_serve, cmd_start, cmd_status, cmd_stop
 from nfsd.cli.marks import MARKS, cmd_ls, cmd_mark
 from nfsd.cli.options import add_server_options
+from nfsd.cli.peers import cmd_id, cmd_peer_add, cmd_peer_list, cmd_peer_remove
 from nfsd.cli.store_commands import cmd_fsck, cmd_history, cmd_import
 
 DESCRIPTION = (
@@ -87,6 +88,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--after", type=int, default=0, metavar="SEQUENCE")
     p.add_argument("--limit", type=int, default=0)
     p.set_defaults(func=cmd_history)
+    p = sub.add_parser("id", help="show this peer's id and the line another machine pastes")
+    p.add_argument("--host", help="the name other machines reach this one by")
+    p.set_defaults(func=cmd_id)
+    peer = sub.add_parser("peer", help="manage the household's peers").add_subparsers(
+        dest="peer_command", required=True, metavar="ACTION"
+    )
+    p = peer.add_parser("add", help="accept a peer by its token (from 'realize id' there)")
+    p.add_argument("name", help="what this machine calls the peer, like 'laptop'")
+    p.add_argument("token")
+    p.add_argument(
+        "--address", metavar="HOST:PORT", help="where to dial it (none: deaf, it dials in)"
+    )
+    p.add_argument("--areas", metavar="A,B", help="share only these areas with it")
+    p.set_defaults(func=cmd_peer_add)
+    p = peer.add_parser("list", help="show each peer and its link")
+    p.set_defaults(func=cmd_peer_list)
+    p = peer.add_parser("remove", help="revoke a peer's key: its link is closed at once")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_peer_remove)
     p = sub.add_parser("mount-cmd", help="print the commands that mount the areas")
     p.add_argument("--os", choices=["linux", "macos", "windows"], default="linux")
     p.add_argument("--host", help="the name clients reach this machine by")

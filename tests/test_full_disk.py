@@ -183,11 +183,17 @@ def test_full_disk_under_the_index_is_nospc_and_heals(small_disk: Path, tmp_path
             again = CREATE3args(diropargs3(root, b"still-full"), Arm(how, sattr3(mode=0o644)))
             assert await nfs.status(NFSPROC3.CREATE, again) == nfsstat3.NFS3ERR_NOSPC
 
+            refused = f"name-{len(made)}"
+            assert not (small_disk / "area" / refused).exists(), "a refused CREATE left its file"
+            assert not (small_disk / "area" / "still-full").exists()
+
             await nfs.remove(root, "big")
             await nfs.write(await nfs.create(root, "after"), b"y" * 65536)
             assert (await nfs.read(await nfs.lookup(root, "after"))).data == b"y" * 65536
             for name in made:
                 await nfs.lookup(root, name)
+            # The client's retry of the refused CREATE (GUARDED) is not EXIST.
+            await nfs.create(root, refused)
 
         run_on(server.nfs_port, body)
         assert server.process.poll() is None, server.log()

@@ -16,6 +16,7 @@ A mixin of MergedTree (nfsd/vfs/merged.py), whose resolution and fileid-table he
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import stat
 
@@ -32,6 +33,7 @@ from nfsd.vfs.tree import Attr, Owner
 from nfsd.waiting import about_to_wait
 from xdr.nfs3 import ftype3, nfsstat3
 
+log = logging.getLogger("realize.tree")
 SERVER_IS_ROOT = os.geteuid() == 0
 
 _SPECIAL = {
@@ -153,11 +155,15 @@ class NamespaceChanges:
             raise from_os_error(e) from None
         finally:
             os.close(dir_fd)
-        fid = self._created(dir_fid, name, st)
-        if verifier is not None:
-            batch = self.store.batch()
-            self.inodes.put_verifier(batch, fid, verifier)
-            batch.commit()
+        try:
+            fid = self._created(dir_fid, name, st)
+            if verifier is not None:
+                batch = self.store.batch()
+                self.inodes.put_verifier(batch, fid, verifier)
+                batch.commit()
+        except (OSError, FsError):
+            self._undo_make(dir_fid, name, st)
+            raise
         await self._durable(dir_fid)
         return fid, attr_from_stat(st, fid), True
 
@@ -174,9 +180,30 @@ class NamespaceChanges:
             raise from_os_error(e) from None
         finally:
             os.close(dir_fd)
-        fid = self._created(dir_fid, name, st, target)
+        try:
+            fid = self._created(dir_fid, name, st, target)
+        except (OSError, FsError):
+            self._undo_make(dir_fid, name, st)
+            raise
         await self._durable(dir_fid)
         return fid, attr_from_stat(st, fid)
+
+    def _undo_make(self, dir_fid: int, name: bytes, st: os.stat_result) -> None:
+        """A new object the tables could not take (a full disk): taken away again, so a
+        failed CREATE or MKDIR leaves nothing behind and its retry is not EXIST."""
+        try:
+            dir_fd = self._held_dir(dir_fid)
+        except FsError:
+            return
+        try:
+            now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                remove = os.rmdir if stat.S_ISDIR(st.st_mode) else os.unlink
+                remove(name, dir_fd=dir_fd)
+        except OSError as e:
+            log.warning("could not take back %r after a failed change: %s", name, e)
+        finally:
+            os.close(dir_fd)
 
     async def mkdir(self, dir_fid: int, name: bytes, mode: int, owner: Owner) -> tuple[int, Attr]:
         check_new_name(name)

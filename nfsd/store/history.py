@@ -3,13 +3,20 @@
 Column family `history`, key `area id (4) ‖ sequence (8)` → packed `Change`. Sequences grow
 by one per change within an area (the next one kept in `meta`), so "everything after N" is
 one range scan. A change carries the blob it replaces, so a peer can tell a stale change from
-a conflict.
+a conflict. A sequence is given when a change is appended, which is when it is published (after
+its rest, for content), so a change still resting can never be overtaken by a later one.
+
+Each area's log has an identity (`log_uuid`, 16 random bytes kept in `meta`): a subscriber
+that names another uuid, or a sequence the log no longer holds (`trimmed`) or never reached,
+gets a full catch-up instead of a delta (nfsd/peer/exchange.py). A change may carry a `stamp`:
+the versions it publishes, in the exchange's encoding, opaque here.
 """
 
 from __future__ import annotations
 
 import struct
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -20,6 +27,7 @@ _KEY = struct.Struct(">IQ")
 # op, time_ns, mode, size, then four length-prefixed fields: path, new path, old and new blob
 _HEAD = struct.Struct(">BqIQ")
 _LENGTH = struct.Struct(">H")
+_STAMP_LENGTH = struct.Struct(">I")
 
 
 class Op(IntEnum):
@@ -44,11 +52,17 @@ class Change:
     mode: int = 0
     size: int = 0
     time_ns: int = field(default_factory=time.time_ns)
+    # The versions this change publishes (nfsd/peer/exchange.py's encoding); b"" until the
+    # exchange stamps it. Packed last, after a 4-byte length, and only when present, so a
+    # record written before stamps existed still unpacks.
+    stamp: bytes = b""
 
     def pack(self) -> bytes:
         parts = [_HEAD.pack(self.op, self.time_ns, self.mode, self.size)]
         for value in (self.path, self.new_path, self.old_blob, self.new_blob):
             parts.append(_LENGTH.pack(len(value)) + value)
+        if self.stamp:
+            parts.append(_STAMP_LENGTH.pack(len(self.stamp)) + self.stamp)
         return b"".join(parts)
 
     @classmethod
@@ -62,7 +76,12 @@ class Change:
             values.append(bytes(raw[pos : pos + length]))
             pos += length
         path, new_path, old_blob, new_blob = values
-        return cls(Op(op), path, new_path, old_blob, new_blob, mode, size, time_ns)
+        stamp = b""
+        if pos < len(raw):
+            (length,) = _STAMP_LENGTH.unpack_from(raw, pos)
+            pos += _STAMP_LENGTH.size
+            stamp = bytes(raw[pos : pos + length])
+        return cls(Op(op), path, new_path, old_blob, new_blob, mode, size, time_ns, stamp)
 
 
 class History:
@@ -89,6 +108,32 @@ class History:
         batch.put("meta", self._counter_key(area), (sequence + 1).to_bytes(8, "big"))
         return sequence
 
+    def high(self, area: int) -> int:
+        """The last sequence given in `area` (0 when none yet)."""
+        return self.next_sequence(area) - 1
+
+    def log_uuid(self, area: int) -> bytes:
+        """The identity of `area`'s log, made (and kept) the first time it is asked for."""
+        key = b"history-uuid:" + area.to_bytes(4, "big")
+        raw = self.meta.get(key)
+        if raw is None:
+            raw = uuid.uuid4().bytes
+            self.meta.put(key, raw)
+        return bytes(raw)
+
+    def trimmed(self, area: int) -> int:
+        """The highest sequence trimmed away (0 when nothing was): a subscriber that saw less
+        cannot be given a delta any more."""
+        raw = self.meta.get(self._trimmed_key(area))
+        return int.from_bytes(raw, "big") if raw else 0
+
+    def _trimmed_key(self, area: int) -> bytes:
+        return b"history-trimmed:" + area.to_bytes(4, "big")
+
+    def rewrite(self, batch: Batch, area: int, sequence: int, change: Change) -> None:
+        """Put `change` back under its own sequence (the exchange stamping it)."""
+        batch.put("history", _KEY.pack(area, sequence), change.pack())
+
     def forget_pending(self, area: int) -> None:
         """Drop the cached counter (after a batch that appended was not committed)."""
         self._next.pop(area, None)
@@ -102,12 +147,18 @@ class History:
                 break
             yield _KEY.unpack(key)[1], Change.unpack(raw)
 
-    def trim(self, batch: Batch, area: int, up_to: int) -> int:
-        """Forget the changes up to `up_to` (acknowledged by every peer); how many."""
+    def trim(self, batch: Batch, area: int, up_to: int, limit: int | None = None) -> int:
+        """Forget the changes up to `up_to` (acknowledged by every peer), at most `limit` of
+        them in this batch, and record how far the log is trimmed; how many."""
         count = 0
+        last = 0
         for sequence, _ in self.since(area, 0):
-            if sequence > up_to:
+            if sequence > up_to or (limit is not None and count >= limit):
                 break
             batch.delete("history", _KEY.pack(area, sequence))
             count += 1
+            last = sequence
+        done = up_to if limit is None or count < limit else last
+        if done > self.trimmed(area):
+            batch.put("meta", self._trimmed_key(area), done.to_bytes(8, "big"))
         return count

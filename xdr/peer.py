@@ -1,14 +1,38 @@
 """The peer protocol: what the peers of a household ask each other, over the TLS link that
 nfsd/peer/ authenticates. An ONC RPC program in the private range beside the control
-program; only NULL so far (the link's proof and heartbeat). The history exchange and the
-fetching of chunks add their procedures here."""
+program. NULL is the link's proof and heartbeat; the fetching of chunks adds its procedures
+here.
+
+History exchange (nfsd/peer/exchange.py):
+- HISTORY(area, log uuid, last seen, max entries[, catch-up resume]) answers one bounded page:
+  the entries after `last seen` (a delta), or, when the uuid is not the log's or `last seen` is
+  outside what the log holds, a page of a full catch-up (every path's versions, tombstones
+  included), resumed from `cursor` until `more` is false.
+- ACK(area, log uuid, sequence): the subscriber applied everything up to `sequence`.
+- An entry's version travels as opaque bytes (a `versions.path_version`), so one entry that
+  does not decode is refused alone and the page's other entries still apply.
+"""
 
 from __future__ import annotations
 
 from enum import IntEnum
 from typing import Any
 
-from .codec import XdrType, void
+from .codec import (
+    Array,
+    Enum,
+    FixedOpaque,
+    Opaque,
+    String,
+    XdrType,
+    boolean,
+    uint32,
+    uint64,
+    void,
+    xdr_struct,
+    xf,
+)
+from .control import MAX_PATH
 
 PEER_PROGRAM = 0x2052_4C5B  # the control program's number + 1, in RFC 5531's private range
 PEER_V1 = 1
@@ -16,9 +40,67 @@ PEER_V1 = 1
 
 class PEERPROC(IntEnum):
     NULL = 0
+    HISTORY = 1
+    ACK = 2
+
+
+AREA_NAME_MAX = 255
+LOG_UUID_SIZE = 16
+PAGE_MAX = 4096
+"""Entries one HISTORY reply may carry; a server answers fewer (nfsd/peer/exchange.py)."""
+VERSION_MAX = 8192
+"""Bytes of one encoded path_version (a vector of a household's peers and a symlink target)."""
+CURSOR_MAX = MAX_PATH
+
+
+class history_status(IntEnum):
+    OK = 0
+    NO_AREA = 1  # this peer shares no area of that name with the caller
+    UNAVAILABLE = 2  # this peer serves no history (yet)
+
+
+@xdr_struct
+class history_args:
+    area: bytes = xf(String(AREA_NAME_MAX))
+    log_uuid: bytes = xf(Opaque(LOG_UUID_SIZE))  # empty: never subscribed
+    last_seen: int = xf(uint64)
+    max_entries: int = xf(uint32)
+    resuming: bool = xf(boolean)  # continue the catch-up below
+    catchup_upto: int = xf(uint64)
+    catchup_cursor: bytes = xf(Opaque(CURSOR_MAX))
+
+
+@xdr_struct
+class history_entry:
+    sequence: int = xf(uint64)  # 0 in a catch-up
+    path: bytes = xf(Opaque(MAX_PATH))
+    mode: int = xf(uint32)
+    version: bytes = xf(Opaque(VERSION_MAX))  # a path_version, decoded by the receiver
+
+
+@xdr_struct
+class history_res:
+    status: history_status = xf(Enum(history_status))
+    log_uuid: bytes = xf(FixedOpaque(LOG_UUID_SIZE))
+    catchup: bool = xf(boolean)
+    # A delta: the last sequence this page covers. A catch-up: the sequence it stands for
+    # (the subscriber's `last seen` once it is complete).
+    upto: int = xf(uint64)
+    cursor: bytes = xf(Opaque(CURSOR_MAX))  # a catch-up: where the next page resumes
+    more: bool = xf(boolean)
+    entries: list[history_entry] = xf(Array(history_entry, PAGE_MAX))
+
+
+@xdr_struct
+class ack_args:
+    area: bytes = xf(String(AREA_NAME_MAX))
+    log_uuid: bytes = xf(FixedOpaque(LOG_UUID_SIZE))
+    sequence: int = xf(uint64)
 
 
 PROCEDURES: dict[int, tuple[str, XdrType[Any], XdrType[Any]]] = {
     PEERPROC.NULL: ("NULL", void, void),
+    PEERPROC.HISTORY: ("HISTORY", history_args, history_res),
+    PEERPROC.ACK: ("ACK", ack_args, void),
 }
 """Peer procedure number -> (name, argument type, result type)."""

@@ -23,6 +23,7 @@ def peer_program() -> Program:
             PEER_V1: {
                 number: Procedure(name, args, res, handlers[number])
                 for number, (name, args, res) in PROCEDURES.items()
+                if number in handlers  # a procedure typed but not served yet: PROC_UNAVAIL
             }
         },
     )

@@ -19,6 +19,7 @@ import trio
 
 from nfsd.peer.roster import RosterError
 from nfsd.peer.service import PeerService
+from nfsd.rpc.client import RpcError
 from nfsd.rpc.dispatch import CallContext, Procedure, Program
 from nfsd.store.blobs import BlobStore
 from nfsd.store.check import check_store
@@ -249,6 +250,19 @@ class ControlService:
         ]
         return peersres(ctlstat.OK, b"", states)
 
+    async def ping(self, ctx: CallContext, name: bytes) -> ctlres:
+        """Call NULL on a connected peer over its link, whichever side dialled it."""
+        if self.peers is None:
+            return ctlres(ctlstat.IO, b"this server has no peer links")
+        peer = name.decode(errors="replace")
+        try:
+            seconds = await self.peers.ping(peer)
+        except LookupError as e:
+            return ctlres(ctlstat.NOENT, _text(str(e.args[0])))
+        except (trio.TooSlowError, ConnectionError, RpcError) as e:
+            return ctlres(ctlstat.IO, _text(f"peer {peer} did not answer: {e or 'timed out'}"))
+        return ctlres(ctlstat.OK, _text(f"peer {peer} answered in {seconds * 1000:.1f} ms"))
+
     def program(self) -> Program:
         handlers = {
             CONTROLPROC.NULL: self.null,
@@ -260,6 +274,7 @@ class ControlService:
             CONTROLPROC.SOURCE: self.source,
             CONTROLPROC.ROSTER: self.roster,
             CONTROLPROC.PEERS: self.peers_status,
+            CONTROLPROC.PING: self.ping,
         }
         quick = {CONTROLPROC.NULL, CONTROLPROC.JOB, CONTROLPROC.PEERS}
         return Program(

@@ -44,6 +44,7 @@ class CONTROLPROC(IntEnum):
     SOURCE = 6
     ROSTER = 7  # re-read the household roster (peers.json) now
     PEERS = 8  # each peer's link
+    PING = 9  # a NULL call to a connected peer over its link, timed
 
 
 class ctlstat(IntEnum):
@@ -198,5 +199,6 @@ PROCEDURES: dict[int, tuple[str, XdrType[Any], XdrType[Any]]] = {
     CONTROLPROC.SOURCE: ("SOURCE", path_string, ctlres),
     CONTROLPROC.ROSTER: ("ROSTER", void, ctlres),
     CONTROLPROC.PEERS: ("PEERS", void, peersres),
+    CONTROLPROC.PING: ("PING", String(64), ctlres),
 }
 """Control procedure number -> (name, argument type, result type)."""

@@ -1,5 +1,6 @@
 """The commands about the household: `id` (this peer's id and the line another machine
-pastes), `peer add`, `peer list` and `peer remove`.
+pastes), `peer add`, `peer list`, `peer remove` and `peer ping` (a NULL call over the
+live link, whichever side dialled it).
 
 The roster (nfsd/peer/roster.py) is written here, whether or not a server runs; a running
 server is then told over the control program (ROSTER) and takes the change at once: a
@@ -139,6 +140,21 @@ def cmd_peer_remove(args: argparse.Namespace) -> int:
     assert removed is not None
     print(f"realize: removed peer {args.name} ({removed.peer_id}); its key is refused from now on")
     _tell_server(state_dir)
+    return 0
+
+
+def cmd_peer_ping(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir).resolve()
+    this_identity(state_dir)
+    if not running(state_dir):
+        raise UsageError("no server is running: start it with 'realize start'")
+    try:
+        res = ControlClient(state_dir).call(CONTROLPROC.PING, args.name.encode())
+    except ControlError as e:
+        raise UsageError(str(e)) from None
+    if res.status != ctlstat.OK:
+        raise UsageError(res.message.decode(errors="replace"))
+    print(f"realize: {res.message.decode(errors='replace')}")
     return 0
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import trio
 
 from nfsd.peer.tls import PeerStream
+from nfsd.rpc.client import RpcClient
 
 
 def keep_new(new_outgoing: bool, live_outgoing: bool, own_id: str, their_id: str) -> bool:
@@ -34,9 +35,11 @@ def keep_new(new_outgoing: bool, live_outgoing: bool, own_id: str, their_id: str
 
 @dataclass(eq=False)
 class Link:
-    """One authenticated connection and the scope of the task that serves it."""
+    """One authenticated connection, the scope of the task that serves it, and the client
+    that calls the peer over it (calls go both ways on every link)."""
 
     stream: PeerStream
+    client: RpcClient | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     since: float = field(default_factory=time.time)
     closed_because: str | None = None

@@ -1,22 +1,24 @@
 """The server's side of the household transport: the peer listener, a dialler per peer that
 has an address, one link per peer (nfsd/peer/links.py), and the roster re-read on demand.
 
-- Incoming connections are authenticated (nfsd/peer/tls.py) before anything else; then the
-  peer program (`programs`, NULL at least) is served over the link by the same RpcServer and
-  Dispatcher as NFS, with the link's heartbeat as its idle timeout: a link with no call for
-  `HEARTBEAT_TIMEOUT` seconds is dead and closed.
+- Incoming connections are authenticated (nfsd/peer/tls.py) before anything else. Every
+  link, whichever side dialled, carries calls both ways (nfsd/rpc/duplex.py): one reader
+  hands the peer's calls to the Dispatcher of the peer program (`programs`, NULL at least;
+  handlers find the calling roster `Peer` in `CallContext.caller`) and the replies to this
+  side's calls to `Link.client`. So a deaf peer serves the peer it dialled.
 - Each peer with an address is dialled, again after a link ends, with jittered exponential
-  backoff; `wake()` dials at once. A deaf peer (no address) is never dialled: it dials in. The
-  dialling side calls NULL every `HEARTBEAT_INTERVAL` seconds and closes the link when one
-  goes unanswered for `HEARTBEAT_TIMEOUT`.
+  backoff; `wake()` dials at once. A deaf peer (no address) is never dialled: it dials in. A
+  dialled link counts once the other side has answered a NULL (in TLS 1.3 only that proves
+  it accepted this side's certificate).
+- Both sides call NULL every `HEARTBEAT_INTERVAL` seconds and close the link when one goes
+  unanswered for `HEARTBEAT_TIMEOUT`, or when nothing arrives for that long.
 - `reload()` re-reads peers.json: new trust anchors for the handshakes that follow, the link of
   a removed (or re-keyed) peer closed at once, diallers started and stopped to match.
 - `status()` says, per peer, whether it is connected, which side dialled, since when, and
   when it was last connected (kept in peers-seen.json across restarts).
 
-For now the link carries calls one way: the side that was dialled serves, the dialler calls.
-Calls both ways on one link (what a deaf peer needs to serve its files) come with the history
-exchange, which builds on `_run_link`.
+`call(name, ...)` calls a connected peer's program; `ping(name)` times a NULL (what
+`realize peer ping` shows).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -36,17 +39,17 @@ from nfsd.peer.links import Link, Links
 from nfsd.peer.program import peer_program
 from nfsd.peer.roster import Roster
 from nfsd.peer.tls import (
+    HANDSHAKE_TIMEOUT,
     PeerRefused,
     PeerStream,
     client_context,
-    confirmed,
     dial,
     handshake,
     server_context,
 )
-from nfsd.rpc.client import RpcClient
+from nfsd.rpc.client import RpcClient, RpcError
 from nfsd.rpc.dispatch import Dispatcher, OncePerWindow, Program
-from nfsd.rpc.transport import Limits, RpcServer
+from nfsd.rpc.duplex import DuplexConnection
 from xdr.codec import void
 from xdr.peer import PEER_PROGRAM, PEER_V1, PEERPROC
 
@@ -97,10 +100,6 @@ class PeerService:
         self.roster = rosters.load(self.state_dir)
         self.links = Links(identity.peer_id)
         self.dispatcher = Dispatcher([peer_program(), *(programs or [])])
-        self.rpc = RpcServer(
-            self.dispatcher,
-            Limits(first_call_timeout=HEARTBEAT_TIMEOUT, idle_timeout=HEARTBEAT_TIMEOUT),
-        )
         self.contacts = rosters.load_contacts(self.state_dir)
         self.refusals = OncePerWindow()
         self._contexts()
@@ -163,39 +162,73 @@ class PeerService:
                 return
         await self._run_link(stream)
 
-    async def _run_link(self, stream: PeerStream, client: RpcClient | None = None) -> None:
-        """Serve one authenticated link until it ends or is closed; `client`: the dialler's
-        RPC client on it (see tls.confirmed)."""
+    async def _run_link(self, stream: PeerStream) -> None:
+        """Serve and call over one authenticated link until it ends or is closed. A dialled
+        link whose NULL goes unanswered raises PeerRefused (the stream closed)."""
         current = self.roster.peers.get(stream.peer.name)
         if current is None or current.public_key != stream.peer.public_key:
             await trio.aclose_forcefully(stream.stream)  # removed during its handshake
             return
-        link = Link(stream)
-        if not self.links.add(link):
-            await trio.aclose_forcefully(stream.stream)
-            return
-        name = stream.peer.name
-        log.info(
-            "peer %s (%s) connected, %s %s",
-            name,
-            stream.peer.peer_id,
-            "dialled at" if stream.outgoing else "from",
-            stream.remote[0],
+        local = stream.stream.transport_stream.socket.getsockname()[0]
+        duplex = DuplexConnection(
+            stream.stream,
+            self.dispatcher,
+            stream.remote,
+            local,
+            caller=stream.peer,
+            idle_timeout=HEARTBEAT_TIMEOUT,
         )
-        self._contact(stream)
+        link = Link(stream, duplex.client)
+        name = stream.peer.name
+        registered = False
+        refused: PeerRefused | None = None
         try:
             with link.scope:
-                if client is not None:
-                    await self._heartbeat(client)
-                else:
-                    local = stream.stream.transport_stream.socket.getsockname()[0]
-                    await self.rpc.serve_stream(stream.stream, stream.remote, local)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read_link, duplex, nursery.cancel_scope)
+                    if stream.outgoing:
+                        refused = await self._confirm(stream, duplex.client)
+                    if refused is not None or not self.links.add(link):
+                        nursery.cancel_scope.cancel()
+                        return
+                    registered = True
+                    log.info(
+                        "peer %s (%s) connected, %s %s",
+                        name,
+                        stream.peer.peer_id,
+                        "dialled at" if stream.outgoing else "from",
+                        stream.remote[0],
+                    )
+                    self._contact(stream)
+                    await self._heartbeat(duplex.client)
+                    nursery.cancel_scope.cancel()
         finally:
             self.links.discard(link)
-            self._contact(stream)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream.stream)
-            log.info("peer %s disconnected: %s", name, link.closed_because or "link ended")
+            if registered:
+                self._contact(stream)
+                log.info("peer %s disconnected: %s", name, link.closed_because or "link ended")
+        if refused is not None:
+            raise refused
+
+    @staticmethod
+    async def _read_link(duplex: DuplexConnection, done: trio.CancelScope) -> None:
+        """The link's reader; when it ends the link does."""
+        try:
+            await duplex.run()
+        finally:
+            done.cancel()
+
+    @staticmethod
+    async def _confirm(stream: PeerStream, client: RpcClient) -> PeerRefused | None:
+        """None once the dialled peer has answered a NULL; else why the link does not count."""
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                await client.call(PEER_PROGRAM, PEER_V1, PEERPROC.NULL, void, None, void)
+        except (trio.TooSlowError, ConnectionError, RpcError) as e:
+            return PeerRefused(f"{stream.peer.name} did not accept this peer: {e}")
+        return None
 
     async def _heartbeat(self, client: RpcClient) -> None:
         try:
@@ -205,8 +238,25 @@ class PeerService:
                 if waited.cancelled_caught:
                     return  # half-open, or the other side is stuck
                 await trio.sleep(HEARTBEAT_INTERVAL)
-        except (ConnectionError, trio.BrokenResourceError, trio.ClosedResourceError):
+        except (ConnectionError, RpcError, trio.BrokenResourceError, trio.ClosedResourceError):
             return
+
+    # ---- calling a peer ----
+
+    async def call(self, name: str, proc: int, args_type: Any, args: Any, res_type: Any) -> Any:
+        """Call the peer program of the connected peer `name` over its link. LookupError if
+        it is not connected; ConnectionError if the link ends first; RpcError if refused."""
+        link = self.links.connected(name)
+        if link is None or link.client is None:
+            raise LookupError(f"peer {name} is not connected")
+        return await link.client.call(PEER_PROGRAM, PEER_V1, proc, args_type, args, res_type)
+
+    async def ping(self, name: str) -> float:
+        """Seconds a NULL call to the connected peer `name` took to be answered."""
+        started = trio.current_time()
+        with trio.fail_after(HEARTBEAT_TIMEOUT):
+            await self.call(name, PEERPROC.NULL, void, None, void)
+        return trio.current_time() - started
 
     def _contact(self, stream: PeerStream) -> None:
         self.contacts[stream.peer.peer_id] = time.time()
@@ -237,17 +287,16 @@ class PeerService:
                 peer = self.roster.peers.get(name)
                 if peer is None or peer.address is None:
                     return
+                started = trio.current_time()
                 try:
                     stream = await dial(
                         peer.address, self.identity, self.roster, peer, self._client_context
                     )
-                    client = await confirmed(stream)
+                    await self._run_link(stream)
                 except (OSError, PeerRefused) as e:
                     failures += 1
                     self.refusals.warn("cannot reach peer", name, str(e))
                 else:
-                    started = trio.current_time()
-                    await self._run_link(stream, client)
                     # A link that lasted was a success; one closed at once counts as a failure.
                     failures = 0 if trio.current_time() - started > HEARTBEAT_TIMEOUT else 1
                 with trio.move_on_after(backoff(failures)):

@@ -1,7 +1,9 @@
 """An async ONC RPC client over TCP (trio), with many calls outstanding on one connection.
 
-Used by the tests, the benchmarks and (later) peers. Replies are matched to calls by xid, so
-calls may be issued concurrently from several tasks and answered in any order.
+Used by the tests, the benchmarks and peer links. Replies are matched to calls by xid, so
+calls may be issued concurrently from several tasks and answered in any order. A connection
+that carries calls both ways (nfsd/rpc/duplex.py) has one reader of its own, which hands the
+replies in (`read_elsewhere`, `deliver`, `ended`).
 """
 
 from __future__ import annotations
@@ -159,12 +161,38 @@ class RpcClient:
                 return
         except (trio.BrokenResourceError, trio.ClosedResourceError, RecordTooLarge):
             pass
-        # The connection has ended: no call will get a reply.
-        self.closed.set()
-        for other in waiting.values():
-            other.close()
-        waiting.clear()
+        self.ended()
         pending.close()
+
+    # ---- a connection read by someone else (nfsd/rpc/duplex.py) ----
+
+    def read_elsewhere(self) -> None:
+        """From now on another task reads the connection and hands each reply to `deliver`;
+        calls only wait for theirs. Only before the first call."""
+        assert not self._reading and not self._waiting
+        self._reading = True  # for good: no call's task ever reads
+
+    def deliver(self, record: Record) -> None:
+        """A reply record, to the call waiting for its xid (dropped if none waits)."""
+        (xid,) = _XID.unpack_from(record)
+        pending = self._waiting.pop(xid, None)
+        if pending is not None:
+            pending.deliver(record)
+
+    def ended(self) -> None:
+        """The connection has ended: no call will get a reply."""
+        self.closed.set()
+        for other in self._waiting.values():
+            other.close()
+        self._waiting.clear()
+
+    async def receive_into(self, view: memoryview) -> int:
+        """Bytes of the connection into `view` (for the reader of `read_elsewhere`)."""
+        return await self._io.receive_into(view)
+
+    async def send_parts(self, parts: list[bytes | memoryview]) -> None:
+        """Send one record made of `parts` (a reply, on a connection that also serves)."""
+        await self._send(frame(parts))
 
     def _hand_over(self) -> None:
         """Wake one parked call to read in this one's place (one not parked yet will see

@@ -48,6 +48,7 @@ class CallContext:
     transport: str  # "tcp", "udp" or "tls"
     server: str | None = None  # the local address the call arrived at, when known
     owner: int | None = None  # the uid owning the caller's socket, when this machine's says
+    caller: Any = None  # who is at the other end, as its link names it (a peer link's Peer)
 
 
 Handler = Callable[[CallContext, Any], Awaitable[Any]]
@@ -150,6 +151,7 @@ class Dispatcher:
         *,
         inline: bool = False,
         owner: int | None = None,
+        caller: Any = None,
     ) -> Reply | _Deferred | None:
         """The reply to `record`, or None when nothing must be sent.
 
@@ -192,7 +194,16 @@ class Dispatcher:
             return [accepted_reply(call.xid, accept_stat.GARBAGE_ARGS)]
 
         ctx = CallContext(
-            call.xid, call.prog, call.vers, call.proc, call.cred, client, transport, server, owner
+            call.xid,
+            call.prog,
+            call.vers,
+            call.proc,
+            call.cred,
+            client,
+            transport,
+            server,
+            owner,
+            caller,
         )
         if procedure.idempotent:
             return await self._run(procedure, ctx, args, inline)

@@ -1,7 +1,6 @@
 """The peer protocol: what the peers of a household ask each other, over the TLS link that
 nfsd/peer/ authenticates. An ONC RPC program in the private range beside the control
-program. NULL is the link's proof and heartbeat; the fetching of chunks adds its procedures
-here.
+program. NULL is the link's proof and heartbeat; FETCH reads one chunk of a blob by id.
 
 History exchange (nfsd/peer/exchange.py):
 - HISTORY(area, log uuid, last seen, max entries[, catch-up resume]) answers one bounded page:
@@ -42,6 +41,7 @@ class PEERPROC(IntEnum):
     NULL = 0
     HISTORY = 1
     ACK = 2
+    FETCH = 3
 
 
 AREA_NAME_MAX = 255
@@ -98,9 +98,40 @@ class ack_args:
     sequence: int = xf(uint64)
 
 
+# ---- fetching content by blob id (nfsd/peer/fetch.py) ----
+# FETCH(blob id, chunk index) answers one whole chunk of a blob this peer holds in an area it
+# shares with the caller: from its blob cache, or from a Real file whose content, unchanged
+# since it was hashed, has that id. The caller verifies the chunk against its hash.
+
+BLOB_ID_SIZE = 32  # BLAKE3
+FETCH_CHUNK_SIZE = 256 * 1024  # the blob store's chunk size: chunk i starts at i * this
+
+
+class fetch_status(IntEnum):
+    OK = 0
+    NO_BLOB = 1  # no content with that id here in an area shared with the caller
+    NO_CHUNK = 2  # the blob has no chunk of that index (`size` says how big it is)
+    CHANGED = 3  # the Real file changed since it was hashed: ask another peer
+    UNAVAILABLE = 4  # this peer serves no content (yet), or could not read it now
+
+
+@xdr_struct
+class fetch_args:
+    blob_id: bytes = xf(FixedOpaque(BLOB_ID_SIZE))
+    chunk: int = xf(uint32)
+
+
+@xdr_struct
+class fetch_res:
+    status: fetch_status = xf(Enum(fetch_status))
+    size: int = xf(uint64)  # the blob's size, when it is known here
+    data: bytes = xf(Opaque(FETCH_CHUNK_SIZE))  # the whole chunk (the last one may be short)
+
+
 PROCEDURES: dict[int, tuple[str, XdrType[Any], XdrType[Any]]] = {
     PEERPROC.NULL: ("NULL", void, void),
     PEERPROC.HISTORY: ("HISTORY", history_args, history_res),
     PEERPROC.ACK: ("ACK", ack_args, void),
+    PEERPROC.FETCH: ("FETCH", fetch_args, fetch_res),
 }
 """Peer procedure number -> (name, argument type, result type)."""

@@ -28,6 +28,7 @@ from nfsd.mount import MountService
 from nfsd.nfs3.common import Nfs3State
 from nfsd.nfs3.program import nfs_program
 from nfsd.peer import identity as peer_identity
+from nfsd.peer.fetch import ChunkServer
 from nfsd.peer.roster import DEFAULT_PEER_PORT, RosterError
 from nfsd.peer.service import PeerService
 from nfsd.portmap import Portmapper, Registration
@@ -220,6 +221,7 @@ class Server:
                 config.peer_bind or config.bind,
                 DEFAULT_PEER_PORT if config.peer_port is None else config.peer_port,
                 port_required=config.peer_port is not None,
+                chunks=ChunkServer(self.tree, self.blobs),  # FETCH: content by blob id
             )
         except RosterError as e:
             raise statedir.StateDirError(str(e)) from None

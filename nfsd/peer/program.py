@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nfsd.peer.fetch import ChunkServer, fetch_handler
 from nfsd.rpc.dispatch import CallContext, Procedure, Program
 from xdr.peer import PEER_PROGRAM, PEER_V1, PEERPROC, PROCEDURES
 
@@ -14,8 +15,9 @@ async def _null(ctx: CallContext, args: Any) -> None:
     return None
 
 
-def peer_program() -> Program:
+def peer_program(chunks: ChunkServer | None = None) -> Program:
     handlers = {PEERPROC.NULL: _null}
+    handlers[PEERPROC.FETCH] = fetch_handler(chunks)  # nfsd/peer/fetch.py
     return Program(
         PEER_PROGRAM,
         "PEER",

@@ -34,6 +34,7 @@ from typing import Any
 import trio
 
 from nfsd.peer import roster as rosters
+from nfsd.peer.fetch import ChunkServer
 from nfsd.peer.identity import Identity
 from nfsd.peer.links import Link, Links
 from nfsd.peer.program import peer_program
@@ -90,6 +91,7 @@ class PeerService:
         *,
         port_required: bool = True,
         programs: list[Program] | None = None,
+        chunks: ChunkServer | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.identity = identity
@@ -99,7 +101,7 @@ class PeerService:
         self.port: int | None = None
         self.roster = rosters.load(self.state_dir)
         self.links = Links(identity.peer_id)
-        self.dispatcher = Dispatcher([peer_program(), *(programs or [])])
+        self.dispatcher = Dispatcher([peer_program(chunks=chunks), *(programs or [])])
         self.contacts = rosters.load_contacts(self.state_dir)
         self.refusals = OncePerWindow()
         self._contexts()

@@ -1,0 +1,157 @@
+"""FETCH by blob id against a real server over real TLS: this process is a roster member
+that dials in (with the project's own TLS and duplex RPC, so it answers the server's
+heartbeats) and asks for chunks of the server's Real files by their BLAKE3 ids."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import blake3
+import pytest
+import trio
+
+from nfsd.peer import identity, tls
+from nfsd.peer.program import peer_program
+from nfsd.rpc.client import RpcError
+from nfsd.rpc.dispatch import Dispatcher
+from nfsd.rpc.duplex import DuplexConnection
+from tests.support.server import start_server
+from tests.test_peer_link import (  # noqa: F401 (household is a fixture)
+    _roster_of,
+    household,
+    ok,
+    realize,
+    token_of,
+)
+from xdr.codec import encode, void
+from xdr.peer import (
+    FETCH_CHUNK_SIZE,
+    PEER_PROGRAM,
+    PEER_V1,
+    PEERPROC,
+    fetch_args,
+    fetch_res,
+    fetch_status,
+)
+from xdr.rpc import accept_stat
+
+pytestmark = pytest.mark.wire
+
+CHUNK = FETCH_CHUNK_SIZE
+
+
+async def _session(port: int, state: Path, member_state: Path, work: Callable) -> Any:
+    member = identity.load(member_state)
+    server_roster = _roster_of(state, member)
+    stream = await tls.dial(("127.0.0.1", port), member, server_roster)
+    link = DuplexConnection(stream.stream, Dispatcher([peer_program()]), stream.remote, "127.0.0.1")
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(link.run)
+            with trio.fail_after(30):
+                result = await work(link.client)
+            nursery.cancel_scope.cancel()
+    finally:
+        await trio.aclose_forcefully(stream.stream)
+    return result
+
+
+def fetch(client: Any, blob: bytes, chunk: int) -> Any:
+    return client.call(
+        PEER_PROGRAM, PEER_V1, PEERPROC.FETCH, fetch_args, fetch_args(blob, chunk), fetch_res
+    )
+
+
+def test_fetch_serves_shared_real_files_by_blob_id_and_refuses_the_rest(
+    tmp_path: Path,
+    household: Callable[[str], Path],  # noqa: F811
+) -> None:
+    docs, private = tmp_path / "docs", tmp_path / "private"
+    docs.mkdir()
+    private.mkdir()
+    content = os.urandom(2 * CHUNK + 12345)  # three chunks, the last one short
+    (docs / "big.bin").write_bytes(content)
+    secret = os.urandom(1000)
+    (private / "secret.bin").write_bytes(secret)
+    changing = os.urandom(CHUNK + 10)
+    (docs / "changing.bin").write_bytes(changing)
+    state = tmp_path / "server"
+    # A long rest: a file changed below keeps its old index entry while the test runs.
+    server = start_server(
+        {"docs": docs, "private": private}, state, extra=["--peer-port", "0", "--rest", "600"]
+    )
+    try:
+        port = json.loads((state / "server.json").read_text())["peer_port"]
+        member_state = household("member")
+        ok(realize(state, "peer", "add", "member", token_of(member_state), "--areas", "docs"))
+        blob = blake3.blake3(content).digest()
+
+        async def until_indexed(client: Any) -> None:
+            while (await fetch(client, blob, 0)).status != fetch_status.OK:
+                await trio.sleep(0.1)  # the start scan hashes the files at once
+
+        trio.run(_session, port, state, member_state, until_indexed)
+
+        async def reads(client: Any) -> dict[str, Any]:
+            got: dict[str, Any] = {}
+            async with trio.open_nursery() as nursery:  # several FETCHes in flight at once
+
+                async def one(key: str, blob_id: bytes, chunk: int) -> None:
+                    got[key] = await fetch(client, blob_id, chunk)
+
+                for i in range(3):
+                    nursery.start_soon(one, f"chunk{i}", blob, i)
+                nursery.start_soon(one, "past", blob, 3)
+                nursery.start_soon(one, "unknown", blake3.blake3(b"nobody").digest(), 0)
+                nursery.start_soon(one, "private", blake3.blake3(secret).digest(), 0)
+            return got
+
+        got = trio.run(_session, port, state, member_state, reads)
+        assert all(got[f"chunk{i}"].status == fetch_status.OK for i in range(3))
+        assert b"".join(got[f"chunk{i}"].data for i in range(3)) == content
+        assert got["chunk0"].size == len(content)
+        assert got["past"].status == fetch_status.NO_CHUNK and got["past"].size == len(content)
+        assert got["unknown"].status == fetch_status.NO_BLOB
+        # The server has it, in an area not shared with this peer.
+        assert got["private"].status == fetch_status.NO_BLOB
+
+        # A Real file changed after it was hashed: refused, never a mix of two versions.
+        old_blob = blake3.blake3(changing).digest()
+
+        async def before_and_after(client: Any) -> tuple[Any, Any]:
+            first = await fetch(client, old_blob, 1)
+            fd = os.open(docs / "changing.bin", os.O_WRONLY)
+            try:
+                os.pwrite(fd, b"X" * 10, CHUNK)  # same size, new bytes in chunk 1
+                os.utime(fd, ns=(time.time_ns(), time.time_ns() + 10**9))
+            finally:
+                os.close(fd)
+            return first, [await fetch(client, old_blob, i) for i in (0, 1)]
+
+        first, later = trio.run(_session, port, state, member_state, before_and_after)
+        assert first.status == fetch_status.OK and first.data == changing[CHUNK:]
+        assert [r.status for r in later] == [fetch_status.CHANGED, fetch_status.CHANGED]
+
+        # Malformed and oversized requests: an RPC error each, and the link still serves.
+        async def bad_input(client: Any) -> list[Any]:
+            answers = []
+            for args in (blob[:31], encode(fetch_args, fetch_args(blob, 0)) + b"\0" * 65536):
+                reply, _ = await client.call_raw(PEER_PROGRAM, PEER_V1, PEERPROC.FETCH, args)
+                answers.append(reply.stat)
+            try:
+                await client.call(PEER_PROGRAM, PEER_V1, PEERPROC.FETCH, void, None, void)
+            except RpcError as e:
+                answers.append(e.header.stat)
+            answers.append((await fetch(client, blob, 2)).data == content[2 * CHUNK :])
+            return answers
+
+        answers = trio.run(_session, port, state, member_state, bad_input)
+        assert answers == [accept_stat.GARBAGE_ARGS] * 3 + [True]
+        assert server.process.poll() is None
+    finally:
+        server.stop()

@@ -1,22 +1,50 @@
 """The peer program's handlers (xdr/peer.py): what one peer answers another over their link.
-Only NULL so far, the link's proof and heartbeat; the history exchange and chunk fetching
-add theirs here."""
+NULL is the link's proof and heartbeat; HISTORY and ACK serve this peer's history
+(nfsd/peer/exchange.py) to the peer on the link, which `peer_of` names from the call (the
+link's authenticated key, never anything the caller says). Chunk fetching adds its own here.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from nfsd.peer.exchange import Exchange, refused
 from nfsd.peer.fetch import ChunkServer, fetch_handler
 from nfsd.rpc.dispatch import CallContext, Procedure, Program
-from xdr.peer import PEER_PROGRAM, PEER_V1, PEERPROC, PROCEDURES
+from xdr.peer import PEER_PROGRAM, PEER_V1, PEERPROC, PROCEDURES, history_status
+
+PeerOf = Callable[[CallContext], str | None]
+"""The roster peer id of the link a call came on; None when it is not known."""
 
 
 async def _null(ctx: CallContext, args: Any) -> None:
     return None
 
 
-def peer_program(chunks: ChunkServer | None = None) -> Program:
-    handlers = {PEERPROC.NULL: _null}
+def peer_program(
+    exchange: Exchange | None = None,
+    peer_of: PeerOf | None = None,
+    chunks: ChunkServer | None = None,
+) -> Program:
+    """The peer program; without an `exchange` (and `peer_of`) HISTORY answers UNAVAILABLE
+    and ACK is dropped."""
+
+    def caller(ctx: CallContext) -> str | None:
+        return None if exchange is None or peer_of is None else peer_of(ctx)
+
+    async def _history(ctx: CallContext, args: Any) -> Any:
+        peer = caller(ctx)
+        if exchange is None or peer is None:
+            return refused(history_status.UNAVAILABLE)
+        return exchange.serve(peer, args)
+
+    async def _ack(ctx: CallContext, args: Any) -> None:
+        peer = caller(ctx)
+        if exchange is not None and peer is not None:
+            exchange.acknowledge(peer, args)
+
+    handlers = {PEERPROC.NULL: _null, PEERPROC.HISTORY: _history, PEERPROC.ACK: _ack}
     handlers[PEERPROC.FETCH] = fetch_handler(chunks)  # nfsd/peer/fetch.py
     return Program(
         PEER_PROGRAM,
@@ -25,7 +53,6 @@ def peer_program(chunks: ChunkServer | None = None) -> Program:
             PEER_V1: {
                 number: Procedure(name, args, res, handlers[number])
                 for number, (name, args, res) in PROCEDURES.items()
-                if number in handlers  # a procedure typed but not served yet: PROC_UNAVAIL
             }
         },
     )

@@ -347,3 +347,17 @@ def test_a_long_log_is_paged_in_bounded_memory(peers: tuple[Peer, Peer]) -> None
     # The whole log at once would be several MB of entries; a page is well under one.
     assert delta_peak < 1 << 20, delta_peak
     assert catchup_peak < 1 << 20, catchup_peak
+
+
+def test_arrivals_never_touch_a_real_file(peers: tuple[Peer, Peer]) -> None:
+    a, b = peers
+    b.publish(Op.CREATE, b"kept", "mine")  # B holds `kept` Real
+    a.publish(Op.CREATE, b"kept", "theirs")
+    a.publish(Op.CREATE, b"other", "theirs")
+    b.pull(a)
+    kept = b.index.get(b.area, b"kept")
+    assert kept is not None and kept.layer == Layer.REAL and kept.blob == blob("mine")
+    other = b.index.get(b.area, b"other")
+    assert other is not None and other.layer == Layer.UNREAL and other.blob == blob("theirs")
+    assert other.size == 6 and other.mtime_ns == 5_000
+    assert len(b.exchange.state(b.area, b"kept").versions) == 2  # concurrent: both are known

@@ -263,6 +263,19 @@ class ControlService:
             return ctlres(ctlstat.IO, _text(f"peer {peer} did not answer: {e or 'timed out'}"))
         return ctlres(ctlstat.OK, _text(f"peer {peer} answered in {seconds * 1000:.1f} ms"))
 
+    async def sync(self, ctx: CallContext, area: bytes) -> ctlres:
+        """Dial every peer and pull the histories of the shared areas (or of one) now;
+        answers when it is done, a line per peer and area."""
+        if self.peers is None:
+            return ctlres(ctlstat.IO, b"this server has no peer links")
+        only = area.decode(errors="replace") or None
+        if only is not None and only not in self.tree.area_by_name:
+            return ctlres(ctlstat.NOENT, _text(f"no area named {only} here"))
+        lines = await self.peers.sync(only)
+        if not lines:
+            return ctlres(ctlstat.OK, b"no peers to sync with")
+        return ctlres(ctlstat.OK, _text("\n".join(lines)))
+
     def program(self) -> Program:
         handlers = {
             CONTROLPROC.NULL: self.null,
@@ -275,6 +288,7 @@ class ControlService:
             CONTROLPROC.ROSTER: self.roster,
             CONTROLPROC.PEERS: self.peers_status,
             CONTROLPROC.PING: self.ping,
+            CONTROLPROC.SYNC: self.sync,
         }
         quick = {CONTROLPROC.NULL, CONTROLPROC.JOB, CONTROLPROC.PEERS}
         return Program(

@@ -28,6 +28,7 @@ from nfsd.mount import MountService
 from nfsd.nfs3.common import Nfs3State
 from nfsd.nfs3.program import nfs_program
 from nfsd.peer import identity as peer_identity
+from nfsd.peer.exchange import Exchange
 from nfsd.peer.fetch import ChunkServer
 from nfsd.peer.roster import DEFAULT_PEER_PORT, RosterError
 from nfsd.peer.service import PeerService
@@ -214,6 +215,10 @@ class Server:
         if made:
             log.info("made this peer's key pair: peer id %s", identity.peer_id)
         config = self.config
+        tree = self.tree
+        assert tree is not None and self.store is not None
+        # The journal's own History: it caches the next sequence, a second object would reuse it.
+        exchange = Exchange(self.store, tree.journal.history, identity.peer_id)
         try:
             self.peers = PeerService(
                 self.state_dir,
@@ -221,7 +226,10 @@ class Server:
                 config.peer_bind or config.bind,
                 DEFAULT_PEER_PORT if config.peer_port is None else config.peer_port,
                 port_required=config.peer_port is not None,
-                chunks=ChunkServer(self.tree, self.blobs),  # FETCH: content by blob id
+                chunks=ChunkServer(tree, self.blobs),  # FETCH: content by blob id
+                exchange=exchange,
+                areas=lambda: [area.name for area in tree.areas.values()],
+                on_synced=tree.index_changed,
             )
         except RosterError as e:
             raise statedir.StateDirError(str(e)) from None

@@ -45,6 +45,7 @@ class CONTROLPROC(IntEnum):
     ROSTER = 7  # re-read the household roster (peers.json) now
     PEERS = 8  # each peer's link
     PING = 9  # a NULL call to a connected peer over its link, timed
+    SYNC = 10  # dial every peer and pull the shared areas' histories now (one area, or all)
 
 
 class ctlstat(IntEnum):
@@ -200,5 +201,6 @@ PROCEDURES: dict[int, tuple[str, XdrType[Any], XdrType[Any]]] = {
     CONTROLPROC.ROSTER: ("ROSTER", void, ctlres),
     CONTROLPROC.PEERS: ("PEERS", void, peersres),
     CONTROLPROC.PING: ("PING", String(64), ctlres),
+    CONTROLPROC.SYNC: ("SYNC", String(255), ctlres),  # the area's name; empty: every area
 }
 """Control procedure number -> (name, argument type, result type)."""

@@ -10,7 +10,14 @@ from nfsd.cli.configure import cmd_area_add, cmd_area_list, cmd_init, cmd_source
 from nfsd.cli.daemon import cmd_mount_cmd, cmd_run, cmd_serve, cmd_start, cmd_status, cmd_stop
 from nfsd.cli.marks import MARKS, cmd_ls, cmd_mark
 from nfsd.cli.options import add_server_options
-from nfsd.cli.peers import cmd_id, cmd_peer_add, cmd_peer_list, cmd_peer_ping, cmd_peer_remove
+from nfsd.cli.peers import (
+    cmd_id,
+    cmd_peer_add,
+    cmd_peer_list,
+    cmd_peer_ping,
+    cmd_peer_remove,
+    cmd_sync,
+)
 from nfsd.cli.store_commands import cmd_fsck, cmd_history, cmd_import
 
 DESCRIPTION = (
@@ -110,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = peer.add_parser("ping", help="call a connected peer over its link and time the answer")
     p.add_argument("name")
     p.set_defaults(func=cmd_peer_ping)
+    p = sub.add_parser("sync", help="dial every peer and exchange the shared areas' histories now")
+    p.add_argument("area", nargs="?", help="only this area (default: every shared one)")
+    p.set_defaults(func=cmd_sync)
     p = sub.add_parser("mount-cmd", help="print the commands that mount the areas")
     p.add_argument("--os", choices=["linux", "macos", "windows"], default="linux")
     p.add_argument("--host", help="the name clients reach this machine by")

@@ -1,6 +1,7 @@
 """The commands about the household: `id` (this peer's id and the line another machine
-pastes), `peer add`, `peer list`, `peer remove` and `peer ping` (a NULL call over the
-live link, whichever side dialled it).
+pastes), `peer add`, `peer list`, `peer remove`, `peer ping` (a NULL call over the
+live link, whichever side dialled it) and `sync` (dial every peer and pull the shared areas'
+histories now, returning when done).
 
 The roster (nfsd/peer/roster.py) is written here, whether or not a server runs; a running
 server is then told over the control program (ROSTER) and takes the change at once: a
@@ -155,6 +156,22 @@ def cmd_peer_ping(args: argparse.Namespace) -> int:
     if res.status != ctlstat.OK:
         raise UsageError(res.message.decode(errors="replace"))
     print(f"realize: {res.message.decode(errors='replace')}")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir).resolve()
+    this_identity(state_dir)
+    if not running(state_dir):
+        raise UsageError("no server is running: start it with 'realize start'")
+    try:
+        res = ControlClient(state_dir).call(CONTROLPROC.SYNC, (args.area or "").encode())
+    except ControlError as e:
+        raise UsageError(str(e)) from None
+    if res.status != ctlstat.OK:
+        raise UsageError(res.message.decode(errors="replace"))
+    for line in res.message.decode(errors="replace").splitlines():
+        print(f"realize: {line}")
     return 0
 
 

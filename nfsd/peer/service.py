@@ -19,6 +19,12 @@ has an address, one link per peer (nfsd/peer/links.py), and the roster re-read o
 
 `call(name, ...)` calls a connected peer's program; `ping(name)` times a NULL (what
 `realize peer ping` shows).
+
+History (nfsd/peer/exchange.py): the peer program serves this peer's logs to the peer on the
+link, and when a link comes up this side pulls, and acknowledges, the peer's log of every area
+both share (the areas here by name, limited by the roster's `areas` for that peer); `sync()`
+(`realize sync`) dials every peer at once and does the same, returning when it is done. Pulls
+of one peer are serialized; all of it runs on the event loop, as the Exchange requires.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import errno
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +41,12 @@ from typing import Any
 import trio
 
 from nfsd.peer import roster as rosters
+from nfsd.peer.exchange import Exchange, ExchangeError
 from nfsd.peer.fetch import ChunkServer
 from nfsd.peer.identity import Identity
 from nfsd.peer.links import Link, Links
 from nfsd.peer.program import peer_program
-from nfsd.peer.roster import Roster
+from nfsd.peer.roster import Peer, Roster
 from nfsd.peer.tls import (
     HANDSHAKE_TIMEOUT,
     PeerRefused,
@@ -49,10 +57,11 @@ from nfsd.peer.tls import (
     server_context,
 )
 from nfsd.rpc.client import RpcClient, RpcError
-from nfsd.rpc.dispatch import Dispatcher, OncePerWindow, Program
+from nfsd.rpc.dispatch import CallContext, Dispatcher, OncePerWindow, Program
 from nfsd.rpc.duplex import DuplexConnection
 from xdr.codec import void
 from xdr.peer import PEER_PROGRAM, PEER_V1, PEERPROC
+from xdr.peer import PROCEDURES as PEER_PROCEDURES
 
 log = logging.getLogger("realize.peer")
 
@@ -61,6 +70,7 @@ HEARTBEAT_TIMEOUT = 30.0
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
 MAX_HANDSHAKES = 32  # connections authenticating at once; more are closed unread
+SYNC_CONNECT_WAIT = 10.0  # seconds `sync()` waits for a woken dialler to connect
 
 
 def backoff(failures: int) -> float:
@@ -69,6 +79,11 @@ def backoff(failures: int) -> float:
     all dial together."""
     ceiling = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(failures, 16))
     return ceiling * random.uniform(0.5, 1.0)
+
+
+def _peer_of(ctx: CallContext) -> str | None:
+    """The peer id of the roster peer whose link a call came on."""
+    return ctx.caller.peer_id if isinstance(ctx.caller, Peer) else None
 
 
 @dataclass(frozen=True)
@@ -92,7 +107,13 @@ class PeerService:
         port_required: bool = True,
         programs: list[Program] | None = None,
         chunks: ChunkServer | None = None,
+        exchange: Exchange | None = None,
+        areas: Callable[[], list[str]] = list,
+        on_synced: Callable[[], None] | None = None,
     ) -> None:
+        """`exchange`: this peer's history exchange (None: no history served or pulled);
+        `areas`: the names of the areas here; `on_synced`: called after a pull changed the
+        index (listings that merge Unreal entries are then out of date)."""
         self.state_dir = Path(state_dir)
         self.identity = identity
         self.bind = bind
@@ -101,7 +122,12 @@ class PeerService:
         self.port: int | None = None
         self.roster = rosters.load(self.state_dir)
         self.links = Links(identity.peer_id)
-        self.dispatcher = Dispatcher([peer_program(chunks=chunks), *(programs or [])])
+        self.exchange = exchange
+        self.areas = areas
+        self.on_synced = on_synced
+        self._pulling: dict[str, trio.Lock] = {}
+        program = peer_program(exchange=exchange, peer_of=_peer_of, chunks=chunks)
+        self.dispatcher = Dispatcher([program, *(programs or [])])
         self.contacts = rosters.load_contacts(self.state_dir)
         self.refusals = OncePerWindow()
         self._contexts()
@@ -202,6 +228,7 @@ class PeerService:
                         stream.remote[0],
                     )
                     self._contact(stream)
+                    nursery.start_soon(self._pull_quietly, name)
                     await self._heartbeat(duplex.client)
                     nursery.cancel_scope.cancel()
         finally:
@@ -259,6 +286,80 @@ class PeerService:
         with trio.fail_after(HEARTBEAT_TIMEOUT):
             await self.call(name, PEERPROC.NULL, void, None, void)
         return trio.current_time() - started
+
+    # ---- the history exchange ----
+
+    def shared_areas(self, name: str) -> list[str]:
+        """The names of the areas here that the peer `name` shares, by the roster."""
+        peer = self.roster.peers.get(name)
+        if peer is None:
+            return []
+        here = sorted(self.areas())
+        return here if peer.areas is None else [a for a in here if a in peer.areas]
+
+    async def pull(self, name: str, only: str | None = None) -> list[str]:
+        """Pull and acknowledge the connected peer `name`'s log of each shared area (or of
+        `only`); a line per area saying what it did. LookupError if not connected."""
+        peer = self.roster.peers.get(name)
+        if self.exchange is None or peer is None:
+            return []
+        lock = self._pulling.setdefault(name, trio.Lock())
+        lines = []
+        async with lock:
+            for area in self.shared_areas(name):
+                if only is not None and area != only:
+                    continue
+                lines.append(await self._pull_area(peer, area))
+        return lines
+
+    async def _pull_area(self, peer: Peer, area: str) -> str:
+        assert self.exchange is not None
+
+        async def call(proc: int, args: Any) -> Any:
+            _, args_type, res_type = PEER_PROCEDURES[proc]
+            return await self.call(peer.name, proc, args_type, args, res_type)
+
+        try:
+            done = await self.exchange.pull(peer.peer_id, area, call)
+        except ExchangeError as e:
+            log.info("no history of %s from %s: %s", area, peer.name, e)
+            return f"{peer.name} {area}: not synced ({e})"
+        if (done.applied or done.merged or done.conflicts) and self.on_synced is not None:
+            self.on_synced()
+        line = (
+            f"{peer.name} {area}: {done.applied} applied, {done.merged} merged, "
+            f"{done.conflicts} conflicts, {done.ignored} already known"
+        )
+        if done.errors:
+            line += f", {len(done.errors)} refused"
+        log.info("synced %s", line)
+        return line
+
+    async def _pull_quietly(self, name: str) -> None:
+        """A link's first pull: a failure is logged, the link goes on."""
+        try:
+            await self.pull(name)
+        except (LookupError, ConnectionError, RpcError, trio.BrokenResourceError) as e:
+            log.info("pulling the history of %s failed: %s", name, e)
+
+    async def sync(self, only: str | None = None) -> list[str]:
+        """Dial every peer now, wait a little for those with an address to connect, then
+        pull each connected one (`realize sync [AREA]`); a line per peer and area."""
+        self.wake()
+        dialable = [n for n, p in self.roster.peers.items() if p.address is not None]
+        with trio.move_on_after(SYNC_CONNECT_WAIT):
+            while any(self.links.connected(n) is None for n in dialable):
+                await self.links.changed.wait()
+        lines = []
+        for name in sorted(self.roster.peers):
+            if self.links.connected(name) is None:
+                lines.append(f"{name}: not connected")
+                continue
+            try:
+                lines.extend(await self.pull(name, only))
+            except (LookupError, ConnectionError, RpcError, trio.BrokenResourceError) as e:
+                lines.append(f"{name}: failed ({e})")
+        return lines
 
     def _contact(self, stream: PeerStream) -> None:
         self.contacts[stream.peer.peer_id] = time.time()

@@ -1,0 +1,96 @@
+"""The household end to end, with two real server processes paired as a user pairs them over
+real TLS on 127.0.0.1: a file written into one peer's area shows on the other, after
+`realize sync` there, as an Unreal entry with the same size and blob id."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import blake3
+import pytest
+
+from nfsd.cli.output import human
+from nfsd.store.areas import AreaTable
+from nfsd.store.db import Store
+from nfsd.store.index import AreaIndex, Entry, Layer
+from tests.test_peer_link import (  # noqa: F401 (household is a fixture)
+    connected,
+    household,
+    ok,
+    realize,
+    realize_process,
+    token_of,
+    wait_for,
+)
+
+pytestmark = pytest.mark.wire
+
+
+def start(state: Path) -> int:
+    """`realize start` on ephemeral ports, files hashed 0.2 s after they rest; the peer port."""
+    ok(
+        realize_process(
+            state, "start", "--port", "0", "--peer-port", "0", "--portmap", "off", "--rest", "0.2"
+        )
+    )
+    return json.loads((state / "server.json").read_text())["peer_port"]
+
+
+def area_dir(state: Path) -> Path:
+    return state.parent / "docs"  # the household fixture's area "docs"
+
+
+def indexed(state: Path, path: bytes) -> Entry | None:
+    """The index entry of docs/`path` in a running server's store (read beside it)."""
+    store = Store(state / "db", read_only=True)
+    try:
+        record = AreaTable(store).get("docs")
+        assert record is not None
+        return AreaIndex(store).get(record.id, path)
+    finally:
+        store.close()
+
+
+def listed(state: Path, name: str) -> list[str] | None:
+    """The LAYER and SIZE cells of `name` in `realize ls docs`, None if not listed."""
+    for line in ok(realize(state, "ls", "docs")).splitlines()[1:]:
+        cells = line.split()
+        if cells[-1] == name:
+            return [cells[0], " ".join(cells[-3:-1])]  # the size is "97.7 KiB"
+    return None
+
+
+def test_a_file_written_on_one_peer_shows_unreal_on_the_other_after_sync(
+    household: Callable[[str], Path],  # noqa: F811
+) -> None:
+    a, b = household("a"), household("b")
+    port_a = start(a)
+    ok(realize_process(a, "peer", "add", "b", token_of(b)))  # deaf: b dials in
+    ok(realize_process(b, "peer", "add", "a", token_of(a), "--address", f"127.0.0.1:{port_a}"))
+    start(b)
+    wait_for("b's link to a", lambda: connected(b, "a") == "yes (dialled)")
+
+    content = os.urandom(100_000)
+    blob = blake3.blake3(content).digest()
+    (area_dir(a) / "report.bin").write_bytes(content)
+    # Published once it rested and was hashed: the change names its blob in a's history.
+    wait_for(
+        "a hashed report.bin",
+        lambda: f"blob {blob.hex()[:16]}" in ok(realize(a, "history", "docs")),
+    )
+
+    said = ok(realize(b, "sync"))
+    assert "a docs: 1 applied" in said, said
+    assert listed(b, "report.bin") == ["unreal", human(len(content))]
+    entry = indexed(b, b"report.bin")
+    assert entry is not None and entry.layer == Layer.UNREAL
+    assert (entry.size, entry.blob) == (len(content), blob)
+    assert not (area_dir(b) / "report.bin").exists()  # nothing was copied
+
+    # A second sync has nothing new; one limited to an area that does not exist is refused.
+    assert "a docs: 0 applied" in ok(realize(b, "sync", "docs"))
+    refused = realize(b, "sync", "nosuch")
+    assert refused.returncode != 0 and "no area named nosuch" in refused.stderr

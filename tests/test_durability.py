@@ -16,7 +16,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+import trio
+
+from nfsd.vfs.tree import Owner
 from tests.conftest import Nfs, Served
+from tests.support.inproc import make_dispatcher
 from xdr.nfs3 import (
     NFSPROC3,
     LINK3args,
@@ -147,3 +152,33 @@ def test_each_answered_namespace_change_was_synced_first(make_server) -> None:
         assert log, f"{proc} answered before the database's log was synced"
     assert served.alive()
     assert os.path.isdir(served.areas["a"])
+
+
+@pytest.mark.inproc
+def test_concurrent_changes_share_their_syncs(tmp_path: Path) -> None:
+    """Sixteen creates at once in one directory wait for a couple of syncs, not sixteen, and
+    none is answered before a sync that started after its own change."""
+    inproc = make_dispatcher(tmp_path, ("a",))
+    tree = inproc.server.tree
+    assert tree is not None
+    root = tree.area_root(tree.area_by_name["a"].id)
+    group = tree._sync_group
+    synced_after: dict[bytes, int] = {}
+
+    async def create(name: bytes) -> None:
+        await tree.create(root, name, 0o644, Owner(0, 0), exclusive=True)
+        synced_after[name] = group.rounds
+
+    async def body() -> None:
+        before = group.rounds
+        async with trio.open_nursery() as nursery:
+            for i in range(16):
+                nursery.start_soon(create, f"f{i}".encode())
+        assert 1 <= group.rounds - before <= 3, group.rounds - before
+        assert all(rounds > before for rounds in synced_after.values())
+
+    try:
+        trio.run(body)
+    finally:
+        inproc.close()
+    assert sorted(os.listdir(tmp_path / "areas" / "a")) == sorted(f"f{i}" for i in range(16))

@@ -15,20 +15,16 @@ A mixin of MergedTree (nfsd/vfs/merged.py), whose resolution and fileid-table he
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import stat
 
-from nfsd.store.db import Store
 from nfsd.store.index import Entry, Kind
-from nfsd.threads import run_blocking
 from nfsd.vfs.acting import as_caller
 from nfsd.vfs.errors import FsError, from_os_error
 from nfsd.vfs.inodes import ROOT_FID, Node
 from nfsd.vfs.local import attr_from_stat
 from nfsd.vfs.names import TEMP_PREFIX, check_new_name, check_old_name
-from nfsd.vfs.osapi import open_listable
 from nfsd.vfs.tree import Attr, Owner
 from nfsd.waiting import about_to_wait
 from xdr.nfs3 import ftype3, nfsstat3
@@ -72,35 +68,17 @@ def _make_owned(dir_fd: int, name: bytes, owner: Owner, make) -> os.stat_result:
     return st
 
 
-def _sync(dir_fds: list[int], store: Store) -> None:
-    """Directories (held by O_PATH descriptors), then the database's log, on the disk."""
-    for held in dir_fds:
-        fd = open_listable(held)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    store.batch().commit(sync=True)  # an empty batch: syncs every write before it
-
-
 class NamespaceChanges:
     """Namespace changes of MergedTree (see the module docstring)."""
 
     async def _durable(self, *dir_fids: int) -> None:
         """What NFS promises of a namespace change once answered, as knfsd's commit_metadata
-        does: it survives a power cut. The changed directories are synced on a worker
-        thread, then the database's log (the fileid table's and the history's batches)."""
-        held: list[int] = []
+        does: it survives a power cut. The changed directories, then the database's log,
+        are synced on a worker thread, grouped with concurrent changes (nfsd/vfs/durable.py)."""
         try:
-            for fid in dict.fromkeys(dir_fids):
-                with contextlib.suppress(FsError):  # gone meanwhile: nothing left to sync
-                    held.append(self._held_dir(fid))
-            await run_blocking(_sync, held, self.store)
+            await self._sync_group.sync(dir_fids)
         except OSError as e:
             raise from_os_error(e) from None
-        finally:
-            for fd in held:
-                os.close(fd)
 
     def _created(self, dir_fid: int, name: bytes, st: os.stat_result, target: bytes = b"") -> int:
         self._listings.forget(dir_fid)

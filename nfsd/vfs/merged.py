@@ -28,6 +28,7 @@ from nfsd.store.index import AreaIndex, Entry, Kind, Layer, Mark
 from nfsd.threads import run_blocking
 from nfsd.vfs.acting import as_caller, bound, kill_privileges_by_hand
 from nfsd.vfs.changes import NamespaceChanges
+from nfsd.vfs.durable import GroupSync
 from nfsd.vfs.errors import FsError, from_os_error
 from nfsd.vfs.fdcache import FdCache
 from nfsd.vfs.inodes import ROOT_FID, UNIDENTIFIED, InodeTable, Node
@@ -137,6 +138,7 @@ class MergedTree(LayerMoves, NamespaceChanges, Tree):
         self.areas: dict[int, Area] = {}
         self.area_by_name: dict[str, Area] = {}
         self._listings = ListingCache()
+        self._sync_group = GroupSync(self.store, self._held_dir)  # namespace durability
         meta = store.family("meta")
         created = meta.get(b"created-ns")
         if created is None:

@@ -32,6 +32,7 @@ from nfsd.peer.exchange import Exchange
 from nfsd.peer.fetch import ChunkServer
 from nfsd.peer.roster import DEFAULT_PEER_PORT, RosterError
 from nfsd.peer.service import PeerService
+from nfsd.peer.source import PeerSource
 from nfsd.portmap import Portmapper, Registration
 from nfsd.rpc.dispatch import Dispatcher
 from nfsd.rpc.transport import Limits, RpcServer, open_udp_socket
@@ -234,6 +235,8 @@ class Server:
         except RosterError as e:
             raise statedir.StateDirError(str(e)) from None
         self.control.peers = self.peers
+        assert tree.unreal is not None
+        tree.unreal.sources.append(PeerSource(self.peers))  # missing chunks by FETCH
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         os.umask(0)  # the client already applied its umask to the modes it sends

@@ -1,6 +1,7 @@
 """The household end to end, with two real server processes paired as a user pairs them over
 real TLS on 127.0.0.1: a file written into one peer's area shows on the other, after
-`realize sync` there, as an Unreal entry with the same size and blob id."""
+`realize sync` there, as an Unreal entry with the same size and blob id, and reading it
+through NFS there fetches its bytes from the first (the only source it has), verified."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from nfsd.cli.output import human
 from nfsd.store.areas import AreaTable
 from nfsd.store.db import Store
 from nfsd.store.index import AreaIndex, Entry, Layer
+from tests.conftest import Nfs, run_on
 from tests.test_peer_link import (  # noqa: F401 (household is a fixture)
     connected,
     household,
@@ -94,3 +96,16 @@ def test_a_file_written_on_one_peer_shows_unreal_on_the_other_after_sync(
     assert "a docs: 0 applied" in ok(realize(b, "sync", "docs"))
     refused = realize(b, "sync", "nosuch")
     assert refused.returncode != 0 and "no area named nosuch" in refused.stderr
+
+    # Read through NFS on b: the content comes from a over the link, chunk by verified chunk.
+    async def read(nfs: Nfs) -> bytes:
+        root = await nfs.mount(b"/docs")
+        fh = await nfs.lookup(root, b"report.bin")
+        assert (await nfs.getattr(fh)).size == len(content)
+        res = await nfs.read(fh, 0, 1 << 20)
+        assert res.eof
+        return bytes(res.data)
+
+    nfs_port = json.loads((b / "server.json").read_text())["nfs_port"]
+    assert run_on(nfs_port, read) == content
+    assert not (area_dir(b) / "report.bin").exists()  # cached, not realized

@@ -1,10 +1,11 @@
 """Blob sources: where the cache gets the chunks it lacks.
 
-`BlobSource` is the one interface the Unreal layer asks for missing chunks; peers will join
-behind it. `StateDirSource` is another Realize state directory on this machine (for example a
-copy on an external disk), attached read-only: its index says which of its Real files holds
-which blob, and chunks are read from those files. The cache verifies every chunk it gets
-(`BlobStore.put_chunk`), so a source that changed under us cannot slip in wrong bytes.
+`BlobSource` is the one interface the Unreal layer asks for missing chunks; the connected
+peers are one (nfsd/peer/source.py). `StateDirSource` is another Realize state directory on
+this machine (for example a copy on an external disk), attached read-only: its index says
+which of its Real files holds which blob, and chunks are read from those files. The cache
+verifies every chunk it gets (`BlobStore.put_chunk`), so a source that changed under us
+cannot slip in wrong bytes.
 
 `import_area` makes a source's files of one area appear here as Unreal entries: the index
 gets their paths, sizes and blob ids, the cache their manifests (chunk hashes, computed by
@@ -59,6 +60,9 @@ class BlobSource(Protocol):
     def has(self, blob_id: bytes) -> bool:
         """Whether this source says it holds the whole blob."""
         ...
+
+    # Optional: `chunk_hashes(blob_id, size) -> list[bytes] | None`, the blob's chunk hashes
+    # when the cache has no manifest for it (nfsd/vfs/unreal.py `describe`).
 
 
 def file_chunks(fd: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[bytes, int, list[bytes]]:

@@ -109,3 +109,22 @@ def test_a_file_written_on_one_peer_shows_unreal_on_the_other_after_sync(
     nfs_port = json.loads((b / "server.json").read_text())["nfs_port"]
     assert run_on(nfs_port, read) == content
     assert not (area_dir(b) / "report.bin").exists()  # cached, not realized
+
+
+def test_a_link_coming_up_pulls_what_the_other_peer_published_meanwhile(
+    household: Callable[[str], Path],  # noqa: F811
+) -> None:
+    a, b = household("a"), household("b")
+    port_a = start(a)
+    content = b"written while b was away\n"
+    (area_dir(a) / "note.txt").write_bytes(content)
+    blob = blake3.blake3(content).digest()
+    wait_for(
+        "a hashed note.txt",
+        lambda: f"blob {blob.hex()[:16]}" in ok(realize(a, "history", "docs")),
+    )
+    ok(realize_process(a, "peer", "add", "b", token_of(b)))
+    ok(realize_process(b, "peer", "add", "a", token_of(a), "--address", f"127.0.0.1:{port_a}"))
+    start(b)  # no `realize sync`: the new link pulls by itself
+    wait_for("note.txt shows on b", lambda: listed(b, "note.txt") is not None)
+    assert listed(b, "note.txt") == ["unreal", human(len(content))]

@@ -34,36 +34,24 @@ HANDLERS = {
     NFSPROC3.COMMIT: io.commit,
 }
 
+# The changes to directories: each syncs what it changed before it answers.
+NAMESPACE_CHANGES = {
+    NFSPROC3.CREATE,
+    NFSPROC3.MKDIR,
+    NFSPROC3.SYMLINK,
+    NFSPROC3.MKNOD,
+    NFSPROC3.REMOVE,
+    NFSPROC3.RMDIR,
+    NFSPROC3.RENAME,
+    NFSPROC3.LINK,
+}
+
 # Re-running these changes the result (a second REMOVE fails, a second CREATE EXCLUSIVE is
 # a different file...), so retransmissions are answered from the duplicate-request cache.
-NON_IDEMPOTENT = {
-    NFSPROC3.SETATTR,
-    NFSPROC3.CREATE,
-    NFSPROC3.MKDIR,
-    NFSPROC3.SYMLINK,
-    NFSPROC3.MKNOD,
-    NFSPROC3.REMOVE,
-    NFSPROC3.RMDIR,
-    NFSPROC3.RENAME,
-    NFSPROC3.LINK,
-}
+NON_IDEMPOTENT = NAMESPACE_CHANGES | {NFSPROC3.SETATTR}
 
-
-# These may wait on the disk (large transfers, fsync) and run in tasks of their own: the
-# namespace changes sync their directories before they answer.
-WAITING = {
-    NFSPROC3.READ,
-    NFSPROC3.WRITE,
-    NFSPROC3.COMMIT,
-    NFSPROC3.CREATE,
-    NFSPROC3.MKDIR,
-    NFSPROC3.SYMLINK,
-    NFSPROC3.MKNOD,
-    NFSPROC3.REMOVE,
-    NFSPROC3.RMDIR,
-    NFSPROC3.RENAME,
-    NFSPROC3.LINK,
-}
+# These may wait on the disk (large transfers, fsync) and run in tasks of their own.
+WAITING = NAMESPACE_CHANGES | {NFSPROC3.READ, NFSPROC3.WRITE, NFSPROC3.COMMIT}
 
 
 async def null(ctx: CallContext, args: Any) -> None:

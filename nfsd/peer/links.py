@@ -33,6 +33,31 @@ def keep_new(new_outgoing: bool, live_outgoing: bool, own_id: str, their_id: str
     return new_outgoing == we_dial
 
 
+class CountedStream(trio.abc.Stream):
+    """A stream that counts the bytes it carries each way (what `realize status` shows per
+    peer): the link's RPC records, after TLS has removed its framing."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.sent = 0
+        self.received = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+        self.sent += len(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.inner.receive_some(max_bytes)
+        self.received += len(data)
+        return data
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 @dataclass(eq=False)
 class Link:
     """One authenticated connection, the scope of the task that serves it, and the client
@@ -40,6 +65,7 @@ class Link:
 
     stream: PeerStream
     client: RpcClient | None = None
+    counted: CountedStream | None = None  # the bytes this link carried
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     since: float = field(default_factory=time.time)
     closed_because: str | None = None

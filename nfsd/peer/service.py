@@ -44,7 +44,7 @@ from nfsd.peer import roster as rosters
 from nfsd.peer.exchange import Exchange, ExchangeError
 from nfsd.peer.fetch import ChunkServer
 from nfsd.peer.identity import Identity
-from nfsd.peer.links import Link, Links
+from nfsd.peer.links import CountedStream, Link, Links
 from nfsd.peer.program import peer_program
 from nfsd.peer.roster import Peer, Roster
 from nfsd.peer.tls import (
@@ -94,6 +94,8 @@ class PeerState:
     outgoing: bool  # this side dialled the live link
     since: float  # unix time the live link was made, 0 if none
     last_contact: float  # unix time a link last existed, 0 if never
+    bytes_in: int = 0  # received from this peer since the server started
+    bytes_out: int = 0  # sent to it
 
 
 class PeerService:
@@ -135,6 +137,7 @@ class PeerService:
         self._nursery: trio.Nursery | None = None
         self._diallers: dict[str, trio.CancelScope] = {}
         self._wake = trio.Event()
+        self._carried: dict[str, list[int]] = {}  # bytes in, out of the links that ended
 
     def _contexts(self) -> None:
         self._server_context = server_context(self.identity, self.roster)
@@ -198,15 +201,16 @@ class PeerService:
             await trio.aclose_forcefully(stream.stream)  # removed during its handshake
             return
         local = stream.stream.transport_stream.socket.getsockname()[0]
+        counted = CountedStream(stream.stream)
         duplex = DuplexConnection(
-            stream.stream,
+            counted,
             self.dispatcher,
             stream.remote,
             local,
             caller=stream.peer,
             idle_timeout=HEARTBEAT_TIMEOUT,
         )
-        link = Link(stream, duplex.client)
+        link = Link(stream, duplex.client, counted=counted)
         name = stream.peer.name
         registered = False
         refused: PeerRefused | None = None
@@ -233,6 +237,10 @@ class PeerService:
                     nursery.cancel_scope.cancel()
         finally:
             self.links.discard(link)
+            if registered:
+                carried = self._carried.setdefault(name, [0, 0])
+                carried[0] += counted.received
+                carried[1] += counted.sent
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream.stream)
             if registered:
@@ -440,6 +448,10 @@ class PeerService:
         states = []
         for name, peer in sorted(self.roster.peers.items()):
             link = self.links.connected(name)
+            received, sent = self._carried.get(name, (0, 0))
+            if link is not None and link.counted is not None:
+                received += link.counted.received
+                sent += link.counted.sent
             states.append(
                 PeerState(
                     name,
@@ -448,6 +460,8 @@ class PeerService:
                     link.outgoing if link else False,
                     link.since if link else 0.0,
                     self.contacts.get(peer.peer_id, 0.0),
+                    received,
+                    sent,
                 )
             )
         return states

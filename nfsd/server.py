@@ -236,7 +236,7 @@ class Server:
             raise statedir.StateDirError(str(e)) from None
         self.control.peers = self.peers
         assert tree.unreal is not None
-        tree.unreal.sources.append(PeerSource(self.peers))  # missing chunks by FETCH
+        tree.unreal.sources.append(PeerSource(self.peers, self.blobs))  # missing chunks by FETCH
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         os.umask(0)  # the client already applied its umask to the modes it sends

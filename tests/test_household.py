@@ -1,7 +1,8 @@
 """The household end to end, with two real server processes paired as a user pairs them over
-real TLS on 127.0.0.1: a file written into one peer's area shows on the other, after
-`realize sync` there, as an Unreal entry with the same size and blob id, and reading it
-through NFS there fetches its bytes from the first (the only source it has), verified."""
+real TLS on 127.0.0.1: a file written into one peer's area shows on the other, told at once
+over the link (no `realize sync`), as an Unreal entry with the same size and blob id, and
+reading it through NFS there fetches its bytes, chunk list and chunks, from the first (the
+only source it has), verified."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def listed(state: Path, name: str) -> list[str] | None:
     return None
 
 
-def test_a_file_written_on_one_peer_shows_unreal_on_the_other_after_sync(
+def test_a_file_written_on_one_peer_shows_unreal_on_the_other_at_once(
     household: Callable[[str], Path],  # noqa: F811
 ) -> None:
     a, b = household("a"), household("b")
@@ -75,24 +76,19 @@ def test_a_file_written_on_one_peer_shows_unreal_on_the_other_after_sync(
     start(b)
     wait_for("b's link to a", lambda: connected(b, "a") == "yes (dialled)")
 
-    content = os.urandom(100_000)
+    content = os.urandom(5 * 256 * 1024 + 1234)  # six chunks: b needs their list from a
     blob = blake3.blake3(content).digest()
     (area_dir(a) / "report.bin").write_bytes(content)
-    # Published once it rested and was hashed: the change names its blob in a's history.
-    wait_for(
-        "a hashed report.bin",
-        lambda: f"blob {blob.hex()[:16]}" in ok(realize(a, "history", "docs")),
-    )
-
-    said = ok(realize(b, "sync"))
-    assert "a docs: 1 applied" in said, said
+    # Published once it rested and was hashed, then a tells b, which pulls: no sync needed.
+    wait_for("report.bin shows on b", lambda: listed(b, "report.bin") is not None)
+    assert f"blob {blob.hex()[:16]}" in ok(realize(a, "history", "docs"))
     assert listed(b, "report.bin") == ["unreal", human(len(content))]
     entry = indexed(b, b"report.bin")
     assert entry is not None and entry.layer == Layer.UNREAL
     assert (entry.size, entry.blob) == (len(content), blob)
     assert not (area_dir(b) / "report.bin").exists()  # nothing was copied
 
-    # A second sync has nothing new; one limited to an area that does not exist is refused.
+    # A sync has nothing new; one limited to an area that does not exist is refused.
     assert "a docs: 0 applied" in ok(realize(b, "sync", "docs"))
     refused = realize(b, "sync", "nosuch")
     assert refused.returncode != 0 and "no area named nosuch" in refused.stderr
@@ -102,9 +98,12 @@ def test_a_file_written_on_one_peer_shows_unreal_on_the_other_after_sync(
         root = await nfs.mount(b"/docs")
         fh = await nfs.lookup(root, b"report.bin")
         assert (await nfs.getattr(fh)).size == len(content)
-        res = await nfs.read(fh, 0, 1 << 20)
-        assert res.eof
-        return bytes(res.data)
+        data = b""
+        while True:
+            res = await nfs.read(fh, len(data), 1 << 20)
+            data += bytes(res.data)
+            if res.eof:
+                return data
 
     nfs_port = json.loads((b / "server.json").read_text())["nfs_port"]
     assert run_on(nfs_port, read) == content

@@ -1,4 +1,4 @@
-"""FETCH by blob id against a real server over real TLS: this process is a roster member
+"""FETCH and CHUNKS by blob id against a real server over real TLS: this process is a roster member
 that dials in (with the project's own TLS and duplex RPC, so it answers the server's
 heartbeats) and asks for chunks of the server's Real files by their BLAKE3 ids."""
 
@@ -34,6 +34,8 @@ from xdr.peer import (
     PEER_PROGRAM,
     PEER_V1,
     PEERPROC,
+    chunks_args,
+    chunks_res,
     fetch_args,
     fetch_res,
     fetch_status,
@@ -152,6 +154,90 @@ def test_fetch_serves_shared_real_files_by_blob_id_and_refuses_the_rest(
 
         answers = trio.run(_session, port, state, member_state, bad_input)
         assert answers == [accept_stat.GARBAGE_ARGS] * 3 + [True]
+        assert server.process.poll() is None
+    finally:
+        server.stop()
+
+
+def chunk_list(client: Any, blob: bytes, first: int, count: int) -> Any:
+    args = chunks_args(blob, first, count)
+    return client.call(PEER_PROGRAM, PEER_V1, PEERPROC.CHUNKS, chunks_args, args, chunks_res)
+
+
+def test_chunks_lists_a_real_files_chunk_hashes_checked_against_its_id(
+    tmp_path: Path,
+    household: Callable[[str], Path],  # noqa: F811
+) -> None:
+    docs, private = tmp_path / "docs", tmp_path / "private"
+    docs.mkdir()
+    private.mkdir()
+    content = os.urandom(4 * CHUNK + 999)  # five chunks
+    (docs / "big.bin").write_bytes(content)
+    (private / "secret.bin").write_bytes(os.urandom(2 * CHUNK))
+    changing = os.urandom(3 * CHUNK)
+    (docs / "changing.bin").write_bytes(changing)
+    state = tmp_path / "server"
+    server = start_server(
+        {"docs": docs, "private": private}, state, extra=["--peer-port", "0", "--rest", "600"]
+    )
+    try:
+        port = json.loads((state / "server.json").read_text())["peer_port"]
+        member_state = household("member")
+        ok(realize(state, "peer", "add", "member", token_of(member_state), "--areas", "docs"))
+        blob = blake3.blake3(content).digest()
+        expected = [
+            blake3.blake3(content[i : i + CHUNK]).digest() for i in range(0, len(content), CHUNK)
+        ]
+        secret_blob = blake3.blake3((private / "secret.bin").read_bytes()).digest()
+        old_blob = blake3.blake3(changing).digest()
+
+        async def lists(client: Any) -> dict[str, Any]:
+            while (await chunk_list(client, blob, 0, 100)).status != fetch_status.OK:
+                await trio.sleep(0.1)  # the start scan hashes the files at once
+            got = {
+                "all": await chunk_list(client, blob, 0, 100),
+                "page": await chunk_list(client, blob, 3, 1),
+                "past": await chunk_list(client, blob, 9, 1),
+                "private": await chunk_list(client, secret_blob, 0, 10),
+                "unknown": await chunk_list(client, blake3.blake3(b"x").digest(), 0, 10),
+            }
+            # Changed after it was hashed, though its size and mtime are the index's: the
+            # whole content no longer has the blob id, so no list (and no chunk) is given.
+            st = os.stat(docs / "changing.bin")
+            fd = os.open(docs / "changing.bin", os.O_WRONLY)
+            try:
+                os.pwrite(fd, b"Y" * 8, CHUNK)
+                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+            finally:
+                os.close(fd)
+            got["changed"] = await chunk_list(client, old_blob, 0, 10)
+            return got
+
+        got = trio.run(_session, port, state, member_state, lists)
+        assert got["all"].status == fetch_status.OK and got["all"].size == len(content)
+        assert got["all"].hashes == b"".join(expected)
+        assert got["page"].hashes == expected[3]
+        assert got["past"].status == fetch_status.NO_CHUNK
+        assert got["private"].status == fetch_status.NO_BLOB  # an area not shared with it
+        assert got["unknown"].status == fetch_status.NO_BLOB
+        assert got["changed"].status == fetch_status.CHANGED
+
+        # A list once given stays checked: a chunk read from the file after it changed with
+        # size and mtime kept is refused because its hash is not the listed one.
+        async def after_listing(client: Any) -> Any:
+            again = blake3.blake3(content).digest()
+            assert (await chunk_list(client, again, 0, 100)).status == fetch_status.OK
+            st = os.stat(docs / "big.bin")
+            fd = os.open(docs / "big.bin", os.O_WRONLY)
+            try:
+                os.pwrite(fd, b"Z" * 8, 2 * CHUNK)
+                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+            finally:
+                os.close(fd)
+            return [(await fetch(client, blob, i)).status for i in (0, 2)]
+
+        statuses = trio.run(_session, port, state, member_state, after_listing)
+        assert statuses == [fetch_status.OK, fetch_status.CHANGED]
         assert server.process.poll() is None
     finally:
         server.stop()

@@ -1,6 +1,7 @@
 """The peer protocol: what the peers of a household ask each other, over the TLS link that
 nfsd/peer/ authenticates. An ONC RPC program in the private range beside the control
-program. NULL is the link's proof and heartbeat; FETCH reads one chunk of a blob by id.
+program. NULL is the link's proof and heartbeat; FETCH reads one chunk of a blob by id,
+CHUNKS a blob's chunk list; NOTIFY tells a peer that a log it follows has grown.
 
 History exchange (nfsd/peer/exchange.py):
 - HISTORY(area, log uuid, last seen, max entries[, catch-up resume]) answers one bounded page:
@@ -42,6 +43,8 @@ class PEERPROC(IntEnum):
     HISTORY = 1
     ACK = 2
     FETCH = 3
+    CHUNKS = 4
+    NOTIFY = 5
 
 
 AREA_NAME_MAX = 255
@@ -128,10 +131,38 @@ class fetch_res:
     data: bytes = xf(Opaque(FETCH_CHUNK_SIZE))  # the whole chunk (the last one may be short)
 
 
+# CHUNKS(blob id, first, count) answers the chunk hashes of a blob, a page at a time, where
+# FETCH would serve it: from the cache's manifest, or computed from the Real file (whose whole
+# content was checked against the blob id while it was read). A caller checks each chunk it
+# fetches against these hashes, and the whole blob against its id once every chunk is in.
+
+CHUNKS_PAGE = 8192  # hashes one CHUNKS reply carries at most (2 GiB of content)
+
+
+@xdr_struct
+class chunks_args:
+    blob_id: bytes = xf(FixedOpaque(BLOB_ID_SIZE))
+    first: int = xf(uint32)
+    count: int = xf(uint32)
+
+
+@xdr_struct
+class chunks_res:
+    status: fetch_status = xf(Enum(fetch_status))
+    size: int = xf(uint64)  # the blob's size
+    hashes: bytes = xf(Opaque(CHUNKS_PAGE * BLOB_ID_SIZE))  # 32 bytes per chunk, from `first`
+
+
+# NOTIFY(area): the caller's log of that area has entries the callee may not have seen; the
+# callee pulls them (HISTORY) when it can. No reply but the acknowledgement of the call.
+
+
 PROCEDURES: dict[int, tuple[str, XdrType[Any], XdrType[Any]]] = {
     PEERPROC.NULL: ("NULL", void, void),
     PEERPROC.HISTORY: ("HISTORY", history_args, history_res),
     PEERPROC.ACK: ("ACK", ack_args, void),
     PEERPROC.FETCH: ("FETCH", fetch_args, fetch_res),
+    PEERPROC.CHUNKS: ("CHUNKS", chunks_args, chunks_res),
+    PEERPROC.NOTIFY: ("NOTIFY", String(AREA_NAME_MAX), void),
 }
 """Peer procedure number -> (name, argument type, result type)."""

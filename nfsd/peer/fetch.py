@@ -1,5 +1,6 @@
-"""Serving content by blob id to the peers (FETCH, xdr/peer.py): one whole chunk of a blob
-at a time, from this peer's blob cache or from a Real file whose content has that id.
+"""Serving content by blob id to the peers (FETCH and CHUNKS, xdr/peer.py): one whole chunk
+of a blob at a time, from this peer's blob cache or from a Real file whose content has that
+id, and a blob's chunk list.
 
 Only areas shared with the calling peer are looked in (the roster's `areas` for that peer,
 or every area here): a blob is served from the cache when its manifest is charged to such an
@@ -9,6 +10,12 @@ A Real file is read only if it is the file that was hashed: its size and mtime b
 after the read must be the index entry's, and when the cache knows the blob's chunk hashes
 the chunk read must have its hash. Otherwise the answer is CHANGED (the journal re-indexes
 the file once it has rested), so a reader never gets a mix of two versions.
+
+A blob's chunk list comes from its manifest in the cache, or is computed by reading the Real
+file once: its chunks hashed and its whole content checked against the blob id in the same
+pass, the file unchanged from before to after. Computed lists are remembered (bounded by the
+hashes they hold) with the size and mtime they were computed at, and every chunk served from
+that file afterwards is checked against its listed hash.
 
 Finding the Real file of a blob scans the shared areas' index once; where it was found is
 remembered (and checked again on every use), so the chunks after the first cost a lookup.
@@ -20,6 +27,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import blake3
@@ -30,13 +38,32 @@ from nfsd.rpc.dispatch import CallContext, Handler
 from nfsd.store.blobs import BlobStore, MissingChunks
 from nfsd.store.index import AreaIndex, Kind, Layer
 from nfsd.store.manifest import chunk_count
-from nfsd.store.source import open_below
+from nfsd.store.source import file_chunks, open_below
 from nfsd.vfs.merged import Area, MergedTree
-from xdr.peer import FETCH_CHUNK_SIZE, fetch_args, fetch_res, fetch_status
+from xdr.peer import (
+    BLOB_ID_SIZE,
+    CHUNKS_PAGE,
+    FETCH_CHUNK_SIZE,
+    chunks_args,
+    chunks_res,
+    fetch_args,
+    fetch_res,
+    fetch_status,
+)
 
 log = logging.getLogger("realize.peer")
 
 _REMEMBERED = 1024  # blobs whose Real file location is remembered
+_LISTED_HASHES = 256 * 1024  # chunk hashes of Real files remembered (8 MiB: 64 GiB of files)
+
+
+@dataclass(frozen=True)
+class _Listed:
+    """A Real file's chunk hashes, as computed when it had this size and mtime."""
+
+    size: int
+    mtime_ns: int
+    hashes: list[bytes]
 
 
 class ChunkServer:
@@ -46,6 +73,9 @@ class ChunkServer:
         self.index = AreaIndex(tree.store)
         self._where: OrderedDict[tuple[bytes, str], tuple[int, bytes]] = OrderedDict()
         self._where_lock = threading.Lock()  # fetches run in worker threads
+        self._listed: OrderedDict[bytes, _Listed] = OrderedDict()  # by blob id
+        self._listed_hashes = 0
+        self._listing_lock = threading.Lock()  # one Real file hashed at a time
         self.chunks_served = 0
 
     def shared(self, peer: Peer) -> list[Area]:
@@ -92,8 +122,12 @@ class ChunkServer:
         finally:
             os.close(fd)
         unchanged = all(st.st_size == size and st.st_mtime_ns == mtime_ns for st in (before, after))
-        if unchanged and manifest is not None:
-            unchanged = blake3.blake3(data).digest() == self.blobs.chunk_hash(blob_id, index)
+        listed = self._remembered_list(blob_id, size, mtime_ns)
+        if unchanged and (manifest is not None or listed is not None):
+            expected_hash = (
+                listed[index] if listed is not None else self.blobs.chunk_hash(blob_id, index)
+            )
+            unchanged = blake3.blake3(data).digest() == expected_hash
         expected = min(FETCH_CHUNK_SIZE, size - index * FETCH_CHUNK_SIZE)
         if not unchanged or len(data) != expected:
             log.info("%s/%s changed since it was hashed: not served", area.name, path)
@@ -102,6 +136,83 @@ class ChunkServer:
             return fetch_res(fetch_status.CHANGED, size, b"")
         self.chunks_served += 1
         return fetch_res(fetch_status.OK, size, data)
+
+    def chunk_list(self, peer: Peer, blob_id: bytes, first: int, count: int) -> chunks_res:
+        """Up to `count` chunk hashes of `blob_id` from chunk `first`, for `peer` (blocking:
+        run it in a thread; computing a Real file's list reads all of it)."""
+        status, size, hashes = self._chunk_hashes(peer, blob_id)
+        if hashes is None:
+            return chunks_res(status, size, b"")
+        if first > len(hashes):
+            return chunks_res(fetch_status.NO_CHUNK, size, b"")
+        page = hashes[first : first + min(count, CHUNKS_PAGE)]
+        return chunks_res(fetch_status.OK, size, b"".join(page))
+
+    def _chunk_hashes(self, peer: Peer, blob_id: bytes) -> tuple[fetch_status, int, list | None]:
+        areas = self.shared(peer)
+        manifest = self.blobs.manifest(blob_id)
+        if (
+            manifest is not None
+            and not manifest.bad
+            and manifest.chunk_size == FETCH_CHUNK_SIZE
+            and manifest.area in {a.name for a in areas}
+        ):
+            return fetch_status.OK, manifest.size, list(self.blobs.chunk_hashes(blob_id))
+        found = self._real(peer, areas, blob_id)
+        if found is None:
+            return fetch_status.NO_BLOB, 0, None
+        area, path, size, mtime_ns = found
+        with self._listing_lock:
+            listed = self._remembered_list(blob_id, size, mtime_ns)
+            if listed is not None:
+                return fetch_status.OK, size, listed
+            try:
+                fd = open_below(area.path, path)
+            except OSError:
+                return fetch_status.CHANGED, size, None
+            try:
+                before = os.fstat(fd)
+                whole, read, hashes = file_chunks(fd, FETCH_CHUNK_SIZE)
+                after = os.fstat(fd)
+            except OSError as e:
+                log.warning("cannot read %s/%s for a peer: %s", area.name, path, e)
+                return fetch_status.UNAVAILABLE, size, None
+            finally:
+                os.close(fd)
+            stats = (before, after)
+            unchanged = all(st.st_size == size and st.st_mtime_ns == mtime_ns for st in stats)
+            if not unchanged or read != size or whole != blob_id:
+                log.info("%s/%s changed since it was hashed: no chunk list", area.name, path)
+                with self._where_lock:
+                    self._where.pop((blob_id, peer.name), None)
+                return fetch_status.CHANGED, size, None
+            self._remember_list(blob_id, _Listed(size, mtime_ns, hashes))
+            return fetch_status.OK, size, hashes
+
+    def _remembered_list(self, blob_id: bytes, size: int, mtime_ns: int) -> list[bytes] | None:
+        with self._where_lock:
+            listed = self._listed.get(blob_id)
+            if listed is None:
+                return None
+            if listed.size != size or listed.mtime_ns != mtime_ns:
+                del self._listed[blob_id]
+                self._listed_hashes -= len(listed.hashes)
+                return None
+            self._listed.move_to_end(blob_id)
+            return listed.hashes
+
+    def _remember_list(self, blob_id: bytes, listed: _Listed) -> None:
+        if len(listed.hashes) > _LISTED_HASHES:
+            return  # a file this large is hashed again when asked again
+        with self._where_lock:
+            old = self._listed.pop(blob_id, None)
+            if old is not None:
+                self._listed_hashes -= len(old.hashes)
+            self._listed[blob_id] = listed
+            self._listed_hashes += len(listed.hashes)
+            while self._listed_hashes > _LISTED_HASHES:
+                _, dropped = self._listed.popitem(last=False)
+                self._listed_hashes -= len(dropped.hashes)
 
     def _real(
         self, peer: Peer, areas: list[Area], blob_id: bytes
@@ -145,3 +256,17 @@ def fetch_handler(chunks: ChunkServer | None) -> Handler:
         return await trio.to_thread.run_sync(chunks.fetch, peer, args.blob_id, args.chunk)
 
     return fetch
+
+
+def chunks_handler(chunks: ChunkServer | None) -> Handler:
+    """The CHUNKS handler, for the link's peer like FETCH."""
+
+    async def chunk_list(ctx: CallContext, args: chunks_args) -> Any:
+        peer = ctx.caller
+        if chunks is None or not isinstance(peer, Peer) or len(args.blob_id) != BLOB_ID_SIZE:
+            return chunks_res(fetch_status.UNAVAILABLE, 0, b"")
+        return await trio.to_thread.run_sync(
+            chunks.chunk_list, peer, args.blob_id, args.first, args.count
+        )
+
+    return chunk_list

@@ -1,7 +1,8 @@
 """The peer program's handlers (xdr/peer.py): what one peer answers another over their link.
 NULL is the link's proof and heartbeat; HISTORY and ACK serve this peer's history
 (nfsd/peer/exchange.py) to the peer on the link, which `peer_of` names from the call (the
-link's authenticated key, never anything the caller says). Chunk fetching adds its own here.
+link's authenticated key, never anything the caller says). FETCH and CHUNKS serve content
+(nfsd/peer/fetch.py); NOTIFY is handed to `notified` (the service pulls from that peer).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nfsd.peer.exchange import Exchange, refused
-from nfsd.peer.fetch import ChunkServer, fetch_handler
+from nfsd.peer.fetch import ChunkServer, chunks_handler, fetch_handler
 from nfsd.rpc.dispatch import CallContext, Procedure, Program
 from xdr.peer import PEER_PROGRAM, PEER_V1, PEERPROC, PROCEDURES, history_status
 
@@ -26,6 +27,7 @@ def peer_program(
     exchange: Exchange | None = None,
     peer_of: PeerOf | None = None,
     chunks: ChunkServer | None = None,
+    notified: Callable[[CallContext, str], None] | None = None,
 ) -> Program:
     """The peer program; without an `exchange` (and `peer_of`) HISTORY answers UNAVAILABLE
     and ACK is dropped."""
@@ -44,8 +46,18 @@ def peer_program(
         if exchange is not None and peer is not None:
             exchange.acknowledge(peer, args)
 
-    handlers = {PEERPROC.NULL: _null, PEERPROC.HISTORY: _history, PEERPROC.ACK: _ack}
+    async def _notify(ctx: CallContext, area: Any) -> None:
+        if notified is not None:
+            notified(ctx, bytes(area).decode(errors="replace"))
+
+    handlers = {
+        PEERPROC.NULL: _null,
+        PEERPROC.HISTORY: _history,
+        PEERPROC.ACK: _ack,
+        PEERPROC.NOTIFY: _notify,
+    }
     handlers[PEERPROC.FETCH] = fetch_handler(chunks)  # nfsd/peer/fetch.py
+    handlers[PEERPROC.CHUNKS] = chunks_handler(chunks)
     return Program(
         PEER_PROGRAM,
         "PEER",

@@ -25,6 +25,13 @@ link, and when a link comes up this side pulls, and acknowledges, the peer's log
 both share (the areas here by name, limited by the roster's `areas` for that peer); `sync()`
 (`realize sync`) dials every peer at once and does the same, returning when it is done. Pulls
 of one peer are serialized; all of it runs on the event loop, as the Exchange requires.
+
+Live changes: every `ANNOUNCE_EVERY` seconds the service looks whether an area's log has grown
+(the journal published, or entries from a peer were applied and are relayed) and sends NOTIFY
+to each connected peer sharing it; a peer notified pulls that area from the notifier. A
+NOTIFY while a pull of that area runs makes one more pull after it, never more: a peer
+flooding NOTIFY costs one pull at a time. Every `TRIM_EVERY` seconds each log is trimmed
+below what every peer of its area acknowledged (`Exchange.trim`).
 """
 
 from __future__ import annotations
@@ -71,6 +78,9 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
 MAX_HANDSHAKES = 32  # connections authenticating at once; more are closed unread
 SYNC_CONNECT_WAIT = 10.0  # seconds `sync()` waits for a woken dialler to connect
+ANNOUNCE_EVERY = 0.25  # seconds between looks at whether a log here has grown
+NOTIFY_TIMEOUT = 10.0
+TRIM_EVERY = 600.0  # seconds between trims of the logs below what every peer acknowledged
 
 
 def backoff(failures: int) -> float:
@@ -128,7 +138,11 @@ class PeerService:
         self.areas = areas
         self.on_synced = on_synced
         self._pulling: dict[str, trio.Lock] = {}
-        program = peer_program(exchange=exchange, peer_of=_peer_of, chunks=chunks)
+        self._pull_wanted: set[tuple[str, str]] = set()  # (peer, area) notified, not pulled
+        self._notifying: set[tuple[str, str]] = set()  # NOTIFY calls in flight
+        program = peer_program(
+            exchange=exchange, peer_of=_peer_of, chunks=chunks, notified=self._notified
+        )
         self.dispatcher = Dispatcher([program, *(programs or [])])
         self.contacts = rosters.load_contacts(self.state_dir)
         self.refusals = OncePerWindow()
@@ -164,6 +178,9 @@ class PeerService:
             self._nursery = nursery
             for listener in listeners:
                 nursery.start_soon(self._accept, listener)
+            if self.exchange is not None:
+                nursery.start_soon(self._announce)
+                nursery.start_soon(self._trim)
             self._start_diallers()
             task_status.started(self.port)
 
@@ -317,6 +334,7 @@ class PeerService:
             for area in self.shared_areas(name):
                 if only is not None and area != only:
                     continue
+                self._pull_wanted.discard((name, area))  # a NOTIFY from now on pulls again
                 lines.append(await self._pull_area(peer, area))
         return lines
 
@@ -349,6 +367,82 @@ class PeerService:
             await self.pull(name)
         except (LookupError, ConnectionError, RpcError, trio.BrokenResourceError) as e:
             log.info("pulling the history of %s failed: %s", name, e)
+
+    # ---- live changes ----
+
+    def _notified(self, ctx: CallContext, area: str) -> None:
+        """A NOTIFY from the peer on the link: pull that area from it (once more at most)."""
+        peer = ctx.caller
+        if not isinstance(peer, Peer) or self._nursery is None:
+            return
+        if area not in self.shared_areas(peer.name):
+            return  # an area not shared with it: nothing of its log is taken
+        key = (peer.name, area)
+        if key in self._pull_wanted:
+            return
+        self._pull_wanted.add(key)
+        self._nursery.start_soon(self._pull_notified, peer.name, area)
+
+    async def _pull_notified(self, name: str, area: str) -> None:
+        try:
+            await self.pull(name, area)
+        except (LookupError, ConnectionError, RpcError, trio.BrokenResourceError) as e:
+            self._pull_wanted.discard((name, area))
+            log.info("pulling %s from %s after its notice failed: %s", area, name, e)
+
+    def _log_heads(self) -> dict[str, int]:
+        """Area name -> the next sequence its log will give."""
+        assert self.exchange is not None
+        heads = {}
+        for name in self.areas():
+            record = self.exchange.areas.get(name)
+            if record is not None:
+                heads[name] = self.exchange.history.next_sequence(record.id)
+        return heads
+
+    async def _announce(self) -> None:
+        """Tell the connected peers of each area whose log grew since the last look."""
+        told = self._log_heads()  # a link coming up pulls what came before
+        while True:
+            await trio.sleep(ANNOUNCE_EVERY)
+            heads = self._log_heads()
+            grown = [area for area, head in heads.items() if told.get(area) != head]
+            told = heads
+            for area in grown:
+                for name in sorted(self.links.live):
+                    if area in self.shared_areas(name) and (name, area) not in self._notifying:
+                        assert self._nursery is not None
+                        self._notifying.add((name, area))
+                        self._nursery.start_soon(self._notify, name, area)
+
+    async def _notify(self, name: str, area: str) -> None:
+        try:
+            with trio.fail_after(NOTIFY_TIMEOUT):
+                await self.call(
+                    name, PEERPROC.NOTIFY, PEER_PROCEDURES[PEERPROC.NOTIFY][1], area.encode(), void
+                )
+        except (LookupError, ConnectionError, RpcError, trio.TooSlowError) as e:
+            log.info("could not tell %s that %s changed: %s", name, area, e)
+        finally:
+            self._notifying.discard((name, area))
+
+    async def _trim(self) -> None:
+        assert self.exchange is not None
+        while True:
+            await trio.sleep(TRIM_EVERY)
+            for area in self.areas():
+                record = self.exchange.areas.get(area)
+                if record is None:
+                    continue
+                peers = [
+                    p.peer_id
+                    for p in self.roster.peers.values()
+                    if p.areas is None or area in p.areas
+                ]
+                trimmed = self.exchange.trim(record.id, peers)
+                if trimmed:
+                    log.info("trimmed %d changes of %s that every peer has", trimmed, area)
+                await trio.lowlevel.checkpoint()
 
     async def sync(self, only: str | None = None) -> list[str]:
         """Dial every peer now, wait a little for those with an address to connect, then

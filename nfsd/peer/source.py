@@ -1,67 +1,155 @@
 """The connected peers as a blob source (nfsd/store/source.py `BlobSource`): a chunk the cache
-lacks is asked of each connected peer in turn with FETCH (xdr/peer.py) by blob id and chunk
-index, over the links of nfsd/peer/service.py.
+lacks is asked of the connected peers with FETCH (xdr/peer.py) by blob id and chunk index,
+over the links of nfsd/peer/service.py, and a blob the cache has no manifest for is described
+by its chunk list (CHUNKS).
 
-The source only carries bytes: the cache checks every chunk against its hash before storing
-it (`BlobStore.put_chunk`), and the whole blob against its id once complete, so a peer that
-answers wrong bytes is refused and the next one asked. The Unreal layer calls `read_chunk`
-from a worker thread; the calls run on the event loop (where the links live) and the thread
-waits for them.
+Trust: every chunk is checked against its hash in the blob's chunk list here, before it is
+handed on (a peer answering wrong bytes is logged and the next one asked), and the cache
+checks it again before storing it (`BlobStore.put_chunk`) and the whole blob against its id
+once complete. A blob of one chunk needs no list (its chunk hash is its id); a longer one's
+list is the one a connected peer of the household gives, which that peer computed from the
+whole content (nfsd/peer/fetch.py).
 
-What an arriving entry carries is its blob id and size, not its chunk hashes. A blob of one
-chunk needs none (its chunk hash is its id); a larger one is not described yet: there is no
-peer procedure for a blob's chunk list, so its content cannot be fetched from peers yet.
+Chunk `i` of a blob is asked first of the `i`-th connected peer in turn, so the chunks a
+reader has in flight (nfsd/vfs/unreal.py reads ahead) come from several peers at once. When no
+peer is connected a fetch waits `NO_PEER_GRACE` seconds for a link (a reader is answered
+JUKEBOX meanwhile, nfsd/vfs/unreal.py), then gives up (an I/O error).
+
+The Unreal layer calls `read_chunk` and `chunk_hashes` from worker threads; the calls run on
+the event loop (where the links live) and the thread waits for them.
 """
 
 from __future__ import annotations
 
 import logging
 
+import blake3
 import trio
 
 from nfsd.peer.service import PeerService
 from nfsd.rpc.client import RpcError
-from xdr.peer import FETCH_CHUNK_SIZE, PEERPROC, fetch_args, fetch_res, fetch_status
+from nfsd.store.blobs import BlobError, BlobStore
+from nfsd.store.manifest import chunk_count
+from xdr.peer import (
+    BLOB_ID_SIZE,
+    CHUNKS_PAGE,
+    FETCH_CHUNK_SIZE,
+    PEERPROC,
+    chunks_args,
+    chunks_res,
+    fetch_args,
+    fetch_res,
+    fetch_status,
+)
 
 log = logging.getLogger("realize.peer")
 
 FETCH_TIMEOUT = 30.0  # seconds one peer may take to answer one chunk before the next is asked
+LIST_TIMEOUT = 120.0  # a chunk list may need the other side to hash a large file first
+NO_PEER_GRACE = 10.0  # seconds a fetch waits for some peer to be connected
+
+_Failures = (LookupError, ConnectionError, RpcError, trio.TooSlowError)
 
 
 class PeerSource:
     name = "connected peers"
 
-    def __init__(self, peers: PeerService) -> None:
+    def __init__(self, peers: PeerService, blobs: BlobStore) -> None:
         self.peers = peers
+        self.blobs = blobs
+        self.wrong_chunks = 0  # chunks a peer sent that did not match their hash
 
     def chunk_hashes(self, blob_id: bytes, size: int) -> list[bytes] | None:
-        """The blob's chunk hashes as FETCH cuts it, when they follow from its id and size."""
+        """From a worker thread: the blob's chunk hashes as FETCH cuts it, or None."""
         if size == 0:
             return []
         if size <= FETCH_CHUNK_SIZE:
             return [blob_id]  # one chunk: its hash is the blob's id
-        return None
+        return trio.from_thread.run(self.chunk_list, blob_id, size)
 
     def has(self, blob_id: bytes) -> bool:
         return False  # not known without asking: evicting a copy is never thought safe
 
     def read_chunk(self, blob_id: bytes, offset: int, length: int) -> bytes | None:
         """From a worker thread: the chunk at `offset` from the first connected peer that
-        gives `length` bytes, or None."""
+        gives `length` bytes matching its hash, or None."""
         if offset % FETCH_CHUNK_SIZE or length > FETCH_CHUNK_SIZE:
             return None  # not a chunk as FETCH cuts a blob
-        return trio.from_thread.run(self.fetch, blob_id, offset // FETCH_CHUNK_SIZE, length)
+        index = offset // FETCH_CHUNK_SIZE
+        try:
+            expected = self.blobs.chunk_hash(blob_id, index)
+        except BlobError:
+            return None
+        return trio.from_thread.run(self.fetch, blob_id, index, length, expected)
 
-    async def fetch(self, blob_id: bytes, index: int, length: int) -> bytes | None:
-        for name in sorted(self.peers.links.live):
+    async def _peers(self, start: int) -> list[str]:
+        """The connected peers, rotated to begin with the `start`-th; waits a while for one
+        when none is."""
+        with trio.move_on_after(NO_PEER_GRACE):
+            while not self.peers.links.live:
+                await self.peers.links.changed.wait()
+        names = sorted(self.peers.links.live)
+        if not names:
+            return []
+        start %= len(names)
+        return names[start:] + names[:start]
+
+    async def chunk_list(self, blob_id: bytes, size: int) -> list[bytes] | None:
+        """The chunk hashes of the blob from the first connected peer that knows all of them,
+        or None."""
+        total = chunk_count(size, FETCH_CHUNK_SIZE)
+        for name in await self._peers(0):
+            hashes: list[bytes] = []
+            try:
+                with trio.fail_after(LIST_TIMEOUT):
+                    while len(hashes) < total:
+                        want = min(CHUNKS_PAGE, total - len(hashes))
+                        args = chunks_args(blob_id, len(hashes), want)
+                        res: chunks_res = await self.peers.call(
+                            name, PEERPROC.CHUNKS, chunks_args, args, chunks_res
+                        )
+                        page = bytes(res.hashes)
+                        if (
+                            res.status != fetch_status.OK
+                            or res.size != size
+                            or not page
+                            or len(page) % BLOB_ID_SIZE
+                            or len(page) > want * BLOB_ID_SIZE
+                        ):
+                            break
+                        hashes += [page[i : i + BLOB_ID_SIZE] for i in range(0, len(page), 32)]
+            except _Failures as e:
+                log.info("peer %s gave no chunk list of %s: %s", name, blob_id.hex()[:16], e)
+                continue
+            if len(hashes) == total:
+                return hashes
+            log.info("peer %s has no chunk list of %s", name, blob_id.hex()[:16])
+        return None
+
+    async def fetch(
+        self, blob_id: bytes, index: int, length: int, expected: bytes | None = None
+    ) -> bytes | None:
+        """Chunk `index` of the blob, `length` bytes, matching `expected` when given."""
+        for name in await self._peers(index):
             try:
                 with trio.fail_after(FETCH_TIMEOUT):
                     res: fetch_res = await self.peers.call(
                         name, PEERPROC.FETCH, fetch_args, fetch_args(blob_id, index), fetch_res
                     )
-            except (LookupError, ConnectionError, RpcError, trio.TooSlowError) as e:
+            except _Failures as e:
                 log.info("peer %s gave no chunk %d of %s: %s", name, index, blob_id.hex()[:16], e)
                 continue
-            if res.status == fetch_status.OK and len(res.data) == length:
-                return bytes(res.data)
+            if res.status != fetch_status.OK or len(res.data) != length:
+                continue
+            data = bytes(res.data)
+            if expected is not None and blake3.blake3(data).digest() != expected:
+                self.wrong_chunks += 1
+                log.warning(
+                    "peer %s sent a wrong chunk %d of %s: asking another",
+                    name,
+                    index,
+                    blob_id.hex()[:16],
+                )
+                continue
+            return data
         return None

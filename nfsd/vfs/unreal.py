@@ -114,6 +114,7 @@ class UnrealLayer:
         self.wait = wait
         self.nursery: trio.Nursery | None = None  # see `serve_in`
         self._fetching: dict[tuple[bytes, int], trio.Event] = {}
+        self._describing: dict[bytes, trio.Event] = {}
         self._refused: dict[bytes, str] = {}  # why the cache last refused a blob's chunk
 
     def serve_in(self, nursery: trio.Nursery) -> None:
@@ -183,23 +184,50 @@ class UnrealLayer:
         if waited.cancelled_caught:
             raise FsError(nfsstat3.NFS3ERR_JUKEBOX, "content still arriving")
 
-    def describe(self, entry: Entry) -> bool:
+    async def describe(self, entry: Entry, wait: float | None = None) -> bool:
         """Register the entry's blob in the cache when it has no manifest and a source can
         give its chunk hashes (checked against the id and size by `begin_blob`); whether the
-        cache has a manifest for it now."""
+        cache has a manifest for it now. Asking may take a while (a peer hashes a large file
+        first): one ask per blob however many readers wait, each waiting at most `wait`
+        seconds (default: the layer's; then NFS3ERR_JUKEBOX)."""
         if self.blobs.manifest(entry.blob) is not None:
             return True
-        for source in self.sources:
-            chunk_hashes = getattr(source, "chunk_hashes", None)
-            hashes = chunk_hashes(entry.blob, entry.size) if chunk_hashes else None
-            if hashes is None:
-                continue
-            try:
-                self.blobs.begin_blob(entry.blob, entry.size, hashes)
-                return True
-            except (BlobError, ValueError) as e:
-                log.warning("source %s described %s wrongly: %s", source.name, entry.blob.hex(), e)
-        return False
+        done = self._describing.get(entry.blob)
+        if done is None:
+            done = self._describing[entry.blob] = trio.Event()
+            if self.nursery is None:
+                await self._describe(entry, done)
+            else:
+                self.nursery.start_soon(self._describe, entry, done)
+        with trio.move_on_after(self.wait if wait is None else wait) as waited:
+            await done.wait()
+        if waited.cancelled_caught:
+            raise FsError(nfsstat3.NFS3ERR_JUKEBOX, "content description still arriving")
+        return self.blobs.manifest(entry.blob) is not None
+
+    async def _describe(self, entry: Entry, done: trio.Event) -> None:
+        try:
+            for source in self.sources:
+                chunk_hashes = getattr(source, "chunk_hashes", None)
+                if chunk_hashes is None:
+                    continue
+                try:
+                    hashes = await trio.to_thread.run_sync(chunk_hashes, entry.blob, entry.size)
+                    if hashes is None:
+                        continue
+                    self.blobs.begin_blob(entry.blob, entry.size, hashes)
+                    return
+                except (BlobError, ValueError) as e:
+                    log.warning(
+                        "source %s described %s wrongly: %s", source.name, entry.blob.hex(), e
+                    )
+                except Exception as e:  # a source failing: the reader gets IO, we go on
+                    log.warning(
+                        "source %s cannot describe %s: %s", source.name, entry.blob.hex(), e
+                    )
+        finally:
+            del self._describing[entry.blob]
+            done.set()
 
     def held_elsewhere(self, blob: bytes) -> bool:
         """Whether an attached source holds the whole blob (so evicting it loses nothing)."""
@@ -259,7 +287,7 @@ class UnrealLayer:
                     raise FsError(nfsstat3.NFS3ERR_IO, "content not available") from None
                 continue  # chunks that were here may have been evicted meanwhile: again
             except UnknownBlob:
-                if not self.describe(entry):  # arrived from a peer: no manifest until now
+                if not await self.describe(entry):  # from a peer: no manifest until now
                     raise FsError(nfsstat3.NFS3ERR_IO, "content unknown here") from None
                 continue
             except BlobError as e:
@@ -285,7 +313,7 @@ class UnrealLayer:
         mode `ownership` gives it (`area_owner`: the area root's uid and gid). Streams chunk
         by chunk, fetching what is missing as it goes, so a file larger than the cache
         realizes too. `dir_fd` stays the caller's and open throughout."""
-        self.describe(entry)
+        await self.describe(entry, wait=_LONG_WAIT)
         manifest = self.blobs.manifest(entry.blob)
         if manifest is None:
             raise FsError(nfsstat3.NFS3ERR_IO, "content unknown here")

@@ -219,7 +219,9 @@ class Server:
         tree = self.tree
         assert tree is not None and self.store is not None
         # The journal's own History: it caches the next sequence, a second object would reuse it.
-        exchange = Exchange(self.store, tree.journal.history, identity.peer_id)
+        # With the tree: a peer's version of a path held Real here changes it on the disk.
+        exchange = Exchange(self.store, tree.journal.history, identity.peer_id, tree=tree)
+        exchange.recover()  # disk changes a crash interrupted, before the journal scans
         try:
             self.peers = PeerService(
                 self.state_dir,

@@ -257,11 +257,11 @@ def test_apply_and_last_seen_are_one_batch(
     real_show = b.exchange.show
     shown: list[bytes] = []
 
-    def failing_show(batch: Any, area: int, path: bytes, mode: int, state: PathState) -> None:
+    def failing_show(batch: Any, area: int, path: bytes, *args: Any) -> None:
         shown.append(path)
         if len(shown) == 3:
             raise OSError("the process dies here")
-        real_show(batch, area, path, mode, state)
+        real_show(batch, area, path, *args)
 
     monkeypatch.setattr(b.exchange, "show", failing_show)
     with pytest.raises(OSError):

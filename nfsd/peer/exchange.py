@@ -14,6 +14,9 @@ Kept in the `meta` family (this module alone knows these keys):
 - `xchg-ack:` area ‖ peer → the sequence that peer acknowledged of our log, and when.
 - `xchg-heard:` area ‖ peer → when that peer last asked for our log.
 - `xchg-error:` area ‖ peer ‖ sequence → why an entry could not be applied.
+- `xchg-base:` area ‖ path → the versions a Real file here descends from, kept while it may
+  hold a change not published yet and a peer's version of it came (below).
+- `xchg-copy:` area ‖ copy name → the path it is a conflict copy of, while it is shown.
 
 Publishing: the journal appends a change when it is published (nfsd/store/history.py gives
 its sequence then). Before any page is served or applied, `stamp_pending` gives each change
@@ -34,7 +37,30 @@ and decided against the path's state (nfsd/peer/conflicts.py); the new states, t
 entries they show, the relayed history and the new `last seen` are one RocksDB batch per
 page: all of it or none. An entry that cannot be applied is recorded as an error, inside the
 same batch, and the entries after it still apply. What arrives shows as Unreal index entries
-(size, mtime, blob id); a path this peer holds Real is never touched here.
+(size, mtime, blob id), every conflict copy `resolve` gives as one more beside its path
+(its blob pinned in the cache, with a reason naming the copy, until it is resolved).
+
+Paths held Real (with a tree, nfsd/peer/landing.py): a clean Real file (what the index
+published, nothing written since) that a peer's version supersedes has its outdated bytes
+dropped and shows the new version Unreal, fetched on read; deleted by a peer, it is removed
+(an emptied directory too); renamed, it is moved as one where the rename's preconditions hold
+here (`plan_rename`: the same two changes, a tombstone and a create, in one entry), or where
+a delete and a create of its very content meet in one page (a catch-up). A losing local
+version moves aside to its conflict name, still Real. The index, the fileid table and the
+disk changes as intents are one synced batch; the disk follows, and `recover` finishes it
+after a crash. Realizing a newly arrived version of a path marked `real` is not done here.
+
+A Real file that is not clean may hold a change not published yet. It is left as it is, and
+the path's state before the peer's version becomes its base: when the change is published,
+it is stamped on that base instead of on the state, so it is concurrent with the peer's
+version (a conflict resolved alike everywhere), never a successor that silently replaces it
+because it happened to be stamped after it was applied. Where the file turns out to hold no
+change (it rests again with the content its base shows), the base is dropped and the path
+shown as decided (`stamp_pending` looks, every time it runs).
+
+Resolving: deleting a conflict copy, or renaming it away, is published as a change of its
+path that keeps the winner and dismisses the copy (conflicts.py `local_change`), so every
+peer drops it (and unpins its blob); a rename also creates its new name.
 
 Trimming (`trim`): below the lowest sequence every peer of the area acknowledged, leaving out
 peers not heard from for `silent_after` seconds (they get a full catch-up when they return),
@@ -47,24 +73,41 @@ its lock; the journal must append on the same thread (the event loop) or under i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nfsd.peer.conflicts import EMPTY, Action, PathState, decide, local_change, make_rename, resolve
+from nfsd.peer.conflicts import (
+    EMPTY,
+    Action,
+    PathState,
+    Rename,
+    Resolution,
+    decide,
+    local_change,
+    make_rename,
+    plan_rename,
+    resolve,
+)
+from nfsd.peer.landing import Act, Landing, What
 from nfsd.peer.versions import Kind as VKind
 from nfsd.peer.versions import PeerId, Version, VersionError
 from nfsd.store.areas import AreaTable
+from nfsd.store.blobs import BlobError
 from nfsd.store.db import Batch, Store
 from nfsd.store.history import Change, History, Op
 from nfsd.store.index import AreaIndex, Entry, Kind, Layer
 from nfsd.store.paths import path_problem, shown
 from xdr import peer as wire
 from xdr.codec import Array, XdrError, decode, encode
+
+if TYPE_CHECKING:
+    from nfsd.vfs.merged import MergedTree
 
 log = logging.getLogger("realize.exchange")
 
@@ -81,6 +124,8 @@ _SEEN = b"xchg-seen:"
 _ACK = b"xchg-ack:"
 _HEARD = b"xchg-heard:"
 _ERROR = b"xchg-error:"
+_BASE = b"xchg-base:"
+_COPY = b"xchg-copy:"
 _AREA = struct.Struct(">I")
 _SEQ = struct.Struct(">Q")
 _ACK_VALUE = struct.Struct(">Qd")
@@ -149,6 +194,59 @@ def _op_of(v: Version) -> Op:
     }[v.kind]
 
 
+def _identity(entry: Entry) -> tuple[VKind, bytes]:
+    """What an index entry holds, as `Version.identity` says it."""
+    if entry.kind == Kind.FILE:
+        return VKind.FILE, entry.blob
+    if entry.kind == Kind.SYMLINK:
+        return VKind.SYMLINK, entry.target
+    if entry.kind == Kind.DIR:
+        return VKind.DIRECTORY, b""
+    return VKind.DELETED, b"?"  # a special file: like no version
+
+
+def _mode_of(entry: Entry | None) -> int:
+    return 0 if entry is None else entry.mode
+
+
+def _unreal_entry(v: Version, mode: int) -> Entry:
+    kind = _entry_kind(v)
+    if not mode:
+        mode = 0o755 if kind == Kind.DIR else 0o644
+    blob = v.content if kind == Kind.FILE else b""
+    target = v.content if kind == Kind.SYMLINK else b""
+    return Entry(kind, Layer.UNREAL, mode, v.size, v.mtime_ns, blob, target)
+
+
+def _pin_reason(area: int, name: bytes) -> str:
+    return f"conflict:{area}:{name.hex()}"
+
+
+@dataclass(slots=True)
+class Landed:
+    """What showing a batch's paths leaves to do once the batch is committed."""
+
+    acts: list[Act] = field(default_factory=list)
+    pins: list[tuple[bytes, str]] = field(default_factory=list)
+    unpins: list[tuple[bytes, str]] = field(default_factory=list)
+    placed: set[bytes] = field(default_factory=set)  # paths a Real file is moved to
+
+
+@dataclass(slots=True)
+class _Page:
+    """What applying one page changed, path by path."""
+
+    states: dict[bytes, PathState] = field(default_factory=dict)  # after the page
+    before: dict[bytes, PathState] = field(default_factory=dict)  # before it
+    modes: dict[bytes, int] = field(default_factory=dict)
+    applied: dict[int, list[tuple[bytes, Version]]] = field(default_factory=dict)  # by change
+
+    def touch(self, path: bytes, mode: int, before: PathState, after: PathState) -> None:
+        self.before.setdefault(path, before)
+        self.states[path] = after
+        self.modes[path] = mode
+
+
 class Exchange:
     def __init__(
         self,
@@ -158,7 +256,10 @@ class Exchange:
         *,
         silent_after: float = SILENT_AFTER,
         clock: Callable[[], float] = time.time,
+        tree: MergedTree | None = None,
     ) -> None:
+        """`tree`: the merged tree, so that versions arriving for paths held Real here
+        change them on the disk; without one, a Real path is never touched."""
         self.store = store
         self.history = history
         self.me = me
@@ -168,6 +269,7 @@ class Exchange:
         self.index = AreaIndex(store)
         self.areas = AreaTable(store)
         self.lock = threading.RLock()
+        self.landing = Landing(tree, store) if tree is not None else None
 
     # ---- path states ----
 
@@ -196,19 +298,28 @@ class Exchange:
         return _SEQ.unpack(raw)[0] if raw else 0
 
     def stamp_pending(self, area: int) -> int:
-        """Give the versions they make to the changes not stamped yet; how many changes."""
+        """Give the versions they make to the changes not stamped yet; how many changes.
+        Then the paths held Real while they might hold a change not published yet that
+        turned out to hold none are shown as their state says."""
         with self.lock:
             count = 0
             while True:
                 done = self._stamp_some(area)
                 if not done:
-                    return count
+                    break
                 count += done
+            if self.landing is not None:
+                self._release_held(area)
+                self.pin_copies(area)
+            return count
 
     def _stamp_some(self, area: int) -> int:
         start = self.stamped(area)
         batch = self.store.batch()
         overlay: dict[bytes, PathState] = {}
+        before: dict[bytes, PathState] = {}
+        bases: dict[bytes, PathState] = {}  # paths stamped on a kept base: what they hold now
+        reshow: set[bytes] = set()
         count = last = 0
         for sequence, change in self.history.since(area, start):
             if count >= STAMP_BATCH:
@@ -216,10 +327,20 @@ class Exchange:
             count, last = count + 1, sequence
             if change.stamp:
                 continue  # relayed from a peer: its versions are the peer's
-            made = self._versions_of(area, change, overlay)
+            made = self._versions_of(area, change, overlay, bases)
             for path, _mode, version in made:
                 base = overlay.get(path) or self.state(area, path)
-                overlay[path] = decide(base, version).state
+                before.setdefault(path, base)
+                decision = decide(base, version)
+                overlay[path] = decision.state
+                if path in bases:
+                    bases[path] = PathState((version,))
+                if (
+                    path in bases
+                    or decision.action is Action.CONFLICT
+                    or resolve(path, base).copies
+                ):
+                    reshow.add(path)
             change.stamp = encode(
                 _stamp_type, [wire.history_entry(0, p, m, v.encode()) for p, m, v in made]
             )
@@ -228,17 +349,66 @@ class Exchange:
             return 0
         for path, state in overlay.items():
             self._put_state(batch, area, path, state)
+        landed = Landed()
+        for path in bases:
+            batch.delete("meta", _BASE + _AREA.pack(area) + path)
+        for path in sorted(reshow, reverse=True):
+            self.show(batch, area, path, 0, before[path], overlay[path], landed, overlay,
+                      bases.get(path))  # fmt: skip
         batch.put("meta", _STAMPED + _AREA.pack(area), _SEQ.pack(last))
-        batch.commit()
+        batch.commit(sync=bool(landed.acts))
+        self._finish(landed)
         return count
 
+    def _release_held(self, area: int) -> None:
+        """Paths held Real on a base (their file not clean when a peer's version came) whose
+        file is clean again without a change published (or gone): shown as decided now."""
+        prefix = _BASE + _AREA.pack(area)
+        batch = self.store.batch()
+        landed = Landed()
+        released = 0
+        assert self.landing is not None
+        for key, raw in self.meta.items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            path = bytes(key[len(prefix) :])
+            base = PathState.decode(bytes(raw))
+            current = self.index.get(area, path)
+            if current is not None and current.layer == Layer.REAL:
+                real = self.landing.inspect(area, path, current)
+                if real is not None:
+                    held = resolve(path, base).shown
+                    if not real.clean or held is None or held.identity != _identity(current):
+                        continue  # a change of its own, to be published (and stamped)
+            batch.delete("meta", bytes(key))
+            self.show(batch, area, path, 0, base, self.state(area, path), landed)
+            released += 1
+        if released:
+            batch.commit(sync=bool(landed.acts))
+            self._finish(landed)
+
     def _versions_of(
-        self, area: int, change: Change, overlay: dict[bytes, PathState]
+        self,
+        area: int,
+        change: Change,
+        overlay: dict[bytes, PathState],
+        bases: dict[bytes, PathState],
     ) -> list[tuple[bytes, int, Version]]:
-        """The versions a local change makes, with the mode each path is shown with."""
+        """The versions a local change makes, with the mode each path is shown with. A path
+        held Real on a base (a peer's version came while its file held a change not yet
+        published) supersedes only that base: the change and the peer's are concurrent."""
 
         def state(path: bytes) -> PathState:
             return overlay.get(path) or self.state(area, path)
+
+        def base(path: bytes) -> PathState:
+            if path in bases:
+                return bases[path]
+            raw = self.meta.get(_BASE + _AREA.pack(area) + path)
+            if raw is None:
+                return state(path)
+            bases[path] = PathState.decode(bytes(raw))
+            return bases[path]
 
         def copies(path: bytes) -> dict[bytes, PathState]:
             return {c.name: state(c.name) for c in resolve(path, state(path)).copies}
@@ -256,27 +426,54 @@ class Exchange:
             target = change.new_path if op is Op.LINK else path
             size = entry.size if entry is not None else change.size
             made = local_change(
-                target, state(target), self.me, VKind.FILE, change.new_blob,
+                target, base(target), self.me, VKind.FILE, change.new_blob,
                 size=size, mtime_ns=mtime, clock=clock, copy_states=copies(target),
             )  # fmt: skip
         elif op in (Op.DELETE, Op.RMDIR):
             if not state(path):
-                return []  # never announced: nothing for a peer to delete
+                return self._dismissal(area, path, state, copies, clock)
             made = local_change(
-                path, state(path), self.me, VKind.DELETED,
+                path, base(path), self.me, VKind.DELETED,
                 mtime_ns=change.time_ns, clock=clock, copy_states=copies(path),
             )  # fmt: skip
         elif op is Op.MKDIR:
-            made = local_change(path, state(path), self.me, VKind.DIRECTORY, clock=clock)
+            made = local_change(path, base(path), self.me, VKind.DIRECTORY, clock=clock)
         elif op is Op.SYMLINK:
             made = local_change(
-                path, state(path), self.me, VKind.SYMLINK, change.new_path,
+                path, base(path), self.me, VKind.SYMLINK, change.new_path,
                 mtime_ns=mtime, clock=clock,
             )  # fmt: skip
         elif op is Op.RENAME:
             return self._rename_versions(area, change, state, copies, clock)
         else:
             return []  # SETATTR: a mode is not a version
+        return [(p, mode, v) for p, v in made]
+
+    def _dismissal(
+        self,
+        area: int,
+        name: bytes,
+        state: Callable[[bytes], PathState],
+        copies: Callable[[bytes], dict[bytes, PathState]],
+        clock: int,
+    ) -> list[tuple[bytes, int, Version]]:
+        """A conflict copy deleted (or renamed away) here: a change of the path it is a copy
+        of, keeping what the path shows and dismissing the copy (conflicts.py
+        `local_change`), so every peer sees it resolved. Nothing for any other name."""
+        original = self.copy_of(area, name)
+        if original is None:
+            return []  # never announced: nothing for a peer to delete
+        shown_now = resolve(original, state(original))
+        winner = shown_now.shown
+        if winner is None or all(c.name != name for c in shown_now.copies):
+            return []
+        entry = self.index.get(area, original)
+        mode = entry.mode if entry is not None else 0
+        made = local_change(
+            original, state(original), self.me, winner.kind, winner.content,
+            size=winner.size, mtime_ns=winner.mtime_ns, clock=clock, dismissed=[name],
+            copy_states=copies(original),
+        )  # fmt: skip
         return [(p, mode, v) for p, v in made]
 
     def _rename_versions(
@@ -297,14 +494,16 @@ class Exchange:
                 copy_states={**copies(source), **copies(target)},
             )  # fmt: skip
         except VersionError:
-            # The source was never announced: the target is a plain create.
+            # The source was never announced (or is a conflict copy, dismissed by moving it
+            # away): the target is a plain create.
+            dismissed = self._dismissal(area, source, state, copies, clock)
             if entry is None or entry.kind != Kind.FILE or not entry.blob:
-                return []
+                return dismissed
             made = local_change(
                 target, state(target), self.me, VKind.FILE, entry.blob,
                 size=entry.size, mtime_ns=entry.mtime_ns, clock=clock,
             )  # fmt: skip
-            return [(p, mode, v) for p, v in made]
+            return [*dismissed, *((p, mode, v) for p, v in made)]
         pairs = [(source, rename.removed), (target, rename.created), *made]
         return [(p, mode, v) for p, v in pairs]
 
@@ -447,7 +646,8 @@ class Exchange:
         return found
 
     def apply(self, peer: PeerId, area_name: str, res: wire.history_res) -> Applied:
-        """Apply one page `peer` served of its log of the area: one batch, all or nothing."""
+        """Apply one page `peer` served of its log of the area: one batch, all or nothing
+        (and, for paths held Real here, the disk changes it plans, carried out after it)."""
         record = self.areas.get(area_name)
         if record is None:
             log.warning("history from %s for an unknown area %r: ignored", peer, area_name)
@@ -460,16 +660,18 @@ class Exchange:
             seen = self.seen(area, peer)
             result = Applied(more=res.more)
             batch = self.store.batch()
-            overlay: dict[bytes, PathState] = {}
+            page = _Page()
             try:
                 for position, entry in enumerate(res.entries):
-                    self._apply_one(batch, area, peer, entry, position, overlay, result)
+                    self._apply_one(batch, area, peer, entry, position, page, result)
+                landed = self._land(batch, area, page)
                 seen = self._advance(seen, res)
                 batch.put("meta", _SEEN + _peer_key(area, peer), seen.pack())
-                batch.commit()
+                batch.commit(sync=bool(landed.acts))  # the disk follows the index, never leads
             except BaseException:
                 self.history.forget_pending(area)
                 raise
+            self._finish(landed)
             return result
 
     def _advance(self, seen: Seen, res: wire.history_res) -> Seen:
@@ -486,7 +688,7 @@ class Exchange:
         peer: PeerId,
         entry: wire.history_entry,
         position: int,
-        overlay: dict[bytes, PathState],
+        page: _Page,
         result: Applied,
     ) -> None:
         path = bytes(entry.path)
@@ -502,6 +704,7 @@ class Exchange:
             batch.put("meta", key, reason.encode())
             result.errors.append(reason)
             return
+        overlay = page.states
         state = overlay[path] if path in overlay else self.state(area, path)
         decision = decide(state, version)
         if decision.action is Action.IGNORE:
@@ -513,31 +716,299 @@ class Exchange:
             result.merged += 1
         else:
             result.conflicts += 1
-        overlay[path] = decision.state
+        page.touch(path, entry.mode & 0o777, state, decision.state)
+        if entry.sequence and decision.action is Action.APPLY:
+            page.applied.setdefault(entry.sequence, []).append((path, version))
         self._put_state(batch, area, path, decision.state)
-        self.show(batch, area, path, entry.mode & 0o777, decision.state)
         relayed = wire.history_entry(0, path, entry.mode, bytes(entry.version))
         change = Change(_op_of(version), path, stamp=encode(_stamp_type, [relayed]))
         self.history.append(batch, area, change)
 
-    def show(self, batch: Batch, area: int, path: bytes, mode: int, state: PathState) -> None:
-        """Make the index show what `state` resolves to, as an Unreal entry; a Real entry is
-        left alone (its content is the tree's, never changed by the exchange)."""
+    def _land(self, batch: Batch, area: int, page: _Page) -> Landed:
+        """Show every path the page changed (children before parents, so a directory a
+        peer emptied and deleted goes after its files), a rename moved as one where its
+        preconditions hold here."""
+        landed = Landed()
+        moved: set[bytes] = set()
+        for applied in page.applied.values():
+            if len(applied) >= 2:
+                moved |= self._move(batch, area, page, applied[0], applied[1], landed)
+        if self.landing is not None:
+            self._pair_by_content(batch, area, page, landed, moved)
+        for path in sorted(page.before, reverse=True):
+            if path in moved:
+                continue
+            before = page.before[path]
+            self.show(batch, area, path, page.modes[path], before, page.states[path], landed,
+                      page.states)  # fmt: skip
+        return landed
+
+    def _move(
+        self, batch: Batch, area: int, page: _Page, first: tuple[bytes, Version],
+        second: tuple[bytes, Version], landed: Landed,
+    ) -> set[bytes]:  # fmt: skip
+        """A rename (a tombstone and its content at another path, in one change) of a file
+        held Real and clean here, moved as one when `plan_rename` says its preconditions
+        hold and nothing else in the page changed either path; the two paths, if moved."""
+        (source, removed), (target, created) = first, second
+        if self.landing is None or not removed.deleted or created.deleted:
+            return set()
+        before_source, before_target = page.before[source], page.before[target]
+        was = resolve(source, before_source)
+        there = resolve(target, before_target)
+        if was.shown is None or was.shown.deleted or not was.shown.same_content(created):
+            return set()
+        try:
+            rename = Rename(source, target, was.shown, there.shown if there.exists else None,
+                            removed, created)  # fmt: skip
+        except VersionError:
+            return set()
+        if not plan_rename(rename, before_source, before_target).move:
+            return set()
+        if page.states[source] != PathState((removed,)):
+            return set()
+        if page.states[target] != PathState((created,)):
+            return set()
+        return self._move_real(batch, area, source, target, landed)
+
+    def _move_real(
+        self, batch: Batch, area: int, source: bytes, target: bytes, landed: Landed
+    ) -> set[bytes]:
+        """Move the clean Real file at `source` to `target` (the same content), on the disk
+        as in the index, where `target` is free here and its directory Real."""
+        assert self.landing is not None
+        current = self.index.get(area, source)
+        if current is None or current.layer != Layer.REAL:
+            return set()  # an Unreal entry: showing the two paths is the move
+        occupant = self.index.get(area, target)
+        if occupant is not None and occupant.layer == Layer.REAL:
+            return set()  # the Real target is replaced by the delete + create rules
+        real = self.landing.inspect(area, source, current)
+        if real is None or not real.clean or self.tree_look(area, target):
+            return set()
+        if self.landing.disk_parent_fid(area, target) is None:
+            return set()  # its directory is not on this disk: fetched there on demand
+        st = real.st
+        act = Act(What.MOVE, area, source, st.st_dev, st.st_ino, current.kind == Kind.DIR, target)
+        self.index.move(batch, area, source, target)
+        self.landing.plan(batch, act, real.fid)
+        landed.acts.append(act)
+        landed.placed.add(target)
+        return {source, target}
+
+    def _pair_by_content(self, batch: Batch, area: int, page: _Page, landed: Landed,
+                         moved: set[bytes]) -> None:  # fmt: skip
+        """A file deleted here that another path of the page now shows (a rename met as a
+        delete and a create: in a catch-up, or where its preconditions failed): its clean
+        bytes move there instead of being removed and fetched again."""
+        gone: list[bytes] = []
+        shows: dict[bytes, bytes] = {}
+        for path, state in page.states.items():
+            if path in moved:
+                continue
+            winner = resolve(path, state).shown
+            if winner is None or winner.deleted:
+                gone.append(path)
+            elif winner.kind is VKind.FILE:
+                shows.setdefault(winner.content, path)
+        if not gone or not shows:
+            return
+        for source in sorted(gone):
+            current = self.index.get(area, source)
+            if current is None or current.kind != Kind.FILE or current.layer != Layer.REAL:
+                continue
+            target = shows.get(current.blob)
+            if target is None or target in moved:
+                continue
+            done = self._move_real(batch, area, source, target, landed)
+            if done:
+                moved |= done
+                del shows[current.blob]
+
+    # ---- what the index (and the disk, for paths held Real) shows ----
+
+    def show(
+        self,
+        batch: Batch,
+        area: int,
+        path: bytes,
+        mode: int,
+        before: PathState,
+        after: PathState,
+        landed: Landed,
+        states: dict[bytes, PathState] | None = None,
+        held_base: PathState | None = None,
+    ) -> None:
+        """Make the index show what `after` resolves to (the path went from `before`): the
+        winner at the path, each conflict copy beside it. A path held Real here is changed on
+        the disk when its file is clean (see nfsd/peer/landing.py), and held as it is when
+        its file may hold a change not published yet: then the versions it descends from
+        (`held_base`, or `before` unless a base is kept already) become its base."""
+        shown_after = resolve(path, after)
         current = self.index.get(area, path)
         if current is not None and current.layer == Layer.REAL:
-            return
-        winner = resolve(path, state).shown
+            if self.landing is not None:
+                self._land_real(batch, area, path, mode, current, before, shown_after, landed,
+                                held_base)  # fmt: skip
+        else:
+            self._show_unreal(batch, area, path, mode, current, shown_after)
+        self._show_copies(batch, area, path, mode, resolve(path, before), shown_after, landed,
+                          states or {})  # fmt: skip
+
+    def _show_unreal(
+        self, batch: Batch, area: int, path: bytes, mode: int, current: Entry | None,
+        shown: Resolution,
+    ) -> None:  # fmt: skip
+        winner = shown.shown
         if winner is None or winner.deleted:
             if current is not None:
                 self.index.delete(batch, area, path)
             return
-        kind = _entry_kind(winner)
-        if not mode:
-            mode = 0o755 if kind == Kind.DIR else 0o644
-        blob = winner.content if kind == Kind.FILE else b""
-        target = winner.content if kind == Kind.SYMLINK else b""
-        entry = Entry(kind, Layer.UNREAL, mode, winner.size, winner.mtime_ns, blob, target)
-        self.index.put(batch, area, path, entry)
+        self.index.put(batch, area, path, _unreal_entry(winner, mode or _mode_of(current)))
+
+    def _land_real(
+        self, batch: Batch, area: int, path: bytes, mode: int, current: Entry,
+        before: PathState, shown: Resolution, landed: Landed, held_base: PathState | None,
+    ) -> None:  # fmt: skip
+        assert self.landing is not None
+        real = self.landing.inspect(area, path, current)
+        if real is None:  # gone from the disk: the journal will hear; show what is decided
+            self._show_unreal(batch, area, path, mode, current, shown)
+            return
+        if not real.clean:
+            key = _BASE + _AREA.pack(area) + path
+            if held_base is not None:
+                batch.put("meta", key, held_base.encode())
+            elif self.meta.get(key) is None:
+                batch.put("meta", key, before.encode())
+            return
+        local = _identity(current)
+        winner = shown.shown
+        if winner is not None and not winner.deleted and winner.identity == local:
+            return  # it shows this very content already
+        st = real.st
+        for copy in shown.copies:
+            if copy.version.identity != local or current.kind == Kind.DIR:
+                continue
+            if self.index.get(area, copy.name) is None and self.tree_look(area, copy.name):
+                continue  # something unindexed holds that name: keep ours where it is
+            # The local version lost: it moves aside to its conflict name, kept Real.
+            act = Act(What.MOVE, area, path, st.st_dev, st.st_ino, False, copy.name)
+            self.index.put(batch, area, copy.name, current)
+            self.landing.plan(batch, act, real.fid)
+            landed.acts.append(act)
+            landed.placed.add(copy.name)
+            self._show_unreal(batch, area, path, mode, current, shown)
+            return
+        gone = winner is None or winner.deleted
+        if current.kind == Kind.DIR:
+            if gone:
+                act = Act(What.REMOVE, area, path, st.st_dev, st.st_ino, True)
+                self.index.delete(batch, area, path)
+                self.landing.plan(batch, act, real.fid)
+                landed.acts.append(act)
+            return  # a directory stays one (it outranks a file: rule 2 of conflicts.py)
+        act = Act(What.REMOVE if gone else What.DROP, area, path, st.st_dev, st.st_ino)
+        self._show_unreal(batch, area, path, mode, current, shown)
+        self.landing.plan(batch, act, real.fid)
+        landed.acts.append(act)
+
+    def tree_look(self, area: int, path: bytes) -> bool:
+        """Whether something is on the disk at `path` (never, without a tree)."""
+        return self.landing is not None and self.landing.tree.look(area, path) is not None
+
+    def _show_copies(
+        self, batch: Batch, area: int, path: bytes, mode: int, before: Resolution,
+        after: Resolution, landed: Landed, states: dict[bytes, PathState],
+    ) -> None:  # fmt: skip
+        """Each conflict copy `after` gives, as an Unreal entry (its blob pinned); each one
+        `before` gave and `after` does not (resolved), gone (and unpinned)."""
+        if not before.copies and not after.copies:
+            return
+        prefix = _COPY + _AREA.pack(area)
+
+        def own(name: bytes) -> bool:  # a path of that name exists in its own right
+            state = states[name] if name in states else self.state(area, name)
+            return resolve(name, state).exists
+
+        kept = {c.name for c in after.copies}
+        for copy in after.copies:
+            if own(copy.name):
+                continue
+            batch.put("meta", prefix + copy.name, path)
+            if copy.name in landed.placed:
+                continue  # the local loser, moved there Real in this batch
+            there = self.index.get(area, copy.name)
+            if there is not None and there.layer == Layer.REAL:
+                continue  # the local loser moved there, or a file shadowing the name
+            if there is None or _identity(there) != copy.version.identity:
+                entry = _unreal_entry(copy.version, mode or _mode_of(self.index.get(area, path)))
+                self.index.put(batch, area, copy.name, entry)
+            if copy.version.kind is VKind.FILE:
+                landed.pins.append((copy.version.content, _pin_reason(area, copy.name)))
+        for copy in before.copies:
+            if copy.name in kept:
+                continue
+            batch.delete("meta", prefix + copy.name)
+            if copy.version.kind is VKind.FILE:
+                landed.unpins.append((copy.version.content, _pin_reason(area, copy.name)))
+            if own(copy.name):
+                continue  # made an ordinary file by a change of the path
+            there = self.index.get(area, copy.name)
+            if there is None or _identity(there) != copy.version.identity:
+                continue
+            if there.layer == Layer.UNREAL:
+                self.index.delete(batch, area, copy.name)
+            elif self.landing is not None:
+                real = self.landing.inspect(area, copy.name, there)
+                if real is not None and real.clean:
+                    act = Act(What.REMOVE, area, copy.name, real.st.st_dev, real.st.st_ino)
+                    self.index.delete(batch, area, copy.name)
+                    self.landing.plan(batch, act, real.fid)
+                    landed.acts.append(act)
+
+    def copy_of(self, area: int, name: bytes) -> bytes | None:
+        """The path whose conflict copy `name` is, while it is shown as one."""
+        raw = self.meta.get(_COPY + _AREA.pack(area) + name)
+        return None if raw is None else bytes(raw)
+
+    def _finish(self, landed: Landed) -> None:
+        """After the batch that planned them is committed: the disk changes, the pins."""
+        if self.landing is not None and landed.acts:
+            self.landing.keep_dirs(self.landing.carry_out(landed.acts))
+        blobs = self.landing.tree.blobs if self.landing is not None else None
+        if blobs is None:
+            return
+        for blob, reason in landed.unpins:
+            blobs.unpin(blob, reason)
+        for blob, reason in landed.pins:
+            with contextlib.suppress(BlobError):  # not cached yet: `pin_copies` pins it later
+                blobs.pin(blob, reason)
+
+    def pin_copies(self, area: int) -> int:
+        """Pin the blob of every conflict copy shown whose blob the cache knows now; how
+        many were pinned just now."""
+        blobs = self.landing.tree.blobs if self.landing is not None else None
+        if blobs is None:
+            return 0
+        prefix = _COPY + _AREA.pack(area)
+        count = 0
+        for key, _ in self.meta.items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            name = bytes(key[len(prefix) :])
+            entry = self.index.get(area, name)
+            if entry is None or entry.kind != Kind.FILE or not entry.blob:
+                continue
+            try:
+                count += blobs.pin(entry.blob, _pin_reason(area, name))
+            except BlobError:
+                continue
+        return count
+
+    def recover(self) -> int:
+        """At start, before the journal scans: the disk changes a crash interrupted."""
+        return 0 if self.landing is None else self.landing.recover()
 
     async def pull(
         self,

@@ -1,0 +1,281 @@
+"""Versions arriving for paths a peer holds Real (nfsd/peer/exchange.py, nfsd/peer/landing.py),
+in-process: two servers' own assemblies (store, tree, journal, exchange) over real area
+directories, their history pages handed across directly. A remote edit of a clean Real file
+makes it Unreal, a remote delete removes it, a remote rename moves it; a local change not yet
+published meets a remote one as a conflict resolved alike on both peers; conflict copies are
+shown beside their path, pinned while shown, and resolved by an ordinary delete; and a crash
+between the index and the disk is finished at the next start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import blake3
+import pytest
+import trio
+
+from nfsd.peer.conflicts import CONFLICT_TAG
+from nfsd.peer.exchange import Exchange
+from nfsd.peer.landing import Landing
+from nfsd.store.index import Layer
+from tests.support.inproc import InProcessServer, make_dispatcher
+from xdr import peer as wire
+
+pytestmark = pytest.mark.inproc
+
+AREA = "docs"
+
+
+def blob(data: bytes) -> bytes:
+    return blake3.blake3(data).digest()
+
+
+class Side:
+    """One peer: its server's assembly, area `docs`, and a way to publish what its disk holds."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.open()
+
+    def open(self) -> None:
+        self.inproc: InProcessServer = make_dispatcher(self.base, areas=(AREA,))
+        server = self.inproc.server
+        assert server.tree is not None and server.peers is not None
+        self.tree = server.tree
+        assert server.peers.exchange is not None
+        self.exchange: Exchange = server.peers.exchange
+        self.id = self.exchange.me
+        self.dir = self.inproc.areas[AREA]
+        self.area = self.tree.area_by_name[AREA].id
+
+    def close(self) -> None:
+        self.inproc.close()
+
+    def publish(self) -> None:
+        """What the journal does at start and once files rest: scan, hash, record."""
+
+        async def scan() -> None:
+            await self.tree.journal.scan(self.area, self.tree.hidden)
+            await self.tree.journal.settle()
+
+        trio.run(scan)
+
+    def pull(self, other: Side) -> Any:
+        async def call(procedure: int, args: Any) -> Any:
+            if procedure == wire.PEERPROC.HISTORY:
+                return other.exchange.serve(self.id, args)
+            return other.exchange.acknowledge(self.id, args)
+
+        return trio.run(self.exchange.pull, other.id, AREA, call)
+
+    def view(self) -> dict[bytes, tuple[int, bytes]]:
+        """What every peer must agree on: path, size, blob id."""
+        return {p: (e.size, e.blob) for p, e in self.tree.index.walk(self.area)}
+
+    def layer(self, path: bytes) -> Layer | None:
+        entry = self.tree.index.get(self.area, path)
+        return None if entry is None else entry.layer
+
+    def write(self, name: str, data: bytes, mtime_s: int | None = None) -> None:
+        path = self.dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        if mtime_s is not None:
+            os.utime(path, (mtime_s, mtime_s))
+
+
+@pytest.fixture
+def sides(tmp_path: Path) -> Iterator[tuple[Side, Side]]:
+    a, b = Side(tmp_path / "a"), Side(tmp_path / "b")
+    yield a, b
+    a.close()
+    b.close()
+
+
+def converge(a: Side, b: Side) -> None:
+    for _ in range(3):
+        b.pull(a)
+        a.pull(b)
+
+
+def copies(view: dict[bytes, tuple[int, bytes]]) -> dict[bytes, tuple[int, bytes]]:
+    return {p: v for p, v in view.items() if CONFLICT_TAG in p}
+
+
+def test_a_remote_edit_of_a_clean_real_file_makes_it_unreal_with_the_new_version(
+    sides: tuple[Side, Side],
+) -> None:
+    a, b = sides
+    a.write("report.txt", b"first draft\n")
+    a.publish()
+    b.pull(a)
+    assert b.layer(b"report.txt") == Layer.UNREAL
+    fid_before = a.tree.fid_of_path(a.area, b"report.txt")
+
+    b.write("report.txt", b"second draft, longer\n")  # B now holds it Real, edited
+    b.publish()
+    a.pull(b)
+
+    entry = a.tree.index.get(a.area, b"report.txt")
+    assert entry is not None and entry.layer == Layer.UNREAL
+    assert (entry.size, entry.blob) == (21, blob(b"second draft, longer\n"))
+    assert not (a.dir / "report.txt").exists()  # the outdated bytes are gone
+    assert a.tree.fid_of_path(a.area, b"report.txt") == fid_before  # the handle stays
+    assert a.view() == b.view()
+    assert not copies(a.view())
+    high = a.tree.journal.history.high(a.area)
+    a.publish()  # the journal sees nothing to publish: no echo, no resurrection
+    assert a.tree.journal.history.high(a.area) == high
+    assert a.view() == b.view()
+
+
+def test_a_remote_delete_removes_the_real_file_and_the_emptied_directory(
+    sides: tuple[Side, Side],
+) -> None:
+    a, b = sides
+    a.write("d/note.txt", b"note\n")
+    a.write("keep.txt", b"kept\n")
+    a.publish()
+    b.pull(a)
+
+    async def delete_on_b() -> None:
+        d = b.tree.fid_of_path(b.area, b"d")
+        await b.tree.remove(d, b"note.txt")
+        await b.tree.rmdir(b.tree.area_root(b.area), b"d")
+
+    trio.run(delete_on_b)
+    a.pull(b)
+    assert not (a.dir / "d").exists()
+    assert (a.dir / "keep.txt").read_bytes() == b"kept\n"
+    assert a.view() == b.view() == {b"keep.txt": (5, blob(b"kept\n"))}
+    a.publish()
+    b.pull(a)
+    assert a.view() == b.view()  # nothing came back
+
+
+def test_a_remote_rename_moves_the_real_file_as_one(sides: tuple[Side, Side]) -> None:
+    a, b = sides
+    a.write("old.txt", b"content that moves\n")
+    a.publish()
+    b.pull(a)
+    inode = (a.dir / "old.txt").stat().st_ino
+
+    async def rename_on_b() -> None:
+        root = b.tree.area_root(b.area)
+        await b.tree.rename(root, b"old.txt", root, b"new.txt")
+
+    trio.run(rename_on_b)
+    b.exchange.stamp_pending(b.area)
+    a.pull(b)
+    assert not (a.dir / "old.txt").exists()
+    assert (a.dir / "new.txt").stat().st_ino == inode  # moved, not fetched again
+    assert a.layer(b"new.txt") == Layer.REAL
+    assert a.view() == b.view()
+
+
+def test_an_unpublished_local_edit_and_a_remote_one_end_as_the_same_conflict(
+    sides: tuple[Side, Side],
+) -> None:
+    a, b = sides
+    a.write("plan.txt", b"v1\n", mtime_s=1_000_000)
+    a.publish()
+    b.pull(a)
+    # A edits its Real file; before it is hashed and published, B's edit arrives.
+    a.write("plan.txt", b"v2 from a\n", mtime_s=1_000_200)
+    b.write("plan.txt", b"v2 from b, later\n", mtime_s=1_000_300)
+    b.publish()
+    a.pull(b)
+    assert (a.dir / "plan.txt").read_bytes() == b"v2 from a\n"  # never overwritten
+    a.publish()  # A's edit published after B's was applied: still concurrent with it
+    converge(a, b)
+
+    assert a.view() == b.view()
+    view = a.view()
+    assert view[b"plan.txt"] == (17, blob(b"v2 from b, later\n"))  # the later mtime keeps it
+    assert list(copies(view).values()) == [(10, blob(b"v2 from a\n"))]
+    (name,) = copies(view)
+    # A's losing edit is kept Real under its conflict name, its bytes never re-fetched.
+    assert (a.dir / os.fsdecode(name)).read_bytes() == b"v2 from a\n"
+    assert a.layer(name) == Layer.REAL and b.layer(name) == Layer.UNREAL
+
+
+def test_a_published_local_edit_against_a_remote_one_keeps_both_alike(
+    sides: tuple[Side, Side],
+) -> None:
+    a, b = sides
+    a.write("same.txt", b"mine\n", mtime_s=2_000_000)
+    b.write("same.txt", b"theirs, written later\n", mtime_s=2_000_100)
+    a.publish()
+    b.publish()
+    converge(a, b)
+    assert a.view() == b.view()
+    assert a.view()[b"same.txt"][1] == blob(b"theirs, written later\n")
+    (name,) = copies(a.view())
+    assert a.view()[name][1] == blob(b"mine\n")
+    assert (a.dir / os.fsdecode(name)).read_bytes() == b"mine\n"
+    assert (b.dir / "same.txt").read_bytes() == b"theirs, written later\n"
+
+
+def test_conflict_copies_are_pinned_and_a_delete_resolves_them_everywhere(
+    sides: tuple[Side, Side],
+) -> None:
+    a, b = sides
+    a.write("c.txt", b"a's\n", mtime_s=3_000_100)  # a's wins: the later mtime
+    b.write("c.txt", b"b's\n", mtime_s=3_000_000)
+    a.publish()
+    b.publish()
+    converge(a, b)
+    (name,) = copies(a.view())
+    assert a.layer(name) == Layer.UNREAL and b.layer(name) == Layer.REAL
+    blobs = a.tree.blobs
+    assert blobs is not None
+    loser = blob(b"b's\n")
+    blobs.ingest(b"b's\n")  # as a read of the copy fetches it
+    a.exchange.stamp_pending(a.area)
+    manifest = blobs.manifest(loser)
+    assert manifest is not None and manifest.pinned  # kept while the conflict stands
+
+    async def delete_copy_on_a() -> None:
+        await a.tree.remove(a.tree.area_root(a.area), name)
+
+    trio.run(delete_copy_on_a)
+    a.exchange.stamp_pending(a.area)
+    manifest = blobs.manifest(loser)
+    assert manifest is not None and not manifest.pinned  # resolved: evictable again
+    b.pull(a)
+    assert not copies(b.view()) and not (b.dir / os.fsdecode(name)).exists()
+    assert a.view() == b.view() == {b"c.txt": (4, blob(b"a's\n"))}
+    assert (b.dir / "c.txt").exists() is False  # b shows a's version, Unreal
+    assert b.layer(b"c.txt") == Layer.UNREAL
+
+
+def test_a_crash_between_the_index_and_the_disk_is_finished_at_start(
+    sides: tuple[Side, Side], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = sides
+    a.write("f.txt", b"old\n")
+    a.publish()
+    b.pull(a)
+    b.write("f.txt", b"new, from b\n")
+    b.publish()
+
+    def die(self: Landing, acts: list) -> list:
+        raise KeyboardInterrupt  # the process ends after the synced batch, before the disk
+
+    monkeypatch.setattr(Landing, "carry_out", die)
+    with pytest.raises(KeyboardInterrupt):
+        a.pull(b)
+    monkeypatch.undo()
+    assert (a.dir / "f.txt").exists()  # the disk is behind the index
+    assert a.layer(b"f.txt") == Layer.UNREAL
+    a.close()
+    a.open()  # the restart: recovery runs before the journal scans
+    assert not (a.dir / "f.txt").exists()
+    high = a.tree.journal.history.high(a.area)
+    a.publish()
+    assert a.tree.journal.history.high(a.area) == high  # the old bytes never republished
+    a.pull(b)
+    assert a.view() == b.view()

@@ -17,6 +17,7 @@ import blake3
 import pytest
 import trio
 
+from nfsd.peer import exchange as xchg
 from nfsd.peer.conflicts import CONFLICT_TAG
 from nfsd.peer.exchange import Exchange
 from nfsd.peer.landing import Landing
@@ -279,3 +280,80 @@ def test_a_crash_between_the_index_and_the_disk_is_finished_at_start(
     assert a.tree.journal.history.high(a.area) == high  # the old bytes never republished
     a.pull(b)
     assert a.view() == b.view()
+
+
+def rename(side: Side, old: bytes, new: bytes) -> None:
+    async def go() -> None:
+        old_dir, old_name = old.rpartition(b"/")[::2]
+        new_dir, new_name = new.rpartition(b"/")[::2]
+        src = side.tree.fid_of_path(side.area, old_dir)
+        dst = side.tree.fid_of_path(side.area, new_dir)
+        await side.tree.rename(src, old_name, dst, new_name)
+
+    trio.run(go)
+    side.exchange.stamp_pending(side.area)
+
+
+def test_a_rename_in_a_delta_moves_as_one_where_its_preconditions_hold(
+    sides: tuple[Side, Side], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = sides
+    a.write("sub/one.txt", b"one\n")
+    a.write("two.txt", b"two\n")
+    a.publish()
+    converge(a, b)  # both subscribed: what follows comes as deltas
+    inode = (a.dir / "sub/one.txt").stat().st_ino
+    moves: list[bool] = []
+    plan = xchg.plan_rename
+
+    def spy(*args: Any) -> Any:
+        moves.append(plan(*args).move)
+        return plan(*args)
+
+    monkeypatch.setattr(xchg, "plan_rename", spy)
+    rename(b, b"sub/one.txt", b"moved.txt")
+    a.pull(b)
+    assert moves == [True]
+    assert (a.dir / "moved.txt").stat().st_ino == inode
+    assert not (a.dir / "sub/one.txt").exists()
+    assert a.view() == b.view()
+
+
+def test_a_rename_against_an_unpublished_local_edit_loses_nothing(
+    sides: tuple[Side, Side],
+) -> None:
+    a, b = sides
+    a.write("f.txt", b"f1\n")
+    a.publish()
+    converge(a, b)
+    a.write("f.txt", b"f1, edited on a\n")  # not yet hashed when b's rename arrives
+    rename(b, b"f.txt", b"g.txt")
+    a.pull(b)
+    assert (a.dir / "f.txt").read_bytes() == b"f1, edited on a\n"
+    a.publish()
+    converge(a, b)
+    assert a.view() == b.view()
+    view = a.view()
+    assert view[b"f.txt"] == (16, blob(b"f1, edited on a\n"))  # the edit beats the tombstone
+    assert view[b"g.txt"] == (3, blob(b"f1\n"))  # and the rename's content is there too
+    assert not copies(view)
+
+
+def test_renaming_a_conflict_copy_resolves_it_and_keeps_its_content(
+    sides: tuple[Side, Side],
+) -> None:
+    a, b = sides
+    a.write("r.txt", b"a wins\n", mtime_s=4_000_100)
+    b.write("r.txt", b"b loses\n", mtime_s=4_000_000)
+    a.publish()
+    b.publish()
+    converge(a, b)
+    (name,) = copies(b.view())
+    assert b.layer(name) == Layer.REAL  # b's own loser, moved aside
+    rename(b, name, b"r-from-b.txt")
+    converge(a, b)
+    assert a.view() == b.view()
+    assert not copies(a.view())
+    assert a.view()[b"r-from-b.txt"] == (8, blob(b"b loses\n"))
+    assert (b.dir / "r-from-b.txt").read_bytes() == b"b loses\n"
+    assert a.view()[b"r.txt"] == (7, blob(b"a wins\n"))

@@ -3,9 +3,10 @@ lacks is asked of the connected peers with FETCH (xdr/peer.py) by blob id and ch
 over the links of nfsd/peer/service.py, and a blob the cache has no manifest for is described
 by its chunk list (CHUNKS).
 
-Trust: every chunk is checked against its hash in the blob's chunk list here, before it is
-handed on (a peer answering wrong bytes is logged and the next one asked), and the cache
-checks it again before storing it (`BlobStore.put_chunk`) and the whole blob against its id
+Trust: every chunk is checked against its hash in the blob's chunk list before it is used:
+`fetch_into` hands each answer to the cache's `put_chunk` (through the layer's `store`),
+which checks it and refuses a wrong one, and then the next peer is asked (`read_chunk`, for
+callers without a store, checks it here); the cache checks the whole blob against its id
 once complete. A blob of one chunk needs no list (its chunk hash is its id); a longer one's
 list is the one a connected peer of the household gives, which that peer computed from the
 whole content (nfsd/peer/fetch.py).
@@ -15,20 +16,21 @@ reader has in flight (nfsd/vfs/unreal.py reads ahead) come from several peers at
 peer is connected a fetch waits `NO_PEER_GRACE` seconds for a link (a reader is answered
 JUKEBOX meanwhile, nfsd/vfs/unreal.py), then gives up (an I/O error).
 
-The Unreal layer calls `read_chunk` and `chunk_hashes` from worker threads; the calls run on
-the event loop (where the links live) and the thread waits for them.
+The Unreal layer calls `fetch_into` on the event loop (where the links live), and
+`chunk_hashes` from a worker thread, which waits for the calls it makes on the loop.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import blake3
 import trio
 
 from nfsd.peer.service import PeerService
 from nfsd.rpc.client import RpcError
-from nfsd.store.blobs import BlobError, BlobStore
+from nfsd.store.blobs import BlobError, BlobStore, ChunkHashMismatch
 from nfsd.store.manifest import chunk_count
 from xdr.peer import (
     BLOB_ID_SIZE,
@@ -82,6 +84,44 @@ class PeerSource:
             return None
         return trio.from_thread.run(self.fetch, blob_id, index, length, expected)
 
+    async def fetch_into(
+        self, blob_id: bytes, index: int, length: int, store: Callable[[bytes], Awaitable[None]]
+    ) -> bool:
+        """Chunk `index` of the blob, `length` bytes, handed to `store` (which raises
+        ChunkHashMismatch for wrong bytes) from the first connected peer whose answer it
+        takes; False when none gives one."""
+        for name in await self._peers(index):
+            data = await self._ask(name, blob_id, index, length)
+            if data is None:
+                continue
+            try:
+                await store(data)
+            except ChunkHashMismatch:
+                self._wrong(name, blob_id, index)
+                continue
+            return True
+        return False
+
+    def _wrong(self, name: str, blob_id: bytes, index: int) -> None:
+        self.wrong_chunks += 1
+        log.warning(
+            "peer %s sent a wrong chunk %d of %s: asking another", name, index, blob_id.hex()[:16]
+        )
+
+    async def _ask(self, name: str, blob_id: bytes, index: int, length: int) -> bytes | None:
+        """One FETCH of the peer `name`: the chunk's `length` bytes, or None."""
+        try:
+            with trio.fail_after(FETCH_TIMEOUT):
+                res: fetch_res = await self.peers.call(
+                    name, PEERPROC.FETCH, fetch_args, fetch_args(blob_id, index), fetch_res
+                )
+        except _Failures as e:
+            log.info("peer %s gave no chunk %d of %s: %s", name, index, blob_id.hex()[:16], e)
+            return None
+        if res.status != fetch_status.OK or len(res.data) != length:
+            return None
+        return bytes(res.data)
+
     async def _peers(self, start: int) -> list[str]:
         """The connected peers, rotated to begin with the `start`-th; waits a while for one
         when none is."""
@@ -131,25 +171,11 @@ class PeerSource:
     ) -> bytes | None:
         """Chunk `index` of the blob, `length` bytes, matching `expected` when given."""
         for name in await self._peers(index):
-            try:
-                with trio.fail_after(FETCH_TIMEOUT):
-                    res: fetch_res = await self.peers.call(
-                        name, PEERPROC.FETCH, fetch_args, fetch_args(blob_id, index), fetch_res
-                    )
-            except _Failures as e:
-                log.info("peer %s gave no chunk %d of %s: %s", name, index, blob_id.hex()[:16], e)
+            data = await self._ask(name, blob_id, index, length)
+            if data is None:
                 continue
-            if res.status != fetch_status.OK or len(res.data) != length:
-                continue
-            data = bytes(res.data)
             if expected is not None and blake3.blake3(data).digest() != expected:
-                self.wrong_chunks += 1
-                log.warning(
-                    "peer %s sent a wrong chunk %d of %s: asking another",
-                    name,
-                    index,
-                    blob_id.hex()[:16],
-                )
+                self._wrong(name, blob_id, index)
                 continue
             return data
         return None

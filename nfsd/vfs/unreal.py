@@ -134,6 +134,15 @@ class UnrealLayer:
             offset = index * manifest.chunk_size
             length = min(manifest.chunk_size, manifest.size - offset)
             for source in self.sources:
+                fetch_into = getattr(source, "fetch_into", None)
+                if fetch_into is not None:  # on the loop, storing through `store`
+
+                    async def store(data: bytes) -> None:
+                        await trio.to_thread.run_sync(self.blobs.put_chunk, blob, index, data)
+
+                    if await fetch_into(blob, index, length, store):
+                        return
+                    continue
                 data = await trio.to_thread.run_sync(source.read_chunk, blob, offset, length)
                 if data is None:
                     continue

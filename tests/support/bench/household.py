@@ -1,0 +1,413 @@
+"""The household's benchmark: two real servers paired over TLS on loopback, and what a user
+of two machines waits for.
+
+    scripts/bench-household [--quick] [--out DIR] [--workdir DIR] [--changes N] [--read-mib N]
+
+`run_household_bench(settings, log)`:
+
+1. **TLS ceiling**: one TLS 1.3 stream between two Python processes (trio, the peers' own
+   certificates and contexts, nfsd/peer/tls.py), bulk bytes one way: the most a peer link can
+   carry on this machine, measured in the same run.
+2. **Cold READ from a peer**: a file (no two chunks equal) written into peer A's area shows on
+   peer B as Unreal; B's cache holds none of it. It is read once through NFS on B (16 READs of
+   1 MiB outstanding), so every byte crosses the link: chunk list, then chunks. Reported as
+   MB/s and as a ratio of the TLS ceiling. The read hashes what it gets against the blob id.
+3. **Catch-up**: while B is stopped, A publishes N new files (the creates of its history);
+   then B starts and `realize sync docs` returns once B has applied them all. Timed from B's
+   start, and B's peak resident memory (VmHWM) through it.
+4. **Delete and rename on a connected peer**: a file renamed, and one deleted, on A's disk;
+   the time until B's index shows it (polled every 20 ms), a few rounds each.
+
+Results go to household.json and household.md beside the other benchmarks' results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import trio
+
+from nfsd.store.areas import AreaTable
+from nfsd.store.db import Store
+from nfsd.store.index import AreaIndex
+from tests.support.bench.run import MiB, Target, client_env, run_clients
+from tests.support.bench.unreal import GiB, choose_workdir, rss_parts, write_distinct
+from tests.support.server import REPO, ServerProcess, start_server
+
+DEFAULT_OUT = REPO / "docs" / "bench"
+JOB_TIMEOUT = 900.0
+READ_TARGET = 250.0  # MB/s, cold READ of a peer's file
+CATCHUP_TARGET = 20.0  # seconds for 100,000 changes
+VISIBLE_TARGET = 2.0  # seconds, a delete or a rename on a connected peer
+RSS_TARGET = 150.0  # MB
+
+
+@dataclass
+class HouseholdSettings:
+    quick: bool
+    read_size: int
+    changes: int
+    rounds: int  # delete and rename rounds
+    depth: int = 16
+    chunk: int = MiB
+
+    @classmethod
+    def full(cls) -> HouseholdSettings:
+        return cls(False, GiB, 100_000, 5)
+
+    @classmethod
+    def quick_run(cls) -> HouseholdSettings:
+        return cls(True, 64 * MiB, 2_000, 2)
+
+
+# ---- the TLS ceiling, in two child processes ----
+
+
+def _identities(base: Path) -> tuple[Path, Path]:
+    from nfsd.peer import identity
+
+    sender, receiver = base / "tls-sender", base / "tls-receiver"
+    for state in (sender, receiver):
+        state.mkdir(parents=True, exist_ok=True)
+        identity.load_or_create(state)  # as `realize init` makes it
+    return sender, receiver
+
+
+def _roster(own: Path, other: Path) -> Any:
+    from nfsd.peer import identity, roster
+
+    me, _ = identity.load_or_create(own)
+    them, _ = identity.load_or_create(other)
+    peer = roster.new_peer("other", them.token, None, None)
+    return roster.Roster({}).with_peer(peer, me.public_key)
+
+
+async def _tls_send(job: dict[str, Any]) -> dict[str, Any]:
+    from nfsd.peer import identity, tls
+
+    me, _ = identity.load_or_create(Path(job["own"]))
+    peers = _roster(Path(job["own"]), Path(job["other"]))
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    print(f"PORT {listeners[0].socket.getsockname()[1]}", flush=True)
+    transport = await listeners[0].accept()
+    stream = await tls.handshake(transport, tls.server_context(me, peers), peers, server_side=True)
+    block = os.urandom(MiB)
+    for _ in range(job["size"] // MiB):
+        await stream.stream.send_all(block)
+    await stream.aclose()
+    return {}
+
+
+async def _tls_receive(job: dict[str, Any]) -> dict[str, Any]:
+    from nfsd.peer import identity, tls
+
+    me, _ = identity.load_or_create(Path(job["own"]))
+    peers = _roster(Path(job["own"]), Path(job["other"]))
+    stream = await tls.dial(("127.0.0.1", job["port"]), me, peers)
+    received, started = 0, time.perf_counter()
+    while received < job["size"]:
+        data = await stream.stream.receive_some(1 << 20)
+        if not data:
+            break
+        received += len(data)
+    seconds = time.perf_counter() - started
+    with contextlib.suppress(trio.BrokenResourceError):
+        await stream.aclose()
+    return {"bytes": received, "rate": received / seconds / 1e6}
+
+
+CHILD_JOBS = {"tls_send": _tls_send, "tls_receive": _tls_receive}
+
+
+def _child(job: dict[str, Any]) -> list[str]:
+    return [sys.executable, "-m", "tests.support.bench.household", json.dumps(job)]
+
+
+def tls_ceiling(base: Path, size: int) -> float:
+    """MB/s of one TLS 1.3 peer stream between two Python processes on loopback."""
+    sender, receiver = _identities(base)
+    send = subprocess.Popen(
+        _child({"kind": "tls_send", "own": str(sender), "other": str(receiver), "size": size}),
+        stdout=subprocess.PIPE, text=True, cwd=REPO, env=client_env(),
+    )  # fmt: skip
+    try:
+        assert send.stdout is not None
+        port = int(send.stdout.readline().split()[1])
+        job = {"kind": "tls_receive", "own": str(receiver), "other": str(sender), "size": size,
+               "port": port}  # fmt: skip
+        done = subprocess.run(
+            _child(job), capture_output=True, text=True, cwd=REPO, env=client_env(),
+            timeout=JOB_TIMEOUT,
+        )  # fmt: skip
+        for line in done.stdout.splitlines():
+            if line.startswith("RESULT "):
+                return float(json.loads(line[len("RESULT ") :])["rate"])
+        raise RuntimeError(f"TLS receiver failed: {done.stderr[-2000:]}")
+    finally:
+        send.kill()
+        send.wait()
+
+
+# ---- the two peers ----
+
+
+def realize(state: Path, *args: str, timeout: float = 600) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "nfsd.cli", "--state-dir", str(state), *args],
+        capture_output=True, text=True, cwd=REPO, env=client_env(), timeout=timeout,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"realize {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def token(state: Path) -> str:
+    line = next(x for x in realize(state, "id").splitlines() if "realize peer add" in x)
+    return next(word for word in line.split() if word.startswith("rz1."))
+
+
+def indexed(state: Path, path: bytes) -> bool:
+    """Whether docs/`path` is in the index of a running server's store."""
+    store = Store(state / "db", read_only=True)
+    try:
+        record = AreaTable(store).get("docs")
+        return record is not None and AreaIndex(store).get(record.id, path) is not None
+    finally:
+        store.close()
+
+
+def history_high(state: Path) -> int:
+    from nfsd.store.history import History
+
+    store = Store(state / "db", read_only=True)
+    try:
+        record = AreaTable(store).get("docs")
+        return 0 if record is None else History(store).high(record.id)
+    finally:
+        store.close()
+
+
+def wait(what: str, condition: Callable[[], bool], timeout: float, every: float = 0.1) -> float:
+    started = time.perf_counter()
+    while not condition():
+        if time.perf_counter() - started > timeout:
+            raise RuntimeError(f"not within {timeout:.0f} s: {what}")
+        time.sleep(every)
+    return time.perf_counter() - started
+
+
+@dataclass
+class HouseholdBench:
+    settings: HouseholdSettings
+    log: Callable[[str], None]
+    base: Path
+    results: dict[str, Any] = field(default_factory=dict)
+    servers: dict[str, ServerProcess] = field(default_factory=dict)
+
+    def area(self, peer: str) -> Path:
+        return self.base / f"{peer}-docs"
+
+    def state(self, peer: str) -> Path:
+        return self.base / f"{peer}-state"
+
+    def start(self, peer: str) -> ServerProcess:
+        server = start_server(
+            {"docs": self.area(peer)}, self.state(peer), timeout=120,
+            extra=["--peer-port", "0", "--rest", "0.2"],
+        )  # fmt: skip
+        self.servers[peer] = server
+        return server
+
+    def stop(self, peer: str) -> None:
+        self.servers.pop(peer).stop()
+
+    def peer_port(self, peer: str) -> int:
+        return json.loads((self.state(peer) / "server.json").read_text())["peer_port"]
+
+    def pair(self) -> None:
+        for peer in ("a", "b"):
+            self.area(peer).mkdir(parents=True)
+        self.start("a")
+        self.start("b")
+        a_token, b_token = token(self.state("a")), token(self.state("b"))
+        realize(self.state("a"), "peer", "add", "b", b_token)  # deaf: b dials in
+        address = f"127.0.0.1:{self.peer_port('a')}"
+        realize(self.state("b"), "peer", "add", "a", a_token, "--address", address)
+        wait("b connected to a", lambda: "yes" in realize(self.state("b"), "peer", "list"), 60)
+
+    def cold_read(self) -> None:
+        size = self.settings.read_size
+        blob = write_distinct(self.base / "staging.bin", size)
+        os.rename(self.base / "staging.bin", self.area("a") / "big.bin")
+        wait("big.bin on b", lambda: indexed(self.state("b"), b"big.bin"), 600, 0.2)
+        b = self.servers["b"]
+        target = Target("realize", self.base, "/docs", b.nfs_port, b.mount_port, b.process.pid)
+        job = {
+            "kind": "read", "server": target.server(), "timeout": JOB_TIMEOUT, "file": "big.bin",
+            "outstanding": self.settings.depth, "size": size, "chunk": self.settings.chunk,
+            "time_cap": 600.0, "digest": True,
+        }  # fmt: skip
+        [result] = run_clients([job], timeout=JOB_TIMEOUT)
+        if not result["complete"] or result.get("blake3") != blob.hex():
+            raise RuntimeError(f"the cold read of big.bin got wrong content: {result}")
+        self.results["cold_read"] = result["rate"]
+        self.results["cold_read_jukebox"] = result["jukebox"]
+        self.log(f"cold READ from a peer: {result['rate']:.0f} MB/s")
+
+    def catch_up(self) -> None:
+        n = self.settings.changes
+        self.stop("b")
+        before = history_high(self.state("a"))
+        many = self.area("a") / "many"
+        many.mkdir()
+        for i in range(n):
+            (many / f"f{i:07d}").write_bytes(b"%d\n" % i)
+        self.log(f"made {n} files on a; waiting for a to publish them")
+        wait("a published", lambda: history_high(self.state("a")) >= before + n + 1, 1800, 1.0)
+        started = time.perf_counter()
+        b = self.start("b")
+        said = realize(self.state("b"), "sync", "docs", timeout=1800)
+        seconds = time.perf_counter() - started
+        if not indexed(self.state("b"), f"many/f{n - 1:07d}".encode()):
+            raise RuntimeError(f"b did not catch up: {said}")
+        self.results["catchup_seconds"] = seconds
+        self.results["catchup_rss"] = rss_parts(b.process.pid).get("RssAnon", 0.0)
+        status = Path(f"/proc/{b.process.pid}/status").read_text()
+        hwm = next(x for x in status.splitlines() if x.startswith("VmHWM"))
+        self.results["catchup_peak_rss"] = int(hwm.split()[1]) * 1024 / 1e6
+        self.log(f"catch-up of {n} changes: {seconds:.1f} s, peak RSS "
+                 f"{self.results['catchup_peak_rss']:.0f} MB")  # fmt: skip
+
+    def visibility(self) -> None:
+        renames, deletes = [], []
+        for i in range(self.settings.rounds):
+            name = f"v{i}.txt".encode()
+            (self.area("a") / name.decode()).write_bytes(b"seen %d\n" % i)
+            wait("the file on b", lambda n=name: indexed(self.state("b"), n), 60, 0.05)
+            moved = b"moved-" + name
+            os.rename(self.area("a") / name.decode(), self.area("a") / moved.decode())
+            renames.append(
+                wait("the rename on b", lambda m=moved: indexed(self.state("b"), m), 60, 0.02)
+            )
+            os.unlink(self.area("a") / moved.decode())
+            deletes.append(
+                wait("the delete on b", lambda m=moved: not indexed(self.state("b"), m), 60, 0.02)
+            )
+        self.results["rename_seconds"] = median(renames)
+        self.results["delete_seconds"] = median(deletes)
+        self.log(f"rename visible in {median(renames):.2f} s, delete in {median(deletes):.2f} s")
+
+
+def run_household_bench(
+    settings: HouseholdSettings, log: Callable[[str], None], workdir: Path | None = None
+) -> dict[str, Any]:
+    parent = choose_workdir(workdir, 2 * settings.read_size + 256 * MiB, log)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-household-", dir=parent) as tmp:
+        bench = HouseholdBench(settings, log, Path(tmp))
+        try:
+            ceiling = tls_ceiling(bench.base, min(settings.read_size, GiB))
+            bench.results["tls_ceiling"] = ceiling
+            log(f"TLS ceiling: {ceiling:.0f} MB/s")
+            bench.pair()
+            bench.cold_read()
+            bench.visibility()
+            bench.catch_up()
+        finally:
+            for peer in list(bench.servers):
+                bench.stop(peer)
+    results = dict(bench.results)
+    results["settings"] = {"read_size": settings.read_size, "changes": settings.changes,
+                           "quick": settings.quick}  # fmt: skip
+    results["seconds"] = time.perf_counter() - started
+    return results
+
+
+def markdown(results: dict[str, Any], command: str) -> str:
+    s = results["settings"]
+    ratio = results["cold_read"] / results["tls_ceiling"]
+    scale = s["changes"] / 100_000
+    rows = [
+        ("cold READ of a peer's file, MB/s", f"{results['cold_read']:.0f}",
+         f"≥ {READ_TARGET:.0f}", f"{ratio:.2f} of the TLS ceiling "
+         f"({results['tls_ceiling']:.0f} MB/s)"),
+        (f"catch-up of {s['changes']:,} changes, s", f"{results['catchup_seconds']:.1f}",
+         f"≤ {CATCHUP_TARGET * scale:.1f}", "from the peer's start to `realize sync` done"),
+        ("peak RSS through that catch-up, MB", f"{results['catchup_peak_rss']:.0f}",
+         f"≤ {RSS_TARGET:.0f}", "VmHWM of the catching-up server"),
+        ("a rename visible on a connected peer, s", f"{results['rename_seconds']:.2f}",
+         f"≤ {VISIBLE_TARGET:.0f}", "median"),
+        ("a delete visible on a connected peer, s", f"{results['delete_seconds']:.2f}",
+         f"≤ {VISIBLE_TARGET:.0f}", "median"),
+    ]  # fmt: skip
+    lines = [
+        "# Household benchmark",
+        "",
+        f"`{command}`: two servers paired over TLS on loopback, "
+        f"{s['read_size'] // MiB} MiB cold read, in {results['seconds']:.0f} s.",
+        "",
+        "| measure | here | target | note |",
+        "| --- | ---: | ---: | --- |",
+        *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench-household", description=(__doc__ or "").split("\n\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--workdir", type=Path, help="where the data goes (needs room)")
+    parser.add_argument("--changes", type=int, help="changes the catching-up peer missed")
+    parser.add_argument("--read-mib", type=int, help="size of the cold-read file")
+    return parser.parse_args(argv)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = HouseholdSettings.quick_run() if args.quick else HouseholdSettings.full()
+    shown = ["scripts/bench-household"] + (["--quick"] if args.quick else [])
+    if args.changes:
+        settings.changes = args.changes
+        shown += ["--changes", str(args.changes)]
+    if args.read_mib:
+        settings.read_size = args.read_mib * MiB
+        shown += ["--read-mib", str(args.read_mib)]
+    results = run_household_bench(settings, log, args.workdir)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "household.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = markdown(results, shlex.join(shown))
+    (args.out / "household.md").write_text(text)
+    print(text)
+    return 0
+
+
+def child_main(argv: list[str]) -> int:
+    job = json.loads(argv[1])
+    result = trio.run(CHILD_JOBS[job["kind"]], job)
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(sys.argv))

@@ -39,6 +39,9 @@ from xdr.peer import (
     fetch_args,
     fetch_res,
     fetch_status,
+    history_args,
+    history_res,
+    history_status,
 )
 from xdr.rpc import accept_stat
 
@@ -238,6 +241,43 @@ def test_chunks_lists_a_real_files_chunk_hashes_checked_against_its_id(
 
         statuses = trio.run(_session, port, state, member_state, after_listing)
         assert statuses == [fetch_status.OK, fetch_status.CHANGED]
+        assert server.process.poll() is None
+    finally:
+        server.stop()
+
+
+def test_history_is_served_only_of_the_areas_the_roster_shares_with_the_caller(
+    tmp_path: Path,
+    household: Callable[[str], Path],  # noqa: F811
+) -> None:
+    docs, private = tmp_path / "docs", tmp_path / "private"
+    docs.mkdir()
+    private.mkdir()
+    (docs / "open.txt").write_bytes(b"for the household\n")
+    (private / "diary.txt").write_bytes(b"for this machine\n")
+    state = tmp_path / "server"
+    server = start_server(
+        {"docs": docs, "private": private}, state, extra=["--peer-port", "0", "--rest", "0.1"]
+    )
+    try:
+        port = json.loads((state / "server.json").read_text())["peer_port"]
+        member_state = household("member")
+        ok(realize(state, "peer", "add", "member", token_of(member_state), "--areas", "docs"))
+
+        async def pages(client: Any) -> dict[str, Any]:
+            got = {}
+            for area in ("docs", "private", "nosuch"):
+                args = history_args(area.encode(), b"", 0, 100, False, 0, b"")
+                got[area] = await client.call(
+                    PEER_PROGRAM, PEER_V1, PEERPROC.HISTORY, history_args, args, history_res
+                )
+            return got
+
+        got = trio.run(_session, port, state, member_state, pages)
+        assert got["docs"].status == history_status.OK
+        # Not shared with this peer: answered as an area that does not exist, no entry.
+        assert got["private"].status == history_status.NO_AREA and not got["private"].entries
+        assert got["nosuch"].status == history_status.NO_AREA
         assert server.process.poll() is None
     finally:
         server.stop()

@@ -35,15 +35,22 @@ def peer_program(
     def caller(ctx: CallContext) -> str | None:
         return None if exchange is None or peer_of is None else peer_of(ctx)
 
+    def shared(ctx: CallContext, area: bytes) -> bool:
+        """Whether the roster lets the link's peer have this area (`peer add --areas`)."""
+        allowed = getattr(ctx.caller, "areas", None)
+        return allowed is None or bytes(area).decode(errors="replace") in allowed
+
     async def _history(ctx: CallContext, args: Any) -> Any:
         peer = caller(ctx)
         if exchange is None or peer is None:
             return refused(history_status.UNAVAILABLE)
+        if not shared(ctx, args.area):
+            return refused(history_status.NO_AREA)  # as if there were no such area here
         return exchange.serve(peer, args)
 
     async def _ack(ctx: CallContext, args: Any) -> None:
         peer = caller(ctx)
-        if exchange is not None and peer is not None:
+        if exchange is not None and peer is not None and shared(ctx, args.area):
             exchange.acknowledge(peer, args)
 
     async def _notify(ctx: CallContext, area: Any) -> None:

@@ -161,9 +161,17 @@ class Journal:
         if replaced is not None:
             self.index.remove_tree(batch, area, new)
         if entry is not None:
+            # A directory's announced descendants are renamed with it, each a change of its
+            # own after the directory's: peers then move every path by the rules of one
+            # rename (a concurrent change under the old name meets its own path's versions).
+            below = list(self.index.walk(area, old)) if entry.kind == Kind.DIR else []
             self.index.move(batch, area, old, new)
             if _announced(entry):
                 self.history.append(batch, area, Change(Op.RENAME, old, new, old_blob=entry.blob))
+                for path, child in below:
+                    if _announced(child):
+                        moved = Change(Op.RENAME, path, new + path[len(old) :], old_blob=child.blob)
+                        self.history.append(batch, area, moved)
         if own:
             batch.commit()
         prefix = old + b"/"

@@ -357,3 +357,42 @@ def test_renaming_a_conflict_copy_resolves_it_and_keeps_its_content(
     assert a.view()[b"r-from-b.txt"] == (8, blob(b"b loses\n"))
     assert (b.dir / "r-from-b.txt").read_bytes() == b"b loses\n"
     assert a.view()[b"r.txt"] == (7, blob(b"a wins\n"))
+
+
+def test_a_directory_rename_moves_its_whole_subtree_on_the_other_peer(
+    sides: tuple[Side, Side],
+) -> None:
+    a, b = sides
+    a.write("proj/a.txt", b"a\n")
+    a.write("proj/deep/b.txt", b"bb\n")
+    a.publish()
+    converge(a, b)
+    inode = (a.dir / "proj/deep/b.txt").stat().st_ino
+    rename(b, b"proj", b"work")
+    a.pull(b)
+    assert not (a.dir / "proj").exists()
+    assert (a.dir / "work/deep/b.txt").stat().st_ino == inode  # moved as one, not fetched
+    assert a.layer(b"work/a.txt") == Layer.REAL
+    assert a.view() == b.view()
+    assert set(a.view()) == {b"work", b"work/a.txt", b"work/deep", b"work/deep/b.txt"}
+    high = a.tree.journal.history.high(a.area)
+    a.publish()
+    assert a.tree.journal.history.high(a.area) == high  # nothing to publish back
+
+
+def test_a_create_concurrent_with_a_directory_rename_is_not_lost(
+    sides: tuple[Side, Side],
+) -> None:
+    a, b = sides
+    a.write("proj/a.txt", b"a\n")
+    a.publish()
+    converge(a, b)
+    a.write("proj/new.txt", b"made on a meanwhile\n")  # b does not know it yet
+    a.publish()
+    rename(b, b"proj", b"work")
+    converge(a, b)
+    assert a.view() == b.view()
+    view = a.view()
+    assert view[b"work/a.txt"] == (2, blob(b"a\n"))
+    assert view[b"proj/new.txt"] == (20, blob(b"made on a meanwhile\n"))
+    assert (a.dir / "proj/new.txt").read_bytes() == b"made on a meanwhile\n"

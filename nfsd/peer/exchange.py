@@ -46,9 +46,21 @@ dropped and shows the new version Unreal, fetched on read; deleted by a peer, it
 (an emptied directory too); renamed, it is moved as one where the rename's preconditions hold
 here (`plan_rename`: the same two changes, a tombstone and a create, in one entry), or where
 a delete and a create of its very content meet in one page (a catch-up). A losing local
-version moves aside to its conflict name, still Real. The index, the fileid table and the
-disk changes as intents are one synced batch; the disk follows, and `recover` finishes it
-after a crash. Realizing a newly arrived version of a path marked `real` is not done here.
+version moves aside to its conflict name, still Real.
+
+Directory renames: the journal publishes a rename of each announced path below a renamed
+directory, after the directory's own (nfsd/vfs/journal.py), rather than one entry that
+implies its children. Every path then carries its own versions through one rule set: a
+catch-up announces the children where they are now, and a change concurrent with the rename
+under the old name (an edit, a create) meets its own path's versions, never an implied move
+that would have to be replayed on every later arrival. A directory held Real here moves as
+one when every path below it here is renamed with it in the page (and clean); otherwise each
+path goes by its own rename, and a directory keeps existing (Real, or brought back Unreal)
+while something below it does, so a create concurrent with the rename is not lost.
+
+The index, the fileid table and the disk changes as intents are one synced batch; the disk
+follows, and `recover` finishes it after a crash. Realizing a newly arrived version of a path
+marked `real` is not done here.
 
 A Real file that is not clean may hold a change not published yet. It is left as it is, and
 the path's state before the peer's version becomes its base: when the change is published,
@@ -101,7 +113,7 @@ from nfsd.store.areas import AreaTable
 from nfsd.store.blobs import BlobError
 from nfsd.store.db import Batch, Store
 from nfsd.store.history import Change, History, Op
-from nfsd.store.index import AreaIndex, Entry, Kind, Layer
+from nfsd.store.index import AreaIndex, Entry, Kind, Layer, join, split
 from nfsd.store.paths import path_problem, shown
 from xdr import peer as wire
 from xdr.codec import Array, XdrError, decode, encode
@@ -230,6 +242,8 @@ class Landed:
     pins: list[tuple[bytes, str]] = field(default_factory=list)
     unpins: list[tuple[bytes, str]] = field(default_factory=list)
     placed: set[bytes] = field(default_factory=set)  # paths a Real file is moved to
+    deleted: set[bytes] = field(default_factory=set)  # index entries this batch deletes
+    made: set[bytes] = field(default_factory=set)  # directories this batch brings back
 
 
 @dataclass(slots=True)
@@ -730,9 +744,20 @@ class Exchange:
         preconditions hold here."""
         landed = Landed()
         moved: set[bytes] = set()
-        for applied in page.applied.values():
-            if len(applied) >= 2:
-                moved |= self._move(batch, area, page, applied[0], applied[1], landed)
+        pairs = [(a[0], a[1]) for a in page.applied.values() if len(a) >= 2]
+        renamed = {first[0]: second[0] for first, second in pairs}
+        moved_dirs: list[tuple[bytes, bytes]] = []
+        for first, second in pairs:
+            source, target = first[0], second[0]
+            outer = next((d for d in moved_dirs if source.startswith(d[0] + b"/")), None)
+            if outer is not None:  # a descendant of a directory moved as one: moved with it
+                if target == outer[1] + source[len(outer[0]) :]:
+                    moved |= {source, target}
+                continue
+            done = self._move(batch, area, page, first, second, landed, renamed)
+            moved |= done
+            if done and second[1].kind is VKind.DIRECTORY:
+                moved_dirs.append((source, target))
         if self.landing is not None:
             self._pair_by_content(batch, area, page, landed, moved)
         for path in sorted(page.before, reverse=True):
@@ -745,11 +770,14 @@ class Exchange:
 
     def _move(
         self, batch: Batch, area: int, page: _Page, first: tuple[bytes, Version],
-        second: tuple[bytes, Version], landed: Landed,
+        second: tuple[bytes, Version], landed: Landed, renamed: dict[bytes, bytes],
     ) -> set[bytes]:  # fmt: skip
         """A rename (a tombstone and its content at another path, in one change) of a file
         held Real and clean here, moved as one when `plan_rename` says its preconditions
-        hold and nothing else in the page changed either path; the two paths, if moved."""
+        hold and nothing else in the page changed either path; the two paths, if moved.
+        A directory moves as one only when every path below it here is renamed with it in
+        this page (`renamed`: source → target) and clean: a path below it the renamer did
+        not know (a concurrent create) stays where it was made, its directory kept for it."""
         (source, removed), (target, created) = first, second
         if self.landing is None or not removed.deleted or created.deleted:
             return set()
@@ -769,7 +797,25 @@ class Exchange:
             return set()
         if page.states[target] != PathState((created,)):
             return set()
+        if created.kind is VKind.DIRECTORY and not self._all_moving(area, source, target,
+                                                                    renamed):  # fmt: skip
+            return set()
         return self._move_real(batch, area, source, target, landed)
+
+    def _all_moving(
+        self, area: int, source: bytes, target: bytes, renamed: dict[bytes, bytes]
+    ) -> bool:
+        """Whether every path below the directory `source` here is renamed to its place
+        below `target` in this page, and every Real file among them is clean."""
+        assert self.landing is not None
+        for path, entry in self.index.walk(area, source):
+            if renamed.get(path) != target + path[len(source) :]:
+                return False
+            if entry.layer == Layer.REAL and entry.kind == Kind.FILE:
+                real = self.landing.inspect(area, path, entry)
+                if real is None or not real.clean:
+                    return False
+        return True
 
     def _move_real(
         self, batch: Batch, area: int, source: bytes, target: bytes, landed: Landed
@@ -794,6 +840,7 @@ class Exchange:
         self.landing.plan(batch, act, real.fid)
         landed.acts.append(act)
         landed.placed.add(target)
+        landed.deleted.add(source)
         return {source, target}
 
     def _pair_by_content(self, batch: Batch, area: int, page: _Page, landed: Landed,
@@ -851,20 +898,47 @@ class Exchange:
                 self._land_real(batch, area, path, mode, current, before, shown_after, landed,
                                 held_base)  # fmt: skip
         else:
-            self._show_unreal(batch, area, path, mode, current, shown_after)
+            self._show_unreal(batch, area, path, mode, current, shown_after, landed)
         self._show_copies(batch, area, path, mode, resolve(path, before), shown_after, landed,
                           states or {})  # fmt: skip
 
     def _show_unreal(
         self, batch: Batch, area: int, path: bytes, mode: int, current: Entry | None,
-        shown: Resolution,
+        shown: Resolution, landed: Landed,
     ) -> None:  # fmt: skip
+        """The path as an Unreal entry (or none). A directory that still holds something
+        here stays (a path below it outlives its delete: a create concurrent with it), and
+        an entry whose directory the index lacks brings it back, Unreal."""
         winner = shown.shown
         if winner is None or winner.deleted:
             if current is not None:
+                if current.kind == Kind.DIR and self._holds(area, path, landed):
+                    return
                 self.index.delete(batch, area, path)
+                landed.deleted.add(path)
             return
         self.index.put(batch, area, path, _unreal_entry(winner, mode or _mode_of(current)))
+        landed.deleted.discard(path)
+        landed.made.add(path)
+        parent = split(path)[0]
+        while parent and self._lacks(area, parent, landed):
+            entry = Entry(Kind.DIR, Layer.UNREAL, 0o755, 0, winner.mtime_ns)
+            self.index.put(batch, area, parent, entry)
+            landed.deleted.discard(parent)
+            landed.made.add(parent)
+            parent = split(parent)[0]
+
+    def _lacks(self, area: int, directory: bytes, landed: Landed) -> bool:
+        if directory in landed.made:
+            return False
+        return directory in landed.deleted or self.index.get(area, directory) is None
+
+    def _holds(self, area: int, directory: bytes, landed: Landed) -> bool:
+        """Whether the index holds a path below `directory` that this batch keeps."""
+        return any(
+            join(directory, name) not in landed.deleted
+            for name, _ in self.index.children(area, directory)
+        ) or any(p.startswith(directory + b"/") for p in landed.made | landed.placed)
 
     def _land_real(
         self, batch: Batch, area: int, path: bytes, mode: int, current: Entry,
@@ -873,7 +947,7 @@ class Exchange:
         assert self.landing is not None
         real = self.landing.inspect(area, path, current)
         if real is None:  # gone from the disk: the journal will hear; show what is decided
-            self._show_unreal(batch, area, path, mode, current, shown)
+            self._show_unreal(batch, area, path, mode, current, shown, landed)
             return
         if not real.clean:
             key = _BASE + _AREA.pack(area) + path
@@ -898,18 +972,21 @@ class Exchange:
             self.landing.plan(batch, act, real.fid)
             landed.acts.append(act)
             landed.placed.add(copy.name)
-            self._show_unreal(batch, area, path, mode, current, shown)
+            self._show_unreal(batch, area, path, mode, current, shown, landed)
             return
         gone = winner is None or winner.deleted
         if current.kind == Kind.DIR:
-            if gone:
+            if gone and not self._holds(area, path, landed):
                 act = Act(What.REMOVE, area, path, st.st_dev, st.st_ino, True)
+                landed.deleted.add(path)
                 self.index.delete(batch, area, path)
                 self.landing.plan(batch, act, real.fid)
                 landed.acts.append(act)
             return  # a directory stays one (it outranks a file: rule 2 of conflicts.py)
         act = Act(What.REMOVE if gone else What.DROP, area, path, st.st_dev, st.st_ino)
-        self._show_unreal(batch, area, path, mode, current, shown)
+        if gone:
+            landed.deleted.add(path)
+        self._show_unreal(batch, area, path, mode, current, shown, landed)
         self.landing.plan(batch, act, real.fid)
         landed.acts.append(act)
 

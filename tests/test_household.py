@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from tests.test_peer_link import (  # noqa: F401 (household is a fixture)
     token_of,
     wait_for,
 )
+from xdr.nfs3 import NFSPROC3, READ3args, nfsstat3
 
 pytestmark = pytest.mark.wire
 
@@ -127,3 +129,51 @@ def test_a_link_coming_up_pulls_what_the_other_peer_published_meanwhile(
     start(b)  # no `realize sync`: the new link pulls by itself
     wait_for("note.txt shows on b", lambda: listed(b, "note.txt") is not None)
     assert listed(b, "note.txt") == ["unreal", human(len(content))]
+
+
+def test_with_every_peer_gone_cached_content_reads_and_the_rest_is_jukebox_then_an_io_error(
+    household: Callable[[str], Path],  # noqa: F811
+) -> None:
+    a, b = household("a"), household("b")
+    port_a = start(a)
+    ok(realize_process(a, "peer", "add", "b", token_of(b)))
+    ok(realize_process(b, "peer", "add", "a", token_of(a), "--address", f"127.0.0.1:{port_a}"))
+    start(b)
+    read_once, never_read = os.urandom(3 * 256 * 1024), os.urandom(2 * 256 * 1024 + 5)
+    (area_dir(a) / "read-once.bin").write_bytes(read_once)
+    (area_dir(a) / "never-read.bin").write_bytes(never_read)
+    for name in ("read-once.bin", "never-read.bin"):
+        wait_for(f"{name} shows on b", lambda n=name: listed(b, n) is not None)
+    nfs_port = json.loads((b / "server.json").read_text())["nfs_port"]
+
+    async def read_whole(nfs: Nfs, name: str) -> bytes:
+        root = await nfs.mount(b"/docs")
+        fh = await nfs.lookup(root, name)
+        data = b""
+        while True:
+            res = await nfs.read(fh, len(data), 1 << 20)
+            data += bytes(res.data)
+            if res.eof:
+                return data
+
+    assert run_on(nfs_port, lambda nfs: read_whole(nfs, "read-once.bin")) == read_once
+    ok(realize_process(a, "stop"))
+
+    async def after(nfs: Nfs) -> tuple[bytes, list[nfsstat3], float]:
+        cached = await read_whole(nfs, "read-once.bin")
+        root = await nfs.mount(b"/docs")
+        fh = await nfs.lookup(root, "never-read.bin")
+        statuses: list[nfsstat3] = []
+        started = time.monotonic()
+        while not statuses or statuses[-1] == nfsstat3.NFS3ERR_JUKEBOX:
+            assert time.monotonic() - started < 60, statuses
+            statuses.append(await nfs.status(NFSPROC3.READ, READ3args(fh, 0, 4096)))
+        return cached, statuses, time.monotonic() - started
+
+    cached, statuses, seconds = run_on(nfs_port, after)
+    assert cached == read_once  # from b's cache: a is gone
+    # The uncached file: retried while a might come back, then an I/O error, not forever.
+    assert statuses[0] == nfsstat3.NFS3ERR_JUKEBOX
+    assert statuses[-1] == nfsstat3.NFS3ERR_IO and seconds < 30
+    # And b goes on serving: a later read of the cached file still works.
+    assert run_on(nfs_port, lambda nfs: read_whole(nfs, "read-once.bin")) == read_once

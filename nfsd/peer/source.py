@@ -13,8 +13,9 @@ whole content (nfsd/peer/fetch.py).
 
 Chunk `i` of a blob is asked first of the `i`-th connected peer in turn, so the chunks a
 reader has in flight (nfsd/vfs/unreal.py reads ahead) come from several peers at once. When no
-peer is connected a fetch waits `NO_PEER_GRACE` seconds for a link (a reader is answered
-JUKEBOX meanwhile, nfsd/vfs/unreal.py), then gives up (an I/O error).
+peer is connected a fetch waits for a link, until `NO_PEER_GRACE` seconds after one was
+first missed (a reader is answered JUKEBOX meanwhile, nfsd/vfs/unreal.py); after that a
+fetch gives up at once (an I/O error) until a peer is back.
 
 The Unreal layer calls `fetch_into` on the event loop (where the links live), and
 `chunk_hashes` from a worker thread, which waits for the calls it makes on the loop.
@@ -60,6 +61,7 @@ class PeerSource:
         self.peers = peers
         self.blobs = blobs
         self.wrong_chunks = 0  # chunks a peer sent that did not match their hash
+        self._alone_since: float | None = None  # when no peer was found connected
 
     def chunk_hashes(self, blob_id: bytes, size: int) -> list[bytes] | None:
         """From a worker thread: the blob's chunk hashes as FETCH cuts it, or None."""
@@ -123,14 +125,21 @@ class PeerSource:
         return bytes(res.data)
 
     async def _peers(self, start: int) -> list[str]:
-        """The connected peers, rotated to begin with the `start`-th; waits a while for one
-        when none is."""
-        with trio.move_on_after(NO_PEER_GRACE):
-            while not self.peers.links.live:
-                await self.peers.links.changed.wait()
-        names = sorted(self.peers.links.live)
+        """The connected peers, rotated to begin with the `start`-th. When none is, waits for
+        one until `NO_PEER_GRACE` seconds after this source first found none; asks after
+        that find none at once (readers get an I/O error) until a peer is back."""
+        links = self.peers.links
+        if not links.live:
+            now = trio.current_time()
+            if self._alone_since is None:
+                self._alone_since = now
+            with trio.move_on_at(self._alone_since + NO_PEER_GRACE):
+                while not links.live:
+                    await links.changed.wait()
+        names = sorted(links.live)
         if not names:
             return []
+        self._alone_since = None
         start %= len(names)
         return names[start:] + names[:start]
 

@@ -396,3 +396,22 @@ def test_a_create_concurrent_with_a_directory_rename_is_not_lost(
     assert view[b"work/a.txt"] == (2, blob(b"a\n"))
     assert view[b"proj/new.txt"] == (20, blob(b"made on a meanwhile\n"))
     assert (a.dir / "proj/new.txt").read_bytes() == b"made on a meanwhile\n"
+
+
+def test_a_file_made_here_but_not_yet_indexed_is_never_overwritten_by_a_peers_create(
+    sides: tuple[Side, Side],
+) -> None:
+    a, b = sides
+    a.publish()
+    converge(a, b)
+    a.write("new.txt", b"made on a, not scanned yet\n", mtime_s=5_000_000)
+    b.write("new.txt", b"made on b\n", mtime_s=5_000_100)
+    b.publish()
+    a.pull(b)
+    assert a.layer(b"new.txt") is None  # neither shown Unreal over a's file nor taken
+    assert (a.dir / "new.txt").read_bytes() == b"made on a, not scanned yet\n"
+    a.publish()
+    converge(a, b)
+    assert a.view() == b.view()
+    assert a.view()[b"new.txt"] == (10, blob(b"made on b\n"))
+    assert list(copies(a.view()).values()) == [(27, blob(b"made on a, not scanned yet\n"))]

@@ -244,6 +244,7 @@ class Landed:
     placed: set[bytes] = field(default_factory=set)  # paths a Real file is moved to
     deleted: set[bytes] = field(default_factory=set)  # index entries this batch deletes
     made: set[bytes] = field(default_factory=set)  # directories this batch brings back
+    listed: dict[bytes, set[bytes]] = field(default_factory=dict)  # names on the disk, by dir
 
 
 @dataclass(slots=True)
@@ -388,6 +389,10 @@ class Exchange:
             path = bytes(key[len(prefix) :])
             base = PathState.decode(bytes(raw))
             current = self.index.get(area, path)
+            if (current is None or current.layer != Layer.REAL) and self._unindexed(
+                area, path, landed
+            ):
+                continue  # still not indexed: the journal publishes it, on this base
             if current is not None and current.layer == Layer.REAL:
                 real = self.landing.inspect(area, path, current)
                 if real is not None:
@@ -897,10 +902,36 @@ class Exchange:
             if self.landing is not None:
                 self._land_real(batch, area, path, mode, current, before, shown_after, landed,
                                 held_base)  # fmt: skip
+        elif self._unindexed(area, path, landed):
+            # On the disk, not yet indexed as Real (made outside NFS, not reconciled yet): a
+            # change not published, held on its base like a Real file that is not clean.
+            self._hold(batch, area, path, before, held_base)
         else:
             self._show_unreal(batch, area, path, mode, current, shown_after, landed)
         self._show_copies(batch, area, path, mode, resolve(path, before), shown_after, landed,
                           states or {})  # fmt: skip
+
+    def _hold(
+        self, batch: Batch, area: int, path: bytes, before: PathState, held_base: PathState | None
+    ) -> None:
+        """Keep what the path holds here; a change of it published later supersedes only
+        `held_base` (or the base kept already, or else `before`)."""
+        key = _BASE + _AREA.pack(area) + path
+        if held_base is not None:
+            batch.put("meta", key, held_base.encode())
+        elif self.meta.get(key) is None:
+            batch.put("meta", key, before.encode())
+
+    def _unindexed(self, area: int, path: bytes, landed: Landed) -> bool:
+        """Whether something is on the disk at `path` that the index does not hold Real
+        (one listing per directory and batch: a catch-up must not stat every path)."""
+        if self.landing is None:
+            return False
+        parent, name = split(path)
+        names = landed.listed.get(parent)
+        if names is None:
+            names = landed.listed[parent] = self.landing.tree.disk_names(area, parent)
+        return name in names
 
     def _show_unreal(
         self, batch: Batch, area: int, path: bytes, mode: int, current: Entry | None,
@@ -950,11 +981,7 @@ class Exchange:
             self._show_unreal(batch, area, path, mode, current, shown, landed)
             return
         if not real.clean:
-            key = _BASE + _AREA.pack(area) + path
-            if held_base is not None:
-                batch.put("meta", key, held_base.encode())
-            elif self.meta.get(key) is None:
-                batch.put("meta", key, before.encode())
+            self._hold(batch, area, path, before, held_base)
             return
         local = _identity(current)
         winner = shown.shown

@@ -1,6 +1,9 @@
 """The control program: what `realize` asks of a running server over the state directory's
-Unix socket (xdr/control.py) — marks and their jobs, `ls`, import, sources, fsck, and the
-household's roster and links (nfsd/peer/service.py).
+Unix socket (xdr/control.py) — marks and their jobs, `ls`, import, sources, fsck, the
+household's roster and links (nfsd/peer/service.py), and what `realize status` and
+`realize conflicts` show: each peer's link, each area's sync state read from the history
+exchange (nfsd/peer/exchange.py), and the conflicts its path states resolve to
+(nfsd/peer/conflicts.py `resolve`).
 
 Handlers turn the tree's and the store's answers into the protocol's results; every failure a
 user can cause becomes a status and a sentence, never a dropped call.
@@ -17,8 +20,12 @@ from typing import Any
 
 import trio
 
+from nfsd.peer.conflicts import Resolution, resolve
+from nfsd.peer.exchange import Exchange
 from nfsd.peer.roster import RosterError
 from nfsd.peer.service import PeerService
+from nfsd.peer.versions import Kind as VersionKind
+from nfsd.peer.versions import Version
 from nfsd.rpc.client import RpcError
 from nfsd.rpc.dispatch import CallContext, Procedure, Program
 from nfsd.store.blobs import BlobStore
@@ -28,13 +35,23 @@ from nfsd.store.source import StateDirSource, import_area, is_state_dir
 from nfsd.vfs.marks import Job, JobState, Marks, PathError, PathView
 from nfsd.vfs.merged import MergedTree
 from xdr.control import (
+    CONFLICTS_PAGE,
+    CONFLICTS_SCAN,
     CONTROL_PROGRAM,
     CONTROL_SOCKET,
     CONTROL_V1,
     CONTROLPROC,
     LS_PAGE,
+    MAX_AREAS,
+    MAX_COPIES,
     MAX_PEERS,
     PROCEDURES,
+    areastatus,
+    areasync,
+    conflictentry,
+    conflictsargs,
+    conflictsres,
+    conflictversion,
     ctlres,
     ctlstat,
     fsckres,
@@ -47,8 +64,10 @@ from xdr.control import (
     lsres,
     markargs,
     markres,
+    peerlink,
     peersres,
     peerstate,
+    statusres,
 )
 from xdr.control import kind as ctlkind
 from xdr.control import layer as ctllayer
@@ -68,6 +87,15 @@ _JOB_STATE = {
     JobState.RUNNING: jobstate.RUNNING,
     JobState.DONE: jobstate.DONE,
     JobState.FAILED: jobstate.FAILED,
+}
+
+
+STATUS_SCAN = 200_000  # path states of one area STATUS looks at for its conflict count
+_VERSION_KIND = {
+    VersionKind.FILE: ctlkind.FILE,
+    VersionKind.DIRECTORY: ctlkind.DIR,
+    VersionKind.SYMLINK: ctlkind.SYMLINK,
+    VersionKind.DELETED: ctlkind.OTHER,
 }
 
 
@@ -118,6 +146,7 @@ class ControlService:
         self.marks = Marks(tree)
         self.nursery: trio.Nursery | None = None  # see `serve_in`
         self.peers: PeerService | None = None  # the server sets it; None without links
+        self._exchange_reader: Exchange | None = None
 
     def serve_in(self, nursery: trio.Nursery) -> None:
         """Mark jobs run in `nursery` from now on, outliving the calls that started them."""
@@ -276,6 +305,158 @@ class ControlService:
             return ctlres(ctlstat.OK, b"no peers to sync with")
         return ctlres(ctlstat.OK, _text("\n".join(lines)))
 
+    # ---- status and conflicts ----
+
+    @property
+    def exchange(self) -> Exchange:
+        """The peer service's history exchange; without one, an Exchange that only reads
+        what an earlier run recorded (its methods used here never write)."""
+        if self.peers is not None and self.peers.exchange is not None:
+            return self.peers.exchange
+        if self._exchange_reader is None:
+            self._exchange_reader = Exchange(self.tree.store, self.tree.journal.history, "")
+        return self._exchange_reader
+
+    async def status(self, ctx: CallContext, args: None) -> statusres:
+        """Each peer's link, and per area: our log's stamped mark, what each peer sharing it
+        acknowledged of it and we applied of its log, and how many paths are conflicted."""
+        peers = self.peers
+        links: list[peerlink] = []
+        shares: dict[str, list[tuple[str, str]]] = {}  # area -> (peer name, peer id)
+        if peers is not None:
+            for s in peers.status()[:MAX_PEERS]:
+                links.append(
+                    peerlink(
+                        s.name.encode(),
+                        s.peer_id.encode(),
+                        s.connected,
+                        s.outgoing,
+                        int(s.since),
+                        int(s.last_contact),
+                        s.bytes_in,
+                        s.bytes_out,
+                    )
+                )
+                for area in peers.shared_areas(s.name):
+                    shares.setdefault(area, []).append((s.name, s.peer_id))
+        names = sorted(self.tree.area_by_name)[:MAX_AREAS]
+        if peers is not None and peers.exchange is not None:
+            # What was published counts as the log, as it does once it is served: stamped
+            # here, on the event loop like every other call into the exchange.
+            for name in names:
+                peers.exchange.stamp_pending(self.tree.area_by_name[name].id)
+        areas = await trio.to_thread.run_sync(self._areas_status, names, shares)
+        me = peers.identity.peer_id.encode() if peers is not None else b""
+        return statusres(ctlstat.OK, b"", peers is not None, me, links, areas)
+
+    def _areas_status(
+        self, names: list[str], shares: dict[str, list[tuple[str, str]]]
+    ) -> list[areastatus]:
+        exchange = self.exchange
+        found = []
+        for name in names:
+            area = self.tree.area_by_name[name].id
+            conflicts = scanned = 0
+            for path, state in exchange.states(area):
+                if scanned >= STATUS_SCAN:
+                    break
+                scanned += 1
+                if len(state.versions) > 1 and resolve(path, state).conflicted:
+                    conflicts += 1
+            else:
+                scanned = -1  # every state was looked at
+            rows = []
+            for peer_name, peer_id in shares.get(name, [])[:MAX_PEERS]:
+                acked = exchange.acked(area, peer_id)
+                seen = exchange.seen(area, peer_id)
+                rows.append(
+                    areasync(
+                        peer_name.encode(),
+                        acked[0] if acked else 0,
+                        int(acked[1]) if acked else 0,
+                        int(exchange.heard(area, peer_id) or 0),
+                        seen.last_seen,
+                        seen.catching_up,
+                        len(exchange.errors(area, peer_id)),
+                    )
+                )
+            found.append(
+                areastatus(name.encode(), exchange.stamped(area), conflicts, scanned < 0, rows)
+            )
+        return found
+
+    async def conflicts(self, ctx: CallContext, args: conflictsargs) -> conflictsres:
+        """A page of the conflicts of one area (or of all, in name order), from the cursor
+        the previous page ended at; each call looks at a bounded number of path states."""
+        names = sorted(self.tree.area_by_name)
+        if args.area:
+            only = args.area.decode(errors="replace")
+            if only not in self.tree.area_by_name:
+                return conflictsres(
+                    ctlstat.NOENT, _text(f"no area named {only} here"), [], False, b"", b""
+                )
+            names = [only]
+        after_area = args.after_area.decode(errors="replace")
+        names = [n for n in names if n >= after_area]
+        return await trio.to_thread.run_sync(self._conflicts_page, names, after_area, args)
+
+    def _conflicts_page(
+        self, names: list[str], after_area: str, args: conflictsargs
+    ) -> conflictsres:
+        exchange = self.exchange
+        authors = self._authors()
+        found: list[conflictentry] = []
+        scanned = 0
+        for name in names:
+            area = self.tree.area_by_name[name].id
+            after = bytes(args.after_path) if name == after_area else b""
+            for path, state in exchange.states(area, after):
+                if scanned >= CONFLICTS_SCAN or len(found) >= CONFLICTS_PAGE:
+                    return conflictsres(ctlstat.OK, b"", found, True, name.encode(), after)
+                scanned += 1
+                after = path
+                if len(state.versions) < 2:
+                    continue  # one version is never a conflict
+                resolution = resolve(path, state)
+                if resolution.conflicted:
+                    found.append(self._conflict_entry(name, resolution, authors))
+        return conflictsres(ctlstat.OK, b"", found, False, b"", b"")
+
+    def _authors(self) -> dict[str, tuple[str, bool]]:
+        """Peer id -> (roster name, whether it is this peer)."""
+        if self.peers is None:
+            return {}
+        names = {p.peer_id: (n, False) for n, p in self.peers.roster.peers.items()}
+        names[self.peers.identity.peer_id] = ("", True)
+        return names
+
+    @staticmethod
+    def _conflict_entry(
+        area: str, resolution: Resolution, authors: dict[str, tuple[str, bool]]
+    ) -> conflictentry:
+        def described(name: bytes, v: Version) -> conflictversion:
+            author_name, mine = authors.get(v.author, ("", False))
+            return conflictversion(
+                name,
+                v.author.encode()[:64],
+                author_name.encode()[:64],
+                mine,
+                _VERSION_KIND[v.kind],
+                v.size,
+                v.mtime_ns,
+                v.content,
+            )
+
+        assert resolution.shown is not None  # a path with copies shows a winner
+        copies = resolution.copies
+        return conflictentry(
+            area.encode(),
+            resolution.path,
+            described(resolution.path, resolution.shown),
+            [described(c.name, c.version) for c in copies[:MAX_COPIES]],
+            max(0, len(copies) - MAX_COPIES),
+        )
+
     def program(self) -> Program:
         handlers = {
             CONTROLPROC.NULL: self.null,
@@ -289,6 +470,8 @@ class ControlService:
             CONTROLPROC.PEERS: self.peers_status,
             CONTROLPROC.PING: self.ping,
             CONTROLPROC.SYNC: self.sync,
+            CONTROLPROC.STATUS: self.status,
+            CONTROLPROC.CONFLICTS: self.conflicts,
         }
         quick = {CONTROLPROC.NULL, CONTROLPROC.JOB, CONTROLPROC.PEERS}
         return Program(

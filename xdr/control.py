@@ -16,6 +16,7 @@ from .codec import (
     String,
     XdrType,
     boolean,
+    int64,
     uint64,
     void,
     xdr_struct,
@@ -32,6 +33,10 @@ IMPORT_REFUSALS = 10  # refused entries an import names one by one
 MAX_PEERS = 1000
 LS_PAGE = 1000  # entries per LS reply
 MAX_LINES = 10000
+MAX_AREAS = 256  # areas one STATUS reply describes
+CONFLICTS_PAGE = 100  # conflicts per CONFLICTS reply
+MAX_COPIES = 32  # conflict copies one conflict lists (the rest are counted)
+CONFLICTS_SCAN = 20_000  # path states one CONFLICTS call looks at, so a call stays short
 
 
 class CONTROLPROC(IntEnum):
@@ -46,6 +51,8 @@ class CONTROLPROC(IntEnum):
     PEERS = 8  # each peer's link
     PING = 9  # a NULL call to a connected peer over its link, timed
     SYNC = 10  # dial every peer and pull the shared areas' histories now (one area, or all)
+    STATUS = 11  # the peers' links and each area's sync state and conflicts
+    CONFLICTS = 12  # the conflicts of one area or all, a page at a time
 
 
 class ctlstat(IntEnum):
@@ -190,6 +197,92 @@ class peersres:
     peers: list[peerstate] = xf(Array(peerstate, MAX_PEERS))
 
 
+@xdr_struct
+class peerlink:
+    """A peer's link, for STATUS."""
+
+    name: bytes = xf(String(64))
+    peer_id: bytes = xf(String(64))
+    connected: bool = xf(boolean)
+    outgoing: bool = xf(boolean)  # this server dialled the live link
+    since: int = xf(uint64)  # unix seconds the live link was made; 0 if none
+    last_contact: int = xf(uint64)  # unix seconds a link last existed; 0 if never
+    bytes_in: int = xf(uint64)  # received from it since the server started
+    bytes_out: int = xf(uint64)  # sent to it
+
+
+@xdr_struct
+class areasync:
+    """How far one peer and this server are with each other's logs of one area."""
+
+    peer: bytes = xf(String(64))
+    acked: int = xf(uint64)  # the sequence of our log it acknowledged; 0 if never
+    acked_at: int = xf(uint64)  # unix seconds of that acknowledgement; 0 if never
+    heard: int = xf(uint64)  # unix seconds it last asked for our log; 0 if never
+    applied: int = xf(uint64)  # the last sequence of its log applied here
+    catching_up: bool = xf(boolean)  # a full catch-up of its log is under way
+    refused: int = xf(uint64)  # entries of its log that could not be applied here
+
+
+@xdr_struct
+class areastatus:
+    name: bytes = xf(String(255))
+    stamped: int = xf(uint64)  # the last sequence of our log that peers can be served
+    conflicts: int = xf(uint64)  # paths with conflict copies
+    conflicts_counted: bool = xf(boolean)  # False: counting stopped; at least `conflicts`
+    peers: list[areasync] = xf(Array(areasync, MAX_PEERS))  # the peers sharing the area
+
+
+@xdr_struct
+class statusres:
+    status: ctlstat = xf(Enum(ctlstat))
+    message: bytes = xf(message_string)
+    linked: bool = xf(boolean)  # False: this server has no peer links (nor sync state)
+    peer_id: bytes = xf(String(64))  # this server's own
+    peers: list[peerlink] = xf(Array(peerlink, MAX_PEERS))
+    areas: list[areastatus] = xf(Array(areastatus, MAX_AREAS))
+
+
+@xdr_struct
+class conflictsargs:
+    area: bytes = xf(String(255))  # empty: every area
+    after_area: bytes = xf(String(255))  # where the previous page ended; empty for the first
+    after_path: bytes = xf(path_string)
+
+
+@xdr_struct
+class conflictversion:
+    """One version a conflicted path holds: the one shown under the path, or a copy."""
+
+    name: bytes = xf(path_string)  # the area path it shows under
+    author: bytes = xf(String(64))  # the peer id that made it
+    author_name: bytes = xf(String(64))  # the roster's name of it; "" for this peer or unknown
+    mine: bool = xf(boolean)  # this peer made it
+    kind: kind = xf(Enum(kind))
+    size: int = xf(uint64)
+    mtime_ns: int = xf(int64)
+    content: bytes = xf(path_string)  # a file's blob id, a symlink's target
+
+
+@xdr_struct
+class conflictentry:
+    area: bytes = xf(String(255))
+    path: bytes = xf(path_string)
+    shown: conflictversion = xf(conflictversion)  # what keeps the path
+    copies: list[conflictversion] = xf(Array(conflictversion, MAX_COPIES))
+    more_copies: int = xf(uint64)  # copies beyond those listed
+
+
+@xdr_struct
+class conflictsres:
+    status: ctlstat = xf(Enum(ctlstat))
+    message: bytes = xf(message_string)
+    conflicts: list[conflictentry] = xf(Array(conflictentry, CONFLICTS_PAGE))
+    more: bool = xf(boolean)  # call again from the cursor for the rest
+    next_area: bytes = xf(String(255))
+    next_path: bytes = xf(path_string)
+
+
 PROCEDURES: dict[int, tuple[str, XdrType[Any], XdrType[Any]]] = {
     CONTROLPROC.NULL: ("NULL", void, void),
     CONTROLPROC.MARK: ("MARK", markargs, markres),
@@ -202,5 +295,7 @@ PROCEDURES: dict[int, tuple[str, XdrType[Any], XdrType[Any]]] = {
     CONTROLPROC.PEERS: ("PEERS", void, peersres),
     CONTROLPROC.PING: ("PING", String(64), ctlres),
     CONTROLPROC.SYNC: ("SYNC", String(255), ctlres),  # the area's name; empty: every area
+    CONTROLPROC.STATUS: ("STATUS", void, statusres),
+    CONTROLPROC.CONFLICTS: ("CONFLICTS", conflictsargs, conflictsres),
 }
 """Control procedure number -> (name, argument type, result type)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from nfsd.cli.daemon import running
+from nfsd.cli.daemon import not_running, running
 from nfsd.control import ControlService, socket_address
 from nfsd.control import log as control_log
 from nfsd.rpc.client import RpcError, open_unix_client
@@ -70,7 +70,7 @@ class ControlClient:
                     )
 
         if not (self.state_dir / CONTROL_SOCKET).exists():
-            raise ControlError("no server is running: start it with 'realize start'")
+            raise ControlError(not_running(self.state_dir))
         try:
             return trio.run(run)
         except (OSError, ConnectionError) as e:

@@ -1,6 +1,6 @@
 """The server as `realize` runs it: in the foreground (`serve`, `run`) or in the background
 (`start`, `stop`, with its pid file and log), what a running one reports in server.json
-(`status`, `mount-cmd`), and whether one runs at all."""
+(read by `status` and `mount-cmd`), and whether one runs at all."""
 
 from __future__ import annotations
 
@@ -24,10 +24,17 @@ from nfsd.cli.config import (
     server_config,
 )
 from nfsd.cli.errors import UsageError
+from nfsd.cli.locate import register_server, unregister_server
 from nfsd.cli.options import server_arguments
-from nfsd.cli.output import human
-from nfsd.server import RUNTIME_FILE, Server, ServerConfig, default_port, mount_commands
-from nfsd.statedir import StateDirError, open_private_append, prepare, write_private
+from nfsd.server import (
+    RUNTIME_FILE,
+    Running,
+    Server,
+    ServerConfig,
+    default_port,
+    mount_commands,
+)
+from nfsd.statedir import DB_DIR, StateDirError, open_private_append, prepare, write_private
 
 PID_FILE = "server.pid"
 LOG_FILE = "server.log"
@@ -36,37 +43,48 @@ LOG_FILE = "server.log"
 # ---- running in the foreground ----
 
 
+def announce_ready(config: ServerConfig, running: Running) -> None:
+    """What a server in the foreground prints once it serves: where, and how to mount."""
+    host = "localhost" if config.bind in ("127.0.0.1", "::1") else config.bind
+    print(
+        f"realize: serving {', '.join(running.exports)} on {config.bind} "
+        f"(nfs port {running.nfs_port}, mount port {running.mount_port}, "
+        f"portmapper {'on 111' if running.portmap_port else 'not served'})"
+    )
+    commands = mount_commands(
+        host,
+        running.exports,
+        running.nfs_port,
+        running.mount_port,
+        running.portmap_port is not None,
+        config.options.secure,
+    )
+    for os_name, lines in commands.items():
+        print(f"  {os_name}:")
+        for line in lines:
+            print(f"    {line}")
+    if not is_configured(config.state_dir):  # `realize serve DIR`
+        print(
+            "  control: realize status | ls | mark ... with a path inside the area, or "
+            f"realize --state-dir {config.state_dir} ls | mark | history ..."
+        )
+    print("realize: ready (Ctrl-C stops)", flush=True)
+
+
 def run_foreground(config: ServerConfig, announce: bool = True) -> int:
     server = Server(config)
 
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            running = await nursery.start(server.run)
-            if announce:
-                host = "localhost" if config.bind in ("127.0.0.1", "::1") else config.bind
-                print(
-                    f"realize: serving {', '.join(running.exports)} on {config.bind} "
-                    f"(nfs port {running.nfs_port}, mount port {running.mount_port}, "
-                    f"portmapper {'on 111' if running.portmap_port else 'not served'})"
-                )
-                commands = mount_commands(
-                    host,
-                    running.exports,
-                    running.nfs_port,
-                    running.mount_port,
-                    running.portmap_port is not None,
-                    config.options.secure,
-                )
-                for os_name, lines in commands.items():
-                    print(f"  {os_name}:")
-                    for line in lines:
-                        print(f"    {line}")
-                if not is_configured(config.state_dir):  # `realize serve DIR`
-                    print(
-                        f"  marks, ls, history: realize --state-dir {config.state_dir} "
-                        "ls | mark | history ..."
-                    )
-                print("realize: ready (Ctrl-C stops)", flush=True)
+        record = None
+        try:
+            async with trio.open_nursery() as nursery:
+                running = await nursery.start(server.run)
+                # So that a command finds this server from any directory (nfsd/cli/locate.py).
+                record = register_server(server.state_dir)
+                if announce:
+                    announce_ready(config, running)
+        finally:
+            unregister_server(record)
 
     try:
         trio.run(main)
@@ -157,11 +175,23 @@ def running(state_dir: Path) -> bool:
 
 def served_areas(state_dir: Path) -> dict:
     """The areas of the server of `state_dir`: its configuration, or for `realize serve DIR`
-    (which has none) what the running server says."""
-    if is_configured(state_dir) or not running(state_dir):
+    (which has none) what the running server says; for one that is not running, the
+    UsageError that says so."""
+    if is_configured(state_dir):
         return load_config(state_dir)
-    about = runtime(state_dir) or {}
-    return {"areas": about.get("areas", {})}
+    about = runtime(state_dir) if running(state_dir) else None
+    if about is not None:
+        return {"areas": about.get("areas", {})}
+    if (state_dir / DB_DIR).is_dir():  # `realize serve DIR` made it
+        raise UsageError(not_running(state_dir))
+    return load_config(state_dir)  # says it is not initialised
+
+
+def not_running(state_dir: Path) -> str:
+    """The sentence for a command that needs the server of `state_dir` while none runs."""
+    if is_configured(state_dir):
+        return f"no server is running for {state_dir}: start it with 'realize start'"
+    return f"no server is running for {state_dir}: start it with 'realize serve DIR'"
 
 
 def prepared(state_dir: Path) -> Path:
@@ -235,44 +265,6 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 # ---- what a running server reports ----
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    state_dir = Path(args.state_dir).resolve()
-    config = load_config(state_dir)
-    about = runtime(state_dir) if running(state_dir) else None
-    if about is None:
-        print("server:  not running")
-    else:
-        portmap = about["portmap_port"] or "not served"
-        print(
-            f"server:  running, pid {about['pid']}, {about['bind']} nfs port "
-            f"{about['nfs_port']}, mount port {about['mount_port']}, portmapper {portmap}"
-        )
-        print(f"clients: {about['connections']} connections, {about['calls']} calls")
-    print(f"state:   {state_dir}")
-    cache = about.get("cache") if about else None
-    if cache:
-        print(
-            f"cache:   {human(cache['cached'])} used of {human(cache['limit'])} limit "
-            f"({human(cache['pinned'])} pinned); disk {human(cache['disk_free'])} free, "
-            f"keeping {human(cache['reserve'])} free"
-        )
-        if cache["areas"]:
-            print(f"  {'area':<16} {'cached':>10} {'pinned':>10} {'limit':>10} {'use':>6}")
-            for name, area in sorted(cache["areas"].items()):
-                use = f"{100 * area['cached'] / area['cap']:.0f}%" if area["cap"] else "-"
-                print(
-                    f"  {name:<16} {human(area['cached']):>10} {human(area['pinned']):>10} "
-                    f"{human(area['cap']):>10} {use:>6}"
-                )
-    print("areas:")
-    width = max([len(n) for n in config["areas"]] + [4])
-    for name, directory in sorted(config["areas"].items()):
-        print(f"  {name:<{width}}  {directory}")
-    if not config["areas"]:
-        print("  (none: realize area add NAME DIR)")
-    return 0
 
 
 def cmd_mount_cmd(args: argparse.Namespace) -> int:

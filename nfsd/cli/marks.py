@@ -13,6 +13,7 @@ from typing import Any
 
 from nfsd.cli.control_client import ControlClient, ControlError
 from nfsd.cli.daemon import served_areas
+from nfsd.cli.locate import area_of, local_path, resolved
 from nfsd.cli.output import ProgressBar, human
 from xdr.control import CONTROLPROC, ctlstat, jobstate, layer, lsargs, lsentry, mark, markargs
 
@@ -23,28 +24,35 @@ POLL = 0.2
 def area_path(config: dict, text: str) -> bytes:
     """The control path of what the user typed: "AREA/inside" as given, unless it is a path of
     this machine (absolute, or starting at something in the current directory) inside an
-    area's directory, Unreal files included (they are not on the disk)."""
-    first = text.split(os.sep, 1)[0]
-    if os.path.isabs(text) or (first and os.path.lexists(first)):
-        local = _resolved(Path(os.path.abspath(text)))
-        for name, directory in config["areas"].items():
-            root = Path(os.path.realpath(directory))
-            if local == root or root in local.parents:
-                inside = local.relative_to(root)
-                return os.fsencode(name if str(inside) == "." else f"{name}/{inside}")
+    area's directory, Unreal files included (they are not on the disk). Typed inside an
+    area's directory, a relative path is one of this machine unless it starts with an area's
+    name: an Unreal file there is not on the disk for the test above."""
+    local = local_path(text)
+    areas = config["areas"]
+    if (
+        local is None
+        and text.split("/", 1)[0] not in areas
+        and area_of(areas, resolved(Path.cwd())) is not None
+    ):
+        local = resolved(Path(text))
+    if local is not None:
+        found = area_of(config["areas"], local)
+        if found is not None:
+            name, inside = found
+            return os.fsencode(name if str(inside) == "." else f"{name}/{inside}")
         if os.path.isabs(text):
             where = ", ".join(f"{n} in {d}" for n, d in sorted(config["areas"].items()))
             raise ControlError(f"{text} is not inside an area's directory ({where or 'none'})")
     return os.fsencode(text.strip("/"))
 
 
-def _resolved(path: Path) -> Path:
-    """`path` with the symlinks of its deepest existing ancestor resolved."""
-    missing: list[str] = []
-    while not path.exists() and path != path.parent:
-        missing.append(path.name)
-        path = path.parent
-    return Path(os.path.realpath(path)).joinpath(*reversed(missing))
+def area_named(state_dir: Path, text: str | None) -> str | None:
+    """The area a command limited to one names: by name, or by a path in it (its directory,
+    or anything inside, which stands for the whole area)."""
+    if text is None:
+        return None
+    path = area_path(served_areas(state_dir), text)
+    return os.fsdecode(path).split("/", 1)[0]
 
 
 def follow(client: ControlClient, job_id: int, label: str) -> Any:

@@ -1,8 +1,10 @@
-"""How `realize` shows sizes and the progress of a long job to a person."""
+"""How `realize` shows sizes, times, tables and the progress of a long job to a person."""
 
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -15,6 +17,22 @@ def human(n: int | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return str(n)
+
+
+def when(seconds: float | None) -> str:
+    """A unix time as local date and time; "never" for none."""
+    if not seconds:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def table(rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
+    """`rows` (the first the header) as lines of left-aligned columns two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        (indent + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))).rstrip()
+        for row in rows
+    ]
 
 
 class ProgressBar:

@@ -7,7 +7,8 @@ import argparse
 
 from nfsd.cli.config import ENV_STATE_DIR
 from nfsd.cli.configure import cmd_area_add, cmd_area_list, cmd_init, cmd_source_add
-from nfsd.cli.daemon import cmd_mount_cmd, cmd_run, cmd_serve, cmd_start, cmd_status, cmd_stop
+from nfsd.cli.conflicts import CONFLICTS_HELP, cmd_conflicts
+from nfsd.cli.daemon import cmd_mount_cmd, cmd_run, cmd_serve, cmd_start, cmd_stop
 from nfsd.cli.marks import MARKS, cmd_ls, cmd_mark
 from nfsd.cli.options import add_server_options
 from nfsd.cli.peers import (
@@ -18,10 +19,13 @@ from nfsd.cli.peers import (
     cmd_peer_remove,
     cmd_sync,
 )
+from nfsd.cli.status import STATUS_HELP, cmd_status
 from nfsd.cli.store_commands import cmd_fsck, cmd_history, cmd_import
 
 DESCRIPTION = (
-    "The control command `realize`: serve, init, area add, start, stop, status, mount-cmd,"
+    "The control command `realize`. A command that talks to a server finds it from the path "
+    "it is given (or the current directory): the nearest state directory above it that has "
+    "it inside an area, else the default one; --state-dir names one."
 )
 
 
@@ -62,9 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_options(p)
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("stop", help="stop the background server")
-    p.set_defaults(func=cmd_stop)
-    p = sub.add_parser("status", help="show the server, its clients and areas")
-    p.set_defaults(func=cmd_status)
+    p.set_defaults(func=cmd_stop, located_by="")
+    p = sub.add_parser(
+        "status",
+        help="show the server, its peers, each area's sync state and conflicts, and the cache",
+        description=STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("path", nargs="?", metavar="PATH", help="a path in an area: its server")
+    p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    p.set_defaults(func=cmd_status, located_by="path")
     source = sub.add_parser("source", help="attach other state directories").add_subparsers(
         dest="source_command", required=True, metavar="ACTION"
     )
@@ -83,21 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mark", choices=sorted(MARKS))
     p.add_argument("paths", nargs="+", metavar="PATH", help="AREA/path, or a path in an area")
     p.add_argument("--no-wait", action="store_true", help="return once the job is queued")
-    p.set_defaults(func=cmd_mark)
+    p.set_defaults(func=cmd_mark, located_by="paths")
     p = sub.add_parser("ls", help="show each entry's layer, mark and how much is cached")
-    p.add_argument("paths", nargs="*", metavar="PATH", help="AREA/path (default: every area)")
-    p.set_defaults(func=cmd_ls)
+    p.add_argument(
+        "paths", nargs="*", metavar="PATH", help="AREA/path, or a path in an area (default: all)"
+    )
+    p.set_defaults(func=cmd_ls, located_by="paths")
     p = sub.add_parser("fsck", help="check the store and repair what can be repaired")
     p.add_argument("--repair", action="store_true", help="drop damaged chunks (refetched later)")
-    p.set_defaults(func=cmd_fsck)
+    p.set_defaults(func=cmd_fsck, located_by="")
     p = sub.add_parser("history", help="show the changes recorded for an area")
     p.add_argument("area")
     p.add_argument("--after", type=int, default=0, metavar="SEQUENCE")
     p.add_argument("--limit", type=int, default=0)
-    p.set_defaults(func=cmd_history)
+    p.set_defaults(func=cmd_history, located_by="")
     p = sub.add_parser("id", help="show this peer's id and the line another machine pastes")
     p.add_argument("--host", help="the name other machines reach this one by")
-    p.set_defaults(func=cmd_id)
+    p.set_defaults(func=cmd_id, located_by="")
     peer = sub.add_parser("peer", help="manage the household's peers").add_subparsers(
         dest="peer_command", required=True, metavar="ACTION"
     )
@@ -108,20 +121,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", metavar="HOST:PORT", help="where to dial it (none: deaf, it dials in)"
     )
     p.add_argument("--areas", metavar="A,B", help="share only these areas with it")
-    p.set_defaults(func=cmd_peer_add)
+    p.set_defaults(func=cmd_peer_add, located_by="")
     p = peer.add_parser("list", help="show each peer and its link")
-    p.set_defaults(func=cmd_peer_list)
+    p.set_defaults(func=cmd_peer_list, located_by="")
     p = peer.add_parser("remove", help="revoke a peer's key: its link is closed at once")
     p.add_argument("name")
-    p.set_defaults(func=cmd_peer_remove)
+    p.set_defaults(func=cmd_peer_remove, located_by="")
     p = peer.add_parser("ping", help="call a connected peer over its link and time the answer")
     p.add_argument("name")
-    p.set_defaults(func=cmd_peer_ping)
+    p.set_defaults(func=cmd_peer_ping, located_by="")
     p = sub.add_parser("sync", help="dial every peer and exchange the shared areas' histories now")
-    p.add_argument("area", nargs="?", help="only this area (default: every shared one)")
-    p.set_defaults(func=cmd_sync)
+    p.add_argument(
+        "area", nargs="?", help="only this area, by name or directory (default: every shared one)"
+    )
+    p.set_defaults(func=cmd_sync, located_by="area")
+    p = sub.add_parser(
+        "conflicts",
+        help="list every conflict: the version keeping each path and the copies beside it",
+        description=CONFLICTS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("area", nargs="?", help="only this area, by name or directory")
+    p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    p.set_defaults(func=cmd_conflicts, located_by="area")
     p = sub.add_parser("mount-cmd", help="print the commands that mount the areas")
     p.add_argument("--os", choices=["linux", "macos", "windows"], default="linux")
     p.add_argument("--host", help="the name clients reach this machine by")
-    p.set_defaults(func=cmd_mount_cmd)
+    p.set_defaults(func=cmd_mount_cmd, located_by="")
     return parser

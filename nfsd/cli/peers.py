@@ -18,8 +18,9 @@ from pathlib import Path
 
 from nfsd.cli.config import area_name, is_configured, load_config
 from nfsd.cli.control_client import ControlClient, ControlError
-from nfsd.cli.daemon import prepared, running, runtime
+from nfsd.cli.daemon import not_running, prepared, running, runtime
 from nfsd.cli.errors import UsageError
+from nfsd.cli.marks import area_named
 from nfsd.peer import identity, roster
 from nfsd.peer.identity import Identity, IdentityError
 from nfsd.peer.roster import DEFAULT_PEER_PORT, RosterError, format_address
@@ -148,7 +149,7 @@ def cmd_peer_ping(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).resolve()
     this_identity(state_dir)
     if not running(state_dir):
-        raise UsageError("no server is running: start it with 'realize start'")
+        raise UsageError(not_running(state_dir))
     try:
         res = ControlClient(state_dir).call(CONTROLPROC.PING, args.name.encode())
     except ControlError as e:
@@ -163,9 +164,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).resolve()
     this_identity(state_dir)
     if not running(state_dir):
-        raise UsageError("no server is running: start it with 'realize start'")
+        raise UsageError(not_running(state_dir))
+    area = area_named(state_dir, args.area)
     try:
-        res = ControlClient(state_dir).call(CONTROLPROC.SYNC, (args.area or "").encode())
+        res = ControlClient(state_dir).call(CONTROLPROC.SYNC, (area or "").encode())
     except ControlError as e:
         raise UsageError(str(e)) from None
     if res.status != ctlstat.OK:

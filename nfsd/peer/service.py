@@ -29,8 +29,9 @@ of one peer are serialized; all of it runs on the event loop, as the Exchange re
 Live changes: every `ANNOUNCE_EVERY` seconds the service looks whether an area's log has grown
 (the journal published, or entries from a peer were applied and are relayed) and sends NOTIFY
 to each connected peer sharing it; a peer notified pulls that area from the notifier. A
-NOTIFY while a pull of that area runs makes one more pull after it, never more: a peer
-flooding NOTIFY costs one pull at a time. Every `TRIM_EVERY` seconds each log is trimmed
+NOTIFY while a pull of that area runs makes one more pull after it, never more, and such
+pulls of one area begin `NOTICE_GAP` apart at least: a peer flooding NOTIFY costs a few pulls
+a second. Every `TRIM_EVERY` seconds each log is trimmed
 below what every peer of its area acknowledged (`Exchange.trim`).
 """
 
@@ -80,6 +81,7 @@ MAX_HANDSHAKES = 32  # connections authenticating at once; more are closed unrea
 SYNC_CONNECT_WAIT = 10.0  # seconds `sync()` waits for a woken dialler to connect
 ANNOUNCE_EVERY = 0.25  # seconds between looks at whether a log here has grown
 NOTIFY_TIMEOUT = 10.0
+NOTICE_GAP = 0.25  # seconds at least between two pulls a peer's notices ask for (one area)
 TRIM_EVERY = 600.0  # seconds between trims of the logs below what every peer acknowledged
 
 
@@ -140,6 +142,7 @@ class PeerService:
         self._pulling: dict[str, trio.Lock] = {}
         self._pull_wanted: set[tuple[str, str]] = set()  # (peer, area) notified, not pulled
         self._notifying: set[tuple[str, str]] = set()  # NOTIFY calls in flight
+        self._noticed_pull: dict[tuple[str, str], float] = {}  # when a notice's pull began
         program = peer_program(
             exchange=exchange, peer_of=_peer_of, chunks=chunks, notified=self._notified
         )
@@ -384,6 +387,9 @@ class PeerService:
         self._nursery.start_soon(self._pull_notified, peer.name, area)
 
     async def _pull_notified(self, name: str, area: str) -> None:
+        key = (name, area)
+        await trio.sleep_until(self._noticed_pull.get(key, -NOTICE_GAP) + NOTICE_GAP)
+        self._noticed_pull[key] = trio.current_time()
         try:
             await self.pull(name, area)
         except (LookupError, ConnectionError, RpcError, trio.BrokenResourceError) as e:

@@ -659,3 +659,38 @@ def test_peers_converge_whatever_order_the_entries_arrive_in(ops, data) -> None:
                 assert v.content in visible
         if all(v.deleted for v in expected_states[path].versions):
             assert path not in shown
+
+
+# --- The fast codec (xdr/versions.py): the general codec's bytes, and its refusals ---
+
+
+@PROPERTY
+@given(st.lists(versions(), min_size=1, max_size=4))
+def test_the_fast_codec_gives_and_takes_what_the_general_codec_does(vs: list[Version]) -> None:
+    for v in vs:
+        general = encode(wire.path_version, v.to_xdr())
+        fresh = Version(v.vector, v.kind, v.content, v.size, v.mtime_ns, v.author)
+        assert fresh.encode() == general
+        assert Version.decode(general) == v == Version.from_xdr(decode(wire.path_version, general))
+    state = PathState.of(vs)
+    general = encode(wire.path_state, [v.to_xdr() for v in state.versions])
+    assert state.encode() == general
+    assert PathState.decode(general) == state
+
+
+def test_the_fast_codec_refuses_what_is_not_one_canonical_version() -> None:
+    good = file(vv(a=1, b=2), 3).encode()
+    for bad in (
+        good[:-1],  # truncated
+        good + b"\0\0\0\0",  # trailing bytes
+        good[:9] + b"\1" + good[10:],  # the first peer id's padding is not zero
+        b"\xff\xff\xff\xff" + good[4:],  # a vector count beyond what follows
+    ):
+        with pytest.raises(XdrError):
+            Version.decode(bad)
+    swapped = encode(
+        Array(wire.peer_counter),
+        [wire.peer_counter(b"B", 2), wire.peer_counter(b"A", 1)],
+    )
+    with pytest.raises(XdrError):
+        Version.decode(swapped + good[len(vv(a=1, b=2).encode()) :])

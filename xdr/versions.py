@@ -16,6 +16,7 @@ version a history entry announces for a path, and a rename's preconditions.
 
 from __future__ import annotations
 
+import struct
 from enum import IntEnum
 
 from .codec import (
@@ -110,3 +111,131 @@ class rename_versions:
     replaced: path_version | None = xf(Optional(path_version))  # the target's, if any
     removed: path_version = xf(path_version)  # the tombstone left at the source
     created: path_version = xf(path_version)  # the target's new version
+
+
+# --- The hot path: `path_version` and `path_state` packed and unpacked with precompiled
+# structs (a catch-up decodes and encodes every path's versions). Byte for byte what the
+# general codec gives and takes (tests/test_versions.py checks it), with the same refusals.
+
+_U32 = struct.Struct(">I")
+_I32 = struct.Struct(">i")
+_U64 = struct.Struct(">Q")
+_TAIL = struct.Struct(">Qq")  # size, mtime_ns
+_KINDS = frozenset(int(k) for k in content_kind)
+
+PackedVector = list[tuple[bytes, int]]
+Unpacked = tuple[PackedVector, int, bytes, int, int, bytes]
+"""A `path_version` as fields: vector, kind, content, size, mtime_ns, author."""
+
+
+def _opaque(data: bytes) -> bytes:
+    return _U32.pack(len(data)) + data + b"\0" * (-len(data) & 3)
+
+
+def pack_version(
+    vector: PackedVector, kind: int, content: bytes, size: int, mtime_ns: int, author: bytes
+) -> bytes:
+    """The XDR of a `path_version` (`vector`: (peer, counter) pairs, canonical)."""
+    if len(vector) > VECTOR_MAX:
+        raise XdrError("array too long")
+    parts = [_U32.pack(len(vector))]
+    previous = b""
+    for peer, counter in vector:
+        if counter == 0:
+            raise XdrError("zero counter in a version vector")
+        if peer <= previous:
+            raise XdrError("version vector not sorted by peer id, or a peer twice")
+        if len(peer) > PEER_ID_MAX:
+            raise XdrError(f"{len(peer)} bytes exceed {PEER_ID_MAX}")
+        previous = peer
+        parts.append(_opaque(peer))
+        parts.append(_U64.pack(counter))
+    if len(content) > CONTENT_MAX or len(author) > PEER_ID_MAX:
+        raise XdrError("content or author too long")
+    try:
+        parts += (_I32.pack(kind), _opaque(content), _TAIL.pack(size, mtime_ns), _opaque(author))
+    except struct.error as e:
+        raise XdrError(f"malformed: {e}") from None
+    return b"".join(parts)
+
+
+def _take_opaque(data: bytes | memoryview, pos: int, maximum: int) -> tuple[bytes, int]:
+    if pos + 4 > len(data):
+        raise XdrError("truncated")
+    (n,) = _U32.unpack_from(data, pos)
+    if n > maximum:
+        raise XdrError(f"length {n} exceeds {maximum}")
+    start = pos + 4
+    end = start + ((n + 3) & ~3)
+    if end > len(data):
+        raise XdrError("truncated")
+    if any(data[start + n : end]):
+        raise XdrError("padding not zero")  # one encoding per value: it may be kept as is
+    return bytes(data[start : start + n]), end
+
+
+def unpack_version(
+    data: bytes | memoryview, pos: int = 0
+) -> tuple[PackedVector, int, bytes, int, int, bytes, int]:
+    """One `path_version` from data[pos:]: (vector, kind, content, size, mtime_ns, author,
+    the position after it); XdrError as the general codec refuses."""
+    try:
+        (count,) = _U32.unpack_from(data, pos)
+        pos += 4
+        if count > VECTOR_MAX or count * 4 > len(data) - pos:
+            raise XdrError(f"array count {count} too large")
+        vector: PackedVector = []
+        previous = b""
+        for _ in range(count):
+            peer, pos = _take_opaque(data, pos, PEER_ID_MAX)
+            (counter,) = _U64.unpack_from(data, pos)
+            pos += 8
+            if counter == 0:
+                raise XdrError("zero counter in a version vector")
+            if peer <= previous:
+                raise XdrError("version vector not sorted by peer id, or a peer twice")
+            previous = peer
+            vector.append((peer, counter))
+        (kind,) = _I32.unpack_from(data, pos)
+        if kind not in _KINDS:
+            raise XdrError(f"{kind} is not a content_kind")
+        content, pos = _take_opaque(data, pos + 4, CONTENT_MAX)
+        size, mtime_ns = _TAIL.unpack_from(data, pos)
+        author, pos = _take_opaque(data, pos + _TAIL.size, PEER_ID_MAX)
+    except struct.error as e:
+        raise XdrError(f"malformed: {e}") from None
+    return vector, kind, content, size, mtime_ns, author, pos
+
+
+def pack_state(versions: list[bytes]) -> bytes:
+    """A `path_state` of versions packed already (by `pack_version`)."""
+    if len(versions) > STATE_MAX:
+        raise XdrError("array too long")
+    return _U32.pack(len(versions)) + b"".join(versions)
+
+
+def unpack_state(data: bytes | memoryview) -> list[Unpacked]:
+    """Every version of a `path_state`, exactly the whole of `data`."""
+    if len(data) < 4:
+        raise XdrError("truncated")
+    (count,) = _U32.unpack_from(data, 0)
+    if count > STATE_MAX or count * 4 > len(data) - 4:
+        raise XdrError(f"array count {count} too large")
+    pos = 4
+    found = []
+    for _ in range(count):
+        *version, pos = unpack_version(data, pos)
+        found.append(tuple(version))
+    if pos != len(data):
+        raise XdrError("trailing bytes")
+    return found  # type: ignore[return-value]
+
+
+def unpack_one_version(
+    data: bytes | memoryview,
+) -> tuple[PackedVector, int, bytes, int, int, bytes]:
+    """Exactly one `path_version`, the whole of `data`."""
+    *version, pos = unpack_version(data, 0)
+    if pos != len(data):
+        raise XdrError("trailing bytes")
+    return tuple(version)  # type: ignore[return-value]

@@ -82,7 +82,8 @@ class Action(Enum):
 
 
 def _canonical(versions: Iterable[Version]) -> tuple[Version, ...]:
-    return tuple(sorted(set(versions), key=Version.encode))
+    unique = set(versions)
+    return tuple(unique) if len(unique) == 1 else tuple(sorted(unique, key=Version.encode))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,8 @@ class PathState:
     def of(cls, versions: Iterable[Version]) -> PathState:
         """The state after receiving `versions`, in any order: their maximal elements."""
         pool = set(versions)
+        if len(pool) == 1:
+            return cls(tuple(pool))
         return cls(
             _canonical(
                 v for v in pool if not any(w.vector.compare(v.vector) is Order.NEWER for w in pool)
@@ -109,12 +112,12 @@ class PathState:
         return self.versions
 
     def encode(self) -> bytes:
-        return encode(wire.path_state, [v.to_xdr() for v in self.versions])
+        return wire.pack_state([v.encode() for v in self.versions])
 
     @classmethod
     def decode(cls, data: bytes) -> PathState:
         """Strict: only the canonical encoding of a set of mutually concurrent versions."""
-        versions = tuple(Version.from_xdr(v) for v in decode(wire.path_state, data))
+        versions = tuple(Version.unpacked(v) for v in wire.unpack_state(data))
         state = cls.of(versions)
         if state.versions != versions:
             raise XdrError("path state not canonical")
@@ -198,6 +201,8 @@ class Resolution:
 
 def resolve(path: bytes, state: PathState) -> Resolution:
     """What `path` shows given `state`; the same on every peer holding the same state."""
+    if len(state.versions) == 1:  # the common case: nothing concurrent, nothing to rank
+        return Resolution(path, state.versions[0])
     groups = _groups(state)
     if not groups:
         return Resolution(path, None)

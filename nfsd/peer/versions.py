@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 
 from xdr import versions as wire
@@ -151,6 +151,8 @@ class Version:
     size: int = 0
     mtime_ns: int = 0
     author: PeerId = ""
+    # The canonical encoding, made once when first asked for (ranks and sorts ask often).
+    _encoded: bytes = field(default=b"", init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         check_peer_id(self.author)
@@ -203,11 +205,35 @@ class Version:
 
     def encode(self) -> bytes:
         """The canonical bytes: equal versions, equal bytes."""
-        return encode(wire.path_version, self.to_xdr())
+        if not self._encoded:
+            vector = [(p.encode(), c) for p, c in self.vector.entries]
+            packed = wire.pack_version(
+                vector, self.kind, self.content, self.size, self.mtime_ns, self.author.encode()
+            )
+            object.__setattr__(self, "_encoded", packed)
+        return self._encoded
 
     @classmethod
     def decode(cls, data: bytes) -> Version:
-        return cls.from_xdr(decode(wire.path_version, data))
+        version = cls.unpacked(wire.unpack_one_version(data))
+        object.__setattr__(version, "_encoded", bytes(data))
+        return version
+
+    @classmethod
+    def unpacked(cls, fields: wire.Unpacked) -> Version:
+        """A version from the fields xdr/versions.py unpacked, checked as `from_xdr` does."""
+        vector, kind, content, size, mtime_ns, author = fields
+        try:
+            return cls(
+                VersionVector(tuple((p.decode("ascii"), c) for p, c in vector)),
+                Kind(kind),
+                content,
+                size,
+                mtime_ns,
+                author.decode("ascii"),
+            )
+        except (UnicodeDecodeError, VersionError) as e:
+            raise XdrError(f"bad path version: {e}") from None
 
     def digest(self) -> bytes:
         return hashlib.sha256(self.encode()).digest()

@@ -281,3 +281,56 @@ def test_history_is_served_only_of_the_areas_the_roster_shares_with_the_caller(
         assert server.process.poll() is None
     finally:
         server.stop()
+
+
+def test_a_real_file_found_changed_while_serving_a_peer_is_indexed_again(
+    tmp_path: Path,
+    household: Callable[[str], Path],  # noqa: F811
+) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    old = os.urandom(3 * CHUNK)
+    (docs / "edited.bin").write_bytes(old)
+    state = tmp_path / "server"
+    extra = ["--peer-port", "0", "--rest", "0.2"]
+    member_state = household("member")
+    old_blob, new_blob = blake3.blake3(old).digest(), b""
+
+    async def until_listed(client: Any, blob: bytes) -> Any:
+        while (res := await chunk_list(client, blob, 0, 10)).status != fetch_status.OK:
+            await trio.sleep(0.1)
+        return res
+
+    server = start_server({"docs": docs}, state, extra=extra)
+    try:
+        ok(realize(state, "peer", "add", "member", token_of(member_state)))
+        port = json.loads((state / "server.json").read_text())["peer_port"]
+        trio.run(_session, port, state, member_state, lambda c: until_listed(c, old_blob))
+    finally:
+        server.stop()
+    # Edited while the server was down, size and mtime kept: its start scan sees nothing.
+    st = os.stat(docs / "edited.bin")
+    new = old[:CHUNK] + os.urandom(CHUNK) + old[2 * CHUNK :]
+    new_blob = blake3.blake3(new).digest()
+    fd = os.open(docs / "edited.bin", os.O_WRONLY)
+    try:
+        os.pwrite(fd, new[CHUNK : 2 * CHUNK], CHUNK)
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+    finally:
+        os.close(fd)
+
+    server = start_server({"docs": docs}, state, extra=extra)
+    try:
+        port = json.loads((state / "server.json").read_text())["peer_port"]
+
+        async def after(client: Any) -> tuple[Any, Any]:
+            stale = await chunk_list(client, old_blob, 0, 10)
+            with trio.fail_after(20):  # hashed again once it rested: served by its new id
+                fresh = await until_listed(client, new_blob)
+            return stale, fresh
+
+        stale, fresh = trio.run(_session, port, state, member_state, after)
+        assert stale.status == fetch_status.CHANGED
+        assert fresh.hashes[32:64] == blake3.blake3(new[CHUNK : 2 * CHUNK]).digest()
+    finally:
+        server.stop()

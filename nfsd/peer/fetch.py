@@ -8,8 +8,9 @@ area, and from a Real file of such an area whose index entry names the blob.
 
 A Real file is read only if it is the file that was hashed: its size and mtime before and
 after the read must be the index entry's, and when the cache knows the blob's chunk hashes
-the chunk read must have its hash. Otherwise the answer is CHANGED (the journal re-indexes
-the file once it has rested), so a reader never gets a mix of two versions.
+the chunk read must have its hash. Otherwise the answer is CHANGED, so a reader never gets a
+mix of two versions, and the journal is told to hash the file again once it has rested (a
+change that kept size and mtime, or one made while the server was down, shows nowhere else).
 
 A blob's chunk list comes from its manifest in the cache, or is computed by reading the Real
 file once: its chunks hashed and its whole content checked against the blob id in the same
@@ -130,9 +131,7 @@ class ChunkServer:
             unchanged = blake3.blake3(data).digest() == expected_hash
         expected = min(FETCH_CHUNK_SIZE, size - index * FETCH_CHUNK_SIZE)
         if not unchanged or len(data) != expected:
-            log.info("%s/%s changed since it was hashed: not served", area.name, path)
-            with self._where_lock:
-                self._where.pop((blob_id, peer.name), None)
+            self._changed(peer, blob_id, area, path, "not served")
             return fetch_res(fetch_status.CHANGED, size, b"")
         self.chunks_served += 1
         return fetch_res(fetch_status.OK, size, data)
@@ -182,12 +181,21 @@ class ChunkServer:
             stats = (before, after)
             unchanged = all(st.st_size == size and st.st_mtime_ns == mtime_ns for st in stats)
             if not unchanged or read != size or whole != blob_id:
-                log.info("%s/%s changed since it was hashed: no chunk list", area.name, path)
-                with self._where_lock:
-                    self._where.pop((blob_id, peer.name), None)
+                self._changed(peer, blob_id, area, path, "no chunk list")
                 return fetch_status.CHANGED, size, None
             self._remember_list(blob_id, _Listed(size, mtime_ns, hashes))
             return fetch_status.OK, size, hashes
+
+    def _changed(self, peer: Peer, blob_id: bytes, area: Area, path: bytes, what: str) -> None:
+        """A Real file is not the content it was indexed with: forget where the blob was, and
+        have the journal hash the file again (its size and mtime may not have shown it)."""
+        log.info("%s/%s changed since it was hashed: %s", area.name, path, what)
+        with self._where_lock:
+            self._where.pop((blob_id, peer.name), None)
+        try:
+            trio.from_thread.run_sync(self.tree.journal.written, area.id, path)
+        except RuntimeError:  # not called from a trio worker thread (a test's direct call)
+            self.tree.journal.written(area.id, path)
 
     def _remembered_list(self, blob_id: bytes, size: int, mtime_ns: int) -> list[bytes] | None:
         with self._where_lock:

@@ -30,6 +30,7 @@ from .codec import (
     XdrError,
     XdrType,
     int64,
+    uint32,
     uint64,
     xdr_struct,
     xf,
@@ -216,6 +217,11 @@ def pack_state(versions: list[bytes]) -> bytes:
 
 def unpack_state(data: bytes | memoryview) -> list[Unpacked]:
     """Every version of a `path_state`, exactly the whole of `data`."""
+    return [fields for fields, _ in unpack_state_raw(data)]
+
+
+def unpack_state_raw(data: bytes | memoryview) -> list[tuple[Unpacked, bytes]]:
+    """Every version of a `path_state` with its own bytes (its canonical encoding)."""
     if len(data) < 4:
         raise XdrError("truncated")
     (count,) = _U32.unpack_from(data, 0)
@@ -224,8 +230,9 @@ def unpack_state(data: bytes | memoryview) -> list[Unpacked]:
     pos = 4
     found = []
     for _ in range(count):
-        *version, pos = unpack_version(data, pos)
-        found.append(tuple(version))
+        *version, end = unpack_version(data, pos)
+        found.append((tuple(version), bytes(data[pos:end])))
+        pos = end
     if pos != len(data):
         raise XdrError("trailing bytes")
     return found  # type: ignore[return-value]
@@ -239,3 +246,54 @@ def unpack_one_version(
     if pos != len(data):
         raise XdrError("trailing bytes")
     return tuple(version)  # type: ignore[return-value]
+
+
+# --- What one published change stamps (nfsd/peer/exchange.py keeps it with the change):
+# `published_entry<STAMP_MAX>`, each a path, the mode it is shown with, and the version it
+# gets (a packed `path_version`).
+
+STAMP_MAX = 64
+"""Entries one change may publish: a rename and its conflict copies."""
+PUBLISHED_VERSION_MAX = 8192
+
+
+@xdr_struct
+class published_entry:
+    path: bytes = xf(Opaque(MAX_PATH))
+    mode: int = xf(uint32)
+    version: bytes = xf(Opaque(PUBLISHED_VERSION_MAX))
+
+
+published = Array(published_entry, STAMP_MAX)
+
+
+def pack_published(entries: list[tuple[bytes, int, bytes]]) -> bytes:
+    """`published` of (path, mode, packed version) triples, as the general codec packs it."""
+    if len(entries) > STAMP_MAX:
+        raise XdrError("array too long")
+    parts = [_U32.pack(len(entries))]
+    for path, mode, version in entries:
+        if len(path) > MAX_PATH or len(version) > PUBLISHED_VERSION_MAX:
+            raise XdrError("path or version too long")
+        parts += (_opaque(path), _U32.pack(mode), _opaque(version))
+    return b"".join(parts)
+
+
+def unpack_published(data: bytes | memoryview) -> list[tuple[bytes, int, bytes]]:
+    """The (path, mode, packed version) triples of a `published`, exactly the whole of it."""
+    try:
+        (count,) = _U32.unpack_from(data, 0)
+        if count > STAMP_MAX or count * 4 > len(data) - 4:
+            raise XdrError(f"array count {count} too large")
+        pos = 4
+        found = []
+        for _ in range(count):
+            path, pos = _take_opaque(data, pos, MAX_PATH)
+            (mode,) = _U32.unpack_from(data, pos)
+            version, pos = _take_opaque(data, pos + 4, PUBLISHED_VERSION_MAX)
+            found.append((path, mode, version))
+    except struct.error as e:
+        raise XdrError(f"malformed: {e}") from None
+    if pos != len(data):
+        raise XdrError("trailing bytes")
+    return found

@@ -117,7 +117,7 @@ class PathState:
     @classmethod
     def decode(cls, data: bytes) -> PathState:
         """Strict: only the canonical encoding of a set of mutually concurrent versions."""
-        versions = tuple(Version.unpacked(v) for v in wire.unpack_state(data))
+        versions = tuple(Version.unpacked(v, raw) for v, raw in wire.unpack_state_raw(data))
         state = cls.of(versions)
         if state.versions != versions:
             raise XdrError("path state not canonical")

@@ -116,7 +116,8 @@ from nfsd.store.history import Change, History, Op
 from nfsd.store.index import AreaIndex, Entry, Kind, Layer, join, split
 from nfsd.store.paths import path_problem, shown
 from xdr import peer as wire
-from xdr.codec import Array, XdrError, decode, encode
+from xdr import versions as versions_wire
+from xdr.codec import Array, XdrError, decode
 
 if TYPE_CHECKING:
     from nfsd.vfs.merged import MergedTree
@@ -143,7 +144,21 @@ _SEQ = struct.Struct(">Q")
 _ACK_VALUE = struct.Struct(">Qd")
 _SEEN_HEAD = struct.Struct(">16sQ?Q")  # uuid, last seen, catching up, catch-up upto
 
-_stamp_type = Array(wire.history_entry, _STAMPED_MAX)
+_stamp_type = Array(wire.history_entry, _STAMPED_MAX)  # the first stamps' form, still read
+_STAMP_FORM = b"\x01"  # leads a stamp in the form of xdr/versions.py `published`
+
+
+def _stamp(entries: list[tuple[bytes, int, bytes]]) -> bytes:
+    """A change's stamp: (path, mode, packed version) of each entry it publishes."""
+    return _STAMP_FORM + versions_wire.pack_published(entries)
+
+
+def _stamped(stamp: bytes) -> list[tuple[bytes, int, bytes]]:
+    if not stamp:
+        return []
+    if stamp[:1] == _STAMP_FORM:
+        return versions_wire.unpack_published(memoryview(stamp)[1:])
+    return [(e.path, e.mode, e.version) for e in decode(_stamp_type, stamp)]
 
 
 class ExchangeError(Exception):
@@ -193,17 +208,21 @@ def _peer_key(area: int, peer: PeerId) -> bytes:
     return _AREA.pack(area) + peer.encode() + b"\0"
 
 
+_ENTRY_KINDS = {VKind.FILE: Kind.FILE, VKind.DIRECTORY: Kind.DIR, VKind.SYMLINK: Kind.SYMLINK}
+_OPS = {
+    VKind.FILE: Op.CHANGE,
+    VKind.DIRECTORY: Op.MKDIR,
+    VKind.SYMLINK: Op.SYMLINK,
+    VKind.DELETED: Op.DELETE,
+}
+
+
 def _entry_kind(v: Version) -> Kind:
-    return {VKind.FILE: Kind.FILE, VKind.DIRECTORY: Kind.DIR, VKind.SYMLINK: Kind.SYMLINK}[v.kind]
+    return _ENTRY_KINDS[v.kind]
 
 
 def _op_of(v: Version) -> Op:
-    return {
-        VKind.FILE: Op.CHANGE,
-        VKind.DIRECTORY: Op.MKDIR,
-        VKind.SYMLINK: Op.SYMLINK,
-        VKind.DELETED: Op.DELETE,
-    }[v.kind]
+    return _OPS[v.kind]
 
 
 def _identity(entry: Entry) -> tuple[VKind, bytes]:
@@ -243,7 +262,7 @@ class Landed:
     unpins: list[tuple[bytes, str]] = field(default_factory=list)
     placed: set[bytes] = field(default_factory=set)  # paths a Real file is moved to
     deleted: set[bytes] = field(default_factory=set)  # index entries this batch deletes
-    made: set[bytes] = field(default_factory=set)  # directories this batch brings back
+    made: set[bytes] = field(default_factory=set)  # paths this batch shows, dirs found there
     listed: dict[bytes, set[bytes]] = field(default_factory=dict)  # names on the disk, by dir
 
 
@@ -356,9 +375,7 @@ class Exchange:
                     or resolve(path, base).copies
                 ):
                     reshow.add(path)
-            change.stamp = encode(
-                _stamp_type, [wire.history_entry(0, p, m, v.encode()) for p, m, v in made]
-            )
+            change.stamp = _stamp([(p, m, v.encode()) for p, m, v in made])
             self.history.rewrite(batch, area, sequence, change)
         if not count:
             return 0
@@ -562,10 +579,9 @@ class Exchange:
             if len(entries) >= limit or size >= PAGE_BYTES:
                 more = True
                 break
-            for entry in decode(_stamp_type, change.stamp) if change.stamp else ():
-                entry.sequence = sequence
-                entries.append(entry)
-                size += len(entry.path) + len(entry.version) + 16
+            for path, mode, version in _stamped(change.stamp):
+                entries.append(wire.history_entry(sequence, path, mode, version))
+                size += len(path) + len(version) + 16
             upto = sequence
         return wire.history_res(wire.history_status.OK, uuid, False, upto, b"", more, entries)
 
@@ -680,9 +696,14 @@ class Exchange:
             result = Applied(more=res.more)
             batch = self.store.batch()
             page = _Page()
+            all_stamped = self.stamped(area) == self.history.high(area)
             try:
                 for position, entry in enumerate(res.entries):
                     self._apply_one(batch, area, peer, entry, position, page, result)
+                if all_stamped:  # what this page relays is stamped already: nothing to look at
+                    batch.put(
+                        "meta", _STAMPED + _AREA.pack(area), _SEQ.pack(self.history.high(area))
+                    )
                 landed = self._land(batch, area, page)
                 seen = self._advance(seen, res)
                 batch.put("meta", _SEEN + _peer_key(area, peer), seen.pack())
@@ -739,9 +760,8 @@ class Exchange:
         if entry.sequence and decision.action is Action.APPLY:
             page.applied.setdefault(entry.sequence, []).append((path, version))
         self._put_state(batch, area, path, decision.state)
-        relayed = wire.history_entry(0, path, entry.mode, bytes(entry.version))
-        change = Change(_op_of(version), path, stamp=encode(_stamp_type, [relayed]))
-        self.history.append(batch, area, change)
+        relayed = _stamp([(path, entry.mode, version.encode())])
+        self.history.append(batch, area, Change(_op_of(version), path, stamp=relayed))
 
     def _land(self, batch: Batch, area: int, page: _Page) -> Landed:
         """Show every path the page changed (children before parents, so a directory a
@@ -962,7 +982,12 @@ class Exchange:
     def _lacks(self, area: int, directory: bytes, landed: Landed) -> bool:
         if directory in landed.made:
             return False
-        return directory in landed.deleted or self.index.get(area, directory) is None
+        if directory in landed.deleted:
+            return True
+        if self.index.get(area, directory) is None:
+            return True
+        landed.made.add(directory)  # known to be there: asked once per batch
+        return False
 
     def _holds(self, area: int, directory: bytes, landed: Landed) -> bool:
         """Whether the index holds a path below `directory` that this batch keeps."""

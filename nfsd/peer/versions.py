@@ -36,10 +36,18 @@ class VersionError(ValueError):
     """A version, vector or peer id that cannot be one (bad bytes from a peer, or a bug)."""
 
 
+_CHECKED: set[str] = set()  # ids found good already (a household has a handful)
+_CHECKED_MAX = 4096
+
+
 def check_peer_id(peer: str) -> None:
     """Refuse a peer id that could smuggle anything into a conflict name or a log line."""
+    if peer in _CHECKED:
+        return
     if len(peer) > wire.PEER_ID_MAX or not _PEER_ID.fullmatch(peer):
         raise VersionError(f"not a peer id: {peer[:80]!r}")
+    if len(_CHECKED) < _CHECKED_MAX:
+        _CHECKED.add(peer)
 
 
 class Order(Enum):
@@ -215,16 +223,15 @@ class Version:
 
     @classmethod
     def decode(cls, data: bytes) -> Version:
-        version = cls.unpacked(wire.unpack_one_version(data))
-        object.__setattr__(version, "_encoded", bytes(data))
-        return version
+        return cls.unpacked(wire.unpack_one_version(data), bytes(data))
 
     @classmethod
-    def unpacked(cls, fields: wire.Unpacked) -> Version:
-        """A version from the fields xdr/versions.py unpacked, checked as `from_xdr` does."""
+    def unpacked(cls, fields: wire.Unpacked, encoded: bytes = b"") -> Version:
+        """A version from the fields xdr/versions.py unpacked (from `encoded`, its bytes,
+        canonical since the fast codec refuses any other), checked as `from_xdr` does."""
         vector, kind, content, size, mtime_ns, author = fields
         try:
-            return cls(
+            version = cls(
                 VersionVector(tuple((p.decode("ascii"), c) for p, c in vector)),
                 Kind(kind),
                 content,
@@ -234,6 +241,9 @@ class Version:
             )
         except (UnicodeDecodeError, VersionError) as e:
             raise XdrError(f"bad path version: {e}") from None
+        if encoded:
+            object.__setattr__(version, "_encoded", encoded)
+        return version
 
     def digest(self) -> bytes:
         return hashlib.sha256(self.encode()).digest()

@@ -19,6 +19,7 @@ from nfsd.cli.output import human
 from nfsd.store.areas import AreaTable
 from nfsd.store.db import Store
 from nfsd.store.index import AreaIndex, Entry, Layer
+from nfsd.store.manifest import unpack_usage, usage_key
 from tests.conftest import Nfs, run_on
 from tests.test_peer_link import (  # noqa: F401 (household is a fixture)
     connected,
@@ -177,3 +178,44 @@ def test_with_every_peer_gone_cached_content_reads_and_the_rest_is_jukebox_then_
     assert statuses[-1] == nfsstat3.NFS3ERR_IO and seconds < 30
     # And b goes on serving: a later read of the cached file still works.
     assert run_on(nfs_port, lambda nfs: read_whole(nfs, "read-once.bin")) == read_once
+
+
+def test_keep_on_a_peers_file_fetches_all_of_it_charged_to_its_area(
+    household: Callable[[str], Path],  # noqa: F811
+) -> None:
+    a, b = household("a"), household("b")
+    port_a = start(a)
+    ok(realize_process(a, "peer", "add", "b", token_of(b)))
+    ok(realize_process(b, "peer", "add", "a", token_of(a), "--address", f"127.0.0.1:{port_a}"))
+    start(b)
+    content = os.urandom(4 * 256 * 1024 + 77)
+    (area_dir(a) / "kept.bin").write_bytes(content)
+    wait_for("kept.bin shows on b", lambda: listed(b, "kept.bin") is not None)
+
+    ok(realize(b, "mark", "keep", str(area_dir(b) / "kept.bin")))
+    wait_for("kept.bin cached on b", lambda: cached_in(b, "docs") >= len(content))
+    ok(realize_process(a, "stop"))
+
+    async def read(nfs: Nfs) -> bytes:
+        root = await nfs.mount(b"/docs")
+        fh = await nfs.lookup(root, b"kept.bin")
+        data = b""
+        while True:
+            res = await nfs.read(fh, len(data), 1 << 20)
+            data += bytes(res.data)
+            if res.eof:
+                return data
+
+    nfs_port = json.loads((b / "server.json").read_text())["nfs_port"]
+    assert run_on(nfs_port, read) == content  # all of it here: a is gone
+    assert not (area_dir(b) / "kept.bin").exists()  # kept in the cache, not realized
+
+
+def cached_in(state: Path, area: str) -> int:
+    """Bytes of a running server's blob cache charged to `area` (its store, read beside it)."""
+    store = Store(state / "db", read_only=True)
+    try:
+        raw = store.family("meta").get(usage_key(area))
+        return 0 if raw is None else unpack_usage(bytes(raw))[0]
+    finally:
+        store.close()

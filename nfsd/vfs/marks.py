@@ -263,8 +263,8 @@ class Marks:
             blobs.unpin(entry.blob, KEEP_PIN)
             blobs.unpin(entry.blob, ONLY_COPY_PIN)
         elif action == Action.FETCH_AND_KEEP:
-            blobs.pin(entry.blob, KEEP_PIN)
-            await unreal.fetch_all(entry.blob, job.advance)
+            area = tree.areas.get(job.area)
+            await unreal.fetch_all(entry, job.advance, area.name if area else "", pin=KEEP_PIN)
         else:
             mark, _ = self.index.marked_at(job.area, path)
             await self._unrealize(fid, entry, KEEP_PIN if mark == Mark.KEEP else None)

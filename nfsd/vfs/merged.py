@@ -648,7 +648,8 @@ class MergedTree(LayerMoves, NamespaceChanges, Tree):
         if entry is not None:
             if self.unreal is None:
                 raise FsError(nfsstat3.NFS3ERR_IO, "no blob cache attached")
-            data, eof = await self.unreal.read(entry, offset, count)
+            area = self.areas.get(node.area)
+            data, eof = await self.unreal.read(entry, offset, count, area.name if area else "")
             return ReadResult(data, eof, unreal_attr(entry, fid, *self._area_owner(node.area)))
         with self.fds.borrow(fid, lambda w: self._open(fid, w), False) as fd:
             try:

@@ -84,8 +84,14 @@ class LayerMoves:
         done = self._realizing[fid] = trio.Event()
         dir_fd = self.local.dup_dir_fd(node.parent)
         try:
+            area = self.areas.get(node.area)
             await self.unreal.realize(
-                entry, dir_fd, node.name, self._area_owner(node.area), progress
+                entry,
+                dir_fd,
+                node.name,
+                self._area_owner(node.area),
+                progress,
+                area.name if area else "",
             )
             st = os.stat(node.name, dir_fd=dir_fd, follow_symlinks=False)
         except OSError as e:

@@ -193,28 +193,29 @@ class UnrealLayer:
         if waited.cancelled_caught:
             raise FsError(nfsstat3.NFS3ERR_JUKEBOX, "content still arriving")
 
-    async def describe(self, entry: Entry, wait: float | None = None) -> bool:
+    async def describe(self, entry: Entry, wait: float | None = None, area: str = "") -> bool:
         """Register the entry's blob in the cache when it has no manifest and a source can
         give its chunk hashes (checked against the id and size by `begin_blob`); whether the
         cache has a manifest for it now. Asking may take a while (a peer hashes a large file
         first): one ask per blob however many readers wait, each waiting at most `wait`
-        seconds (default: the layer's; then NFS3ERR_JUKEBOX)."""
+        seconds (default: the layer's; then NFS3ERR_JUKEBOX). `area`: the area name its
+        cached bytes are charged to (per-area cache limits)."""
         if self.blobs.manifest(entry.blob) is not None:
             return True
         done = self._describing.get(entry.blob)
         if done is None:
             done = self._describing[entry.blob] = trio.Event()
             if self.nursery is None:
-                await self._describe(entry, done)
+                await self._describe(entry, done, area)
             else:
-                self.nursery.start_soon(self._describe, entry, done)
+                self.nursery.start_soon(self._describe, entry, done, area)
         with trio.move_on_after(self.wait if wait is None else wait) as waited:
             await done.wait()
         if waited.cancelled_caught:
             raise FsError(nfsstat3.NFS3ERR_JUKEBOX, "content description still arriving")
         return self.blobs.manifest(entry.blob) is not None
 
-    async def _describe(self, entry: Entry, done: trio.Event) -> None:
+    async def _describe(self, entry: Entry, done: trio.Event, area: str) -> None:
         try:
             for source in self.sources:
                 chunk_hashes = getattr(source, "chunk_hashes", None)
@@ -224,7 +225,7 @@ class UnrealLayer:
                     hashes = await trio.to_thread.run_sync(chunk_hashes, entry.blob, entry.size)
                     if hashes is None:
                         continue
-                    self.blobs.begin_blob(entry.blob, entry.size, hashes)
+                    self.blobs.begin_blob(entry.blob, entry.size, hashes, area=area)
                     return
                 except (BlobError, ValueError) as e:
                     log.warning(
@@ -242,8 +243,19 @@ class UnrealLayer:
         """Whether an attached source holds the whole blob (so evicting it loses nothing)."""
         return any(source.has(blob) for source in self.sources)
 
-    async def fetch_all(self, blob: bytes, progress: Progress | None = None) -> None:
-        """Bring every chunk of the blob into the cache (for `keep`), reporting bytes."""
+    async def fetch_all(
+        self,
+        entry: Entry,
+        progress: Progress | None = None,
+        area: str = "",
+        pin: str | None = None,
+    ) -> None:
+        """Bring every chunk of the entry's blob into the cache (for `keep`, pinning it with
+        `pin` first, so no chunk is evicted once here), reporting bytes."""
+        blob = entry.blob
+        await self.describe(entry, wait=_LONG_WAIT, area=area)
+        if pin is not None and self.blobs.manifest(blob) is not None:
+            self.blobs.pin(blob, pin)
         manifest = self.blobs.manifest(blob)
         if manifest is None:
             raise FsError(nfsstat3.NFS3ERR_IO, "content unknown here")
@@ -278,7 +290,7 @@ class UnrealLayer:
     # ---- reading ----
 
     async def read(
-        self, entry: Entry, offset: int, count: int
+        self, entry: Entry, offset: int, count: int, area: str = ""
     ) -> tuple[bytes | memoryview | Gather, bool]:
         if entry.kind != Kind.FILE:
             raise FsError(nfsstat3.NFS3ERR_INVAL, "not a regular file")
@@ -296,7 +308,7 @@ class UnrealLayer:
                     raise FsError(nfsstat3.NFS3ERR_IO, "content not available") from None
                 continue  # chunks that were here may have been evicted meanwhile: again
             except UnknownBlob:
-                if not await self.describe(entry):  # from a peer: no manifest until now
+                if not await self.describe(entry, area=area):  # from a peer: no manifest yet
                     raise FsError(nfsstat3.NFS3ERR_IO, "content unknown here") from None
                 continue
             except BlobError as e:
@@ -316,13 +328,14 @@ class UnrealLayer:
         name: bytes,
         area_owner: tuple[int, int],
         progress: Progress | None = None,
+        area: str = "",
     ) -> None:
         """Write the entry's whole content as the Real file `name` of the directory `dir_fd`
         (atomically: a temporary file beside it, synced, then renamed), with the owner and
         mode `ownership` gives it (`area_owner`: the area root's uid and gid). Streams chunk
         by chunk, fetching what is missing as it goes, so a file larger than the cache
         realizes too. `dir_fd` stays the caller's and open throughout."""
-        await self.describe(entry, wait=_LONG_WAIT)
+        await self.describe(entry, wait=_LONG_WAIT, area=area)
         manifest = self.blobs.manifest(entry.blob)
         if manifest is None:
             raise FsError(nfsstat3.NFS3ERR_IO, "content unknown here")

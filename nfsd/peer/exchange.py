@@ -263,7 +263,7 @@ class Landed:
     placed: set[bytes] = field(default_factory=set)  # paths a Real file is moved to
     deleted: set[bytes] = field(default_factory=set)  # index entries this batch deletes
     made: set[bytes] = field(default_factory=set)  # paths this batch shows, dirs found there
-    listed: dict[bytes, set[bytes]] = field(default_factory=dict)  # names on the disk, by dir
+    listed: dict[bytes, set[bytes] | None] = field(default_factory=dict)  # names on disk
 
 
 @dataclass(slots=True)
@@ -948,9 +948,11 @@ class Exchange:
         if self.landing is None:
             return False
         parent, name = split(path)
-        names = landed.listed.get(parent)
-        if names is None:
-            names = landed.listed[parent] = self.landing.tree.disk_names(area, parent)
+        if parent not in landed.listed:
+            landed.listed[parent] = self.landing.names(area, parent)
+        names = landed.listed[parent]
+        if names is None:  # too big to list: this one name
+            return self.landing.tree.look(area, path) is not None
         return name in names
 
     def _show_unreal(

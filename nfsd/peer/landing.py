@@ -46,6 +46,9 @@ log = logging.getLogger("realize.landing")
 _INTENT = b"xchg-disk:"
 _AREA = struct.Struct(">I")
 _ACT = struct.Struct(">BQQ")  # what, dev, ino; the target path follows
+# A directory whose entries take more than this (tens of thousands of names) is not listed
+# for each page of a catch-up: its paths are looked at one by one instead.
+_LIST_MAX_BYTES = 1 << 20
 
 
 class What(IntEnum):
@@ -129,6 +132,22 @@ class Landing:
         else:
             clean = False  # special files carry no version
         return RealFile(entry, st, fid, clean)
+
+    def names(self, area: int, directory: bytes) -> set[bytes] | None:
+        """The names on the disk in the directory at `directory` (none when it is not on
+        this disk), or None when it is too big to list for a few of them (ask `look`)."""
+        try:
+            fd = self.tree.roots.dir_relative(area, directory)
+        except (OSError, FsError):
+            return set()
+        try:
+            if os.fstat(fd).st_size > _LIST_MAX_BYTES:
+                return None
+            return {name for name, _ in self.tree.roots.names(fd)}
+        except OSError:
+            return set()
+        finally:
+            os.close(fd)
 
     def disk_parent_fid(self, area: int, path: bytes) -> int | None:
         """The fileid of `path`'s parent when it is a Real directory here, known to the

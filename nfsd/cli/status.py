@@ -15,6 +15,8 @@ from typing import Any
 from nfsd.cli.config import is_configured, load_config
 from nfsd.cli.control_client import ControlClient, ControlError
 from nfsd.cli.daemon import running, runtime
+from nfsd.cli.errors import UsageError
+from nfsd.cli.locate import area_of, local_path, resolved
 from nfsd.cli.output import human, table, when
 from nfsd.peer import roster
 from nfsd.peer.roster import RosterError
@@ -274,7 +276,15 @@ def render(doc: dict[str, Any]) -> list[str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    doc = collect(Path(args.state_dir).resolve())
+    state_dir = Path(args.state_dir).resolve()
+    if args.path is not None:
+        # The server was found from it; one in none of its areas was a mistake.
+        path = local_path(args.path) or resolved(Path(args.path))
+        areas = _areas_of(state_dir, runtime(state_dir) if running(state_dir) else None)
+        if area_of(areas, path) is None:
+            where = ", ".join(f"{n} in {d}" for n, d in sorted(areas.items()))
+            raise UsageError(f"{args.path} is not inside an area's directory ({where or 'none'})")
+    doc = collect(state_dir)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:

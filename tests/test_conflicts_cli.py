@@ -109,6 +109,7 @@ def test_the_same_path_created_apart_is_one_conflict_listed_alike_on_both_peers(
     # Limited to the area, by its name or its directory; an unknown one is refused.
     assert _conflicts(b, "docs") == on_b
     assert _conflicts(b, str(area_dir(b))) == on_b
+    assert "a docs: " in ok(realize(b, "sync", str(area_dir(b))))  # sync names areas alike
     refused = realize(b, "conflicts", "nosuch")
     assert refused.returncode == 2 and "no area named nosuch" in refused.stderr
 

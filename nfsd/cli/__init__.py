@@ -10,8 +10,8 @@ the user's mistakes into a sentence and exit status 2. Its modules: `parser` (th
 line), `locate` (which state directory a command talks to), `options` (the server options),
 `config` (config.json and the ServerConfig), `daemon` (running the server and what it
 reports), `configure` (the commands that write the configuration), `control_client` (calls
-of the control program), `marks` (mark and ls), `status` (status), `peers` (id, peer, sync,
-conflicts), `store_commands` (import, fsck, history), `output` (sizes, progress, tables),
+of the control program), `marks` (mark and ls), `status`, `conflicts`, `peers` (id, peer,
+sync), `store_commands` (import, fsck, history), `output` (sizes, times, tables, progress),
 `errors`.
 """
 

@@ -13,7 +13,6 @@ nothing.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from nfsd.cli.config import area_name, is_configured, load_config
@@ -21,6 +20,7 @@ from nfsd.cli.control_client import ControlClient, ControlError
 from nfsd.cli.daemon import not_running, prepared, running, runtime
 from nfsd.cli.errors import UsageError
 from nfsd.cli.marks import area_named
+from nfsd.cli.output import table, when
 from nfsd.peer import identity, roster
 from nfsd.peer.identity import Identity, IdentityError
 from nfsd.peer.roster import DEFAULT_PEER_PORT, RosterError, format_address
@@ -177,12 +177,6 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
-def _when(seconds: float) -> str:
-    if not seconds:
-        return "never"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
-
-
 def cmd_peer_list(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).resolve()
     this_identity(state_dir)
@@ -225,15 +219,12 @@ def cmd_peer_list(args: argparse.Namespace) -> int:
                 peer.peer_id,
                 format_address(peer.address) if peer.address else "deaf",
                 links.get(name, default),
-                _when(last.get(peer.peer_id, 0.0)),
+                when(last.get(peer.peer_id, 0.0)),
                 "all" if peer.areas is None else ",".join(peer.areas),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+    for line in table(rows):
+        print(line)
     return 0
 
 

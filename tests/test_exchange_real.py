@@ -64,13 +64,13 @@ class Side:
 
         trio.run(scan)
 
-    def pull(self, other: Side) -> Any:
+    def pull(self, other: Side, page: int = 1000) -> Any:
         async def call(procedure: int, args: Any) -> Any:
             if procedure == wire.PEERPROC.HISTORY:
                 return other.exchange.serve(self.id, args)
             return other.exchange.acknowledge(self.id, args)
 
-        return trio.run(self.exchange.pull, other.id, AREA, call)
+        return trio.run(self.exchange.pull, other.id, AREA, call, page)
 
     def view(self) -> dict[bytes, tuple[int, bytes]]:
         """What every peer must agree on: path, size, blob id."""
@@ -415,3 +415,51 @@ def test_a_file_made_here_but_not_yet_indexed_is_never_overwritten_by_a_peers_cr
     assert a.view() == b.view()
     assert a.view()[b"new.txt"] == (10, blob(b"made on b\n"))
     assert list(copies(a.view()).values()) == [(27, blob(b"made on a, not scanned yet\n"))]
+
+
+def test_an_edit_beats_a_concurrent_delete_of_the_real_file(sides: tuple[Side, Side]) -> None:
+    a, b = sides
+    a.write("f.txt", b"v1\n")
+    a.publish()
+    converge(a, b)
+
+    async def delete_on_a() -> None:
+        await a.tree.remove(a.tree.area_root(a.area), b"f.txt")
+
+    trio.run(delete_on_a)
+    a.exchange.stamp_pending(a.area)
+    b.write("f.txt", b"v2, edited on b while a deleted it\n")  # b did not hear of the delete
+    b.publish()
+    converge(a, b)
+    assert a.view() == b.view() == {b"f.txt": (35, blob(b"v2, edited on b while a deleted it\n"))}
+    assert (b.dir / "f.txt").exists() and b.layer(b"f.txt") == Layer.REAL
+    assert a.layer(b"f.txt") == Layer.UNREAL
+
+
+def test_the_same_bytes_created_on_both_peers_are_one_file(sides: tuple[Side, Side]) -> None:
+    a, b = sides
+    a.write("same.bin", b"identical\n", mtime_s=6_000_000)
+    b.write("same.bin", b"identical\n", mtime_s=6_000_050)
+    a.publish()
+    b.publish()
+    converge(a, b)
+    assert a.view() == b.view()
+    assert not copies(a.view())
+    assert a.layer(b"same.bin") == b.layer(b"same.bin") == Layer.REAL  # neither is dropped
+
+
+@pytest.mark.parametrize("page", [2, 1000])
+def test_a_directory_rename_split_over_pages_or_met_in_a_catch_up_converges(
+    sides: tuple[Side, Side], page: int
+) -> None:
+    a, b = sides
+    for i in range(5):
+        a.write(f"big/f{i}.txt", b"file %d\n" % i)
+    a.publish()
+    b.pull(a)  # b has never been pulled from by a: a's first pull of b is a catch-up
+    rename(b, b"big", b"moved")
+    a.pull(b, page)
+    converge(a, b)
+    assert a.view() == b.view()
+    assert sorted(a.view()) == [b"moved", *(b"moved/f%d.txt" % i for i in range(5))]
+    assert not (a.dir / "big").exists()

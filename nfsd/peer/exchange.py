@@ -791,7 +791,24 @@ class Exchange:
             before = page.before[path]
             self.show(batch, area, path, page.modes[path], before, page.states[path], landed,
                       page.states)  # fmt: skip
+        self._prune(batch, area, page, landed)
         return landed
+
+    def _prune(self, batch: Batch, area: int, page: _Page, landed: Landed) -> None:
+        """Directories deleted by a peer in an earlier page, kept then for what was below
+        them, that this page emptied: shown again, so they go now."""
+        parents = {split(p)[0] for p in landed.deleted} - set(page.before) - {b""}
+        while parents:
+            path = max(parents, key=lambda p: (p.count(b"/"), p))  # the deepest first
+            parents.discard(path)
+            state = self.state(area, path)
+            if not state or resolve(path, state).exists:
+                continue
+            if path in landed.deleted or path in landed.made:
+                continue
+            self.show(batch, area, path, 0, state, state, landed, page.states)
+            if path in landed.deleted and split(path)[0]:
+                parents.add(split(path)[0])
 
     def _move(
         self, batch: Batch, area: int, page: _Page, first: tuple[bytes, Version],

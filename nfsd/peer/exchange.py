@@ -1017,33 +1017,37 @@ class Exchange:
 
     def _land_real(
         self, batch: Batch, area: int, path: bytes, mode: int, current: Entry,
-        before: PathState, shown: Resolution, landed: Landed, held_base: PathState | None,
+        before: PathState, resolution: Resolution, landed: Landed, held_base: PathState | None,
     ) -> None:  # fmt: skip
         assert self.landing is not None
         real = self.landing.inspect(area, path, current)
         if real is None:  # gone from the disk: the journal will hear; show what is decided
-            self._show_unreal(batch, area, path, mode, current, shown, landed)
+            self._show_unreal(batch, area, path, mode, current, resolution, landed)
             return
         if not real.clean:
             self._hold(batch, area, path, before, held_base)
             return
         local = _identity(current)
-        winner = shown.shown
+        winner = resolution.shown
         if winner is not None and not winner.deleted and winner.identity == local:
             return  # it shows this very content already
         st = real.st
-        for copy in shown.copies:
+        for copy in resolution.copies:
             if copy.version.identity != local or current.kind == Kind.DIR:
                 continue
-            if self.index.get(area, copy.name) is None and self.tree_look(area, copy.name):
-                continue  # something unindexed holds that name: keep ours where it is
+            if self.tree_look(area, copy.name):
+                # Something on the disk holds that name: our bytes are never dropped nor put
+                # over it, so the path keeps them here (shown differently until resolved).
+                log.warning("%s lost a conflict but %s is taken: kept", shown(path),
+                            shown(copy.name))  # fmt: skip
+                return
             # The local version lost: it moves aside to its conflict name, kept Real.
             act = Act(What.MOVE, area, path, st.st_dev, st.st_ino, False, copy.name)
             self.index.put(batch, area, copy.name, current)
             self.landing.plan(batch, act, real.fid)
             landed.acts.append(act)
             landed.placed.add(copy.name)
-            self._show_unreal(batch, area, path, mode, current, shown, landed)
+            self._show_unreal(batch, area, path, mode, current, resolution, landed)
             return
         gone = winner is None or winner.deleted
         if current.kind == Kind.DIR:
@@ -1057,7 +1061,7 @@ class Exchange:
         act = Act(What.REMOVE if gone else What.DROP, area, path, st.st_dev, st.st_ino)
         if gone:
             landed.deleted.add(path)
-        self._show_unreal(batch, area, path, mode, current, shown, landed)
+        self._show_unreal(batch, area, path, mode, current, resolution, landed)
         self.landing.plan(batch, act, real.fid)
         landed.acts.append(act)
 

@@ -5,9 +5,12 @@ of two machines waits for.
 
 `run_household_bench(settings, log)`:
 
-1. **TLS ceiling**: one TLS 1.3 stream between two Python processes (trio, the peers' own
-   certificates and contexts, nfsd/peer/tls.py), bulk bytes one way: the most a peer link can
-   carry on this machine, measured in the same run.
+1. **Ceilings**, measured in the same run: one TLS 1.3 stream between two Python processes
+   as the peer links make it (trio's SSLStream, the peers' own certificates and contexts,
+   nfsd/peer/tls.py), bulk bytes one way: the most a peer link can carry on this machine;
+   the same with Python's blocking `ssl` sockets (what a link without trio's TLS layer could
+   carry); and the blob cache's write rate (`BlobStore.put_chunk` of 256 KiB chunks into a
+   fresh store), which every fetched chunk goes through.
 2. **Cold READ from a peer**: a file (no two chunks equal) written into peer A's area shows on
    peer B as Unreal; B's cache holds none of it. It is read once through NFS on B (16 READs of
    1 MiB outstanding), so every byte crosses the link: chunk list, then chunks. Reported as
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import shlex
@@ -129,24 +133,94 @@ async def _tls_receive(job: dict[str, Any]) -> dict[str, Any]:
     return {"bytes": received, "rate": received / seconds / 1e6}
 
 
-CHILD_JOBS = {"tls_send": _tls_send, "tls_receive": _tls_receive}
+def _blocking_send(job: dict[str, Any]) -> dict[str, Any]:
+    import socket
+
+    from nfsd.peer import identity, tls
+
+    me, _ = identity.load_or_create(Path(job["own"]))
+    peers = _roster(Path(job["own"]), Path(job["other"]))
+    listener = socket.create_server(("127.0.0.1", 0))
+    print(f"PORT {listener.getsockname()[1]}", flush=True)
+    connection, _ = listener.accept()
+    with tls.server_context(me, peers).wrap_socket(connection, server_side=True) as stream:
+        block = os.urandom(MiB)
+        for _ in range(job["size"] // MiB):
+            stream.sendall(block)
+    return {}
+
+
+def _blocking_receive(job: dict[str, Any]) -> dict[str, Any]:
+    import socket
+
+    from nfsd.peer import identity, tls
+
+    me, _ = identity.load_or_create(Path(job["own"]))
+    peers = _roster(Path(job["own"]), Path(job["other"]))
+    connection = socket.create_connection(("127.0.0.1", job["port"]))
+    with tls.client_context(me, peers).wrap_socket(connection) as stream:
+        buffer = bytearray(MiB)
+        received, started = 0, time.perf_counter()
+        while received < job["size"]:
+            n = stream.recv_into(buffer)
+            if not n:
+                break
+            received += n
+        seconds = time.perf_counter() - started
+    return {"bytes": received, "rate": received / seconds / 1e6}
+
+
+def _cache_write(job: dict[str, Any]) -> dict[str, Any]:
+    from blake3 import blake3
+
+    from nfsd.store.blobs import BlobStore
+    from nfsd.store.db import Store
+
+    chunk, n = 256 * 1024, job["size"] // (256 * 1024)
+    pieces = [os.urandom(chunk) for _ in range(min(n, 64))]
+    contents = [pieces[i % len(pieces)][:-8] + i.to_bytes(8, "big") for i in range(n)]
+    hashes = [blake3(c).digest() for c in contents]
+    hasher = blake3()
+    for c in contents:
+        hasher.update(c)
+    store = Store(Path(job["dir"]) / "db")
+    blobs = BlobStore(store)
+    blob = hasher.digest()
+    blobs.begin_blob(blob, n * chunk, hashes)
+    started = time.perf_counter()
+    for i, c in enumerate(contents):
+        blobs.put_chunk(blob, i, c)
+    seconds = time.perf_counter() - started
+    store.close()
+    return {"rate": n * chunk / seconds / 1e6}
+
+
+CHILD_JOBS = {
+    "tls_send": _tls_send,
+    "tls_receive": _tls_receive,
+    "blocking_send": _blocking_send,
+    "blocking_receive": _blocking_receive,
+    "cache_write": _cache_write,
+}
 
 
 def _child(job: dict[str, Any]) -> list[str]:
     return [sys.executable, "-m", "tests.support.bench.household", json.dumps(job)]
 
 
-def tls_ceiling(base: Path, size: int) -> float:
-    """MB/s of one TLS 1.3 peer stream between two Python processes on loopback."""
+def tls_ceiling(base: Path, size: int, kind: str = "tls") -> float:
+    """MB/s of one TLS 1.3 peer stream between two Python processes on loopback (`kind`
+    "tls": trio's SSLStream as the links use it; "blocking": Python's ssl sockets)."""
     sender, receiver = _identities(base)
     send = subprocess.Popen(
-        _child({"kind": "tls_send", "own": str(sender), "other": str(receiver), "size": size}),
+        _child({"kind": f"{kind}_send", "own": str(sender), "other": str(receiver),
+                "size": size}),
         stdout=subprocess.PIPE, text=True, cwd=REPO, env=client_env(),
     )  # fmt: skip
     try:
         assert send.stdout is not None
         port = int(send.stdout.readline().split()[1])
-        job = {"kind": "tls_receive", "own": str(receiver), "other": str(sender), "size": size,
+        job = {"kind": f"{kind}_receive", "own": str(receiver), "other": str(sender), "size": size,
                "port": port}  # fmt: skip
         done = subprocess.run(
             _child(job), capture_output=True, text=True, cwd=REPO, env=client_env(),
@@ -159,6 +233,20 @@ def tls_ceiling(base: Path, size: int) -> float:
     finally:
         send.kill()
         send.wait()
+
+
+def cache_write_ceiling(base: Path, size: int) -> float:
+    """MB/s of `BlobStore.put_chunk` into a fresh store, in a child process."""
+    directory = base / "cache-ceiling"
+    directory.mkdir()
+    done = subprocess.run(
+        _child({"kind": "cache_write", "dir": str(directory), "size": size}),
+        capture_output=True, text=True, cwd=REPO, env=client_env(), timeout=JOB_TIMEOUT,
+    )  # fmt: skip
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return float(json.loads(line[len("RESULT ") :])["rate"])
+    raise RuntimeError(f"the cache write ceiling failed: {done.stderr[-2000:]}")
 
 
 # ---- the two peers ----
@@ -319,9 +407,15 @@ def run_household_bench(
     with tempfile.TemporaryDirectory(prefix="bench-household-", dir=parent) as tmp:
         bench = HouseholdBench(settings, log, Path(tmp))
         try:
-            ceiling = tls_ceiling(bench.base, min(settings.read_size, GiB))
-            bench.results["tls_ceiling"] = ceiling
-            log(f"TLS ceiling: {ceiling:.0f} MB/s")
+            size = min(settings.read_size, GiB)
+            bench.results["tls_ceiling"] = tls_ceiling(bench.base, size)
+            bench.results["blocking_tls_ceiling"] = tls_ceiling(bench.base, size, "blocking")
+            bench.results["cache_write_ceiling"] = cache_write_ceiling(bench.base, size // 2)
+            log(
+                f"ceilings: TLS as the links use it {bench.results['tls_ceiling']:.0f} MB/s, "
+                f"blocking ssl {bench.results['blocking_tls_ceiling']:.0f} MB/s, cache writes "
+                f"{bench.results['cache_write_ceiling']:.0f} MB/s"
+            )
             bench.pair()
             bench.cold_read()
             bench.visibility()
@@ -342,8 +436,13 @@ def markdown(results: dict[str, Any], command: str) -> str:
     scale = s["changes"] / 100_000
     rows = [
         ("cold READ of a peer's file, MB/s", f"{results['cold_read']:.0f}",
-         f"≥ {READ_TARGET:.0f}", f"{ratio:.2f} of the TLS ceiling "
-         f"({results['tls_ceiling']:.0f} MB/s)"),
+         f"≥ {READ_TARGET:.0f}", f"{ratio:.2f} of the TLS ceiling"),
+        ("ceiling: one TLS stream as the links make it (trio), MB/s",
+         f"{results['tls_ceiling']:.0f}", "", "two Python processes, loopback"),
+        ("ceiling: one TLS stream over blocking ssl sockets, MB/s",
+         f"{results['blocking_tls_ceiling']:.0f}", "", "two Python processes, loopback"),
+        ("ceiling: blob cache writes (put_chunk), MB/s",
+         f"{results['cache_write_ceiling']:.0f}", "", "every fetched chunk is stored"),
         (f"catch-up of {s['changes']:,} changes, s", f"{results['catchup_seconds']:.1f}",
          f"≤ {CATCHUP_TARGET * scale:.1f}", "from the peer's start to `realize sync` done"),
         ("peak RSS through that catch-up, MB", f"{results['catchup_peak_rss']:.0f}",
@@ -404,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def child_main(argv: list[str]) -> int:
     job = json.loads(argv[1])
-    result = trio.run(CHILD_JOBS[job["kind"]], job)
+    work = CHILD_JOBS[job["kind"]]
+    result = trio.run(work, job) if inspect.iscoroutinefunction(work) else work(job)
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 

@@ -1,0 +1,35 @@
+"""Smoke test of the household benchmark: `scripts/bench-household --quick` runs end to end
+with small sizes: the ceilings, a cold read of a peer's file (its content checked against its
+blob id by the benchmark itself), the visibility of a rename and a delete, and a catch-up
+after missed changes. It checks that the harness works and what it read was right, not any
+speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.server import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_household_quick_measures_everything(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench-household"), "--quick", "--out", str(out),
+         "--workdir", str(tmp_path), "--changes", "200", "--read-mib", "8"],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"bench-household failed:\n{proc.stdout}\n{proc.stderr}"
+    results = json.loads((out / "household.json").read_text())
+    for key in ("tls_ceiling", "blocking_tls_ceiling", "cache_write_ceiling", "cold_read"):
+        assert results[key] > 0, key
+    assert 0 < results["rename_seconds"] < 60 and 0 < results["delete_seconds"] < 60
+    assert results["settings"]["changes"] == 200 and results["catchup_seconds"] > 0
+    table = (out / "household.md").read_text()
+    assert "cold READ of a peer's file" in table and "catch-up of 200 changes" in table

@@ -24,7 +24,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import (
+    AccessType,
+    BlockBasedOptions,
+    Cache,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteOptions,
+)
 
 log = logging.getLogger("realize.store")
 
@@ -43,25 +51,55 @@ _LASTING = ("IO error", "No space left", "previous error", "read only")
 _NOT_OPEN = (errno.EIO, "the server's database is not open")
 
 
-def _options() -> Options:
+# Memory. RocksDB's defaults give each column family its own 32 MiB block cache and 64 MiB
+# memtables (two of them), so the server's RSS grew with every family written: after three
+# rounds of the benchmark's small-file workload the index families' memtables held 38 MB and
+# were still growing, none of it flushed. The families share one block cache instead, each
+# memtable is flushed at a few MiB, and all memtables together are held under a total
+# (a flush of the oldest when it is reached). Durability is the WAL's, whatever the sizes.
+BLOCK_CACHE_BYTES = 16 << 20  # shared by every family of one store
+WRITE_BUFFER_BYTES = 4 << 20  # one memtable of an index family; at most two
+MEMTABLES_BYTES = 32 << 20  # every memtable of the store together
+
+
+def _family_base(cache: Cache) -> Options:
+    """What every family has: raw bytes, and the store's one block cache."""
     opt = Options(raw_mode=True)
+    table = BlockBasedOptions()
+    table.set_block_cache(cache)
+    opt.set_block_based_table_factory(table)
+    return opt
+
+
+def _options(cache: Cache) -> Options:
+    opt = _family_base(cache)
     opt.create_if_missing(True)
     opt.create_missing_column_families(True)
     # The blob cache makes one blob file per memtable flush (8 MiB): thousands for a large
     # cache. Keep at most this many files open (LRU) instead of all, which would run into the
     # usual 1024-descriptor limit.
     opt.set_max_open_files(512)
+    opt.set_write_buffer_size(WRITE_BUFFER_BYTES)
+    opt.set_db_write_buffer_size(MEMTABLES_BYTES)
     return opt
 
 
-def _chunk_options() -> Options:
+def _index_options(cache: Cache) -> Options:
+    """The families of the index, history and cache bookkeeping: small values."""
+    opt = _family_base(cache)
+    opt.set_write_buffer_size(WRITE_BUFFER_BYTES)
+    opt.set_max_write_buffer_number(2)
+    return opt
+
+
+def _chunk_options(cache: Cache) -> Options:
     """BlobDB for `chunks` (nfsd.store.blobs): chunk values go to blob files, the LSM keeps
     only keys and references. 8 MiB write buffers (at most two) bound the memory a long
     ingest holds (about 24 MiB of RSS measured). Blob garbage collection is off: left on,
     the compactions of a 1 GiB ingest rewrote 1.3-1.5 GiB of live chunks and stalled writes
     (ingest 190 MB/s with it, 430 without, measured). `BlobStore.reclaim` turns it on for
     one compaction when evicted chunks left enough garbage in the blob files."""
-    opt = Options(raw_mode=True)
+    opt = _family_base(cache)
     opt.set_enable_blob_files(True)
     opt.set_min_blob_size(4096)
     opt.set_blob_file_size(64 << 20)
@@ -73,13 +111,12 @@ def _chunk_options() -> Options:
     return opt
 
 
-# Families that need more than the plain raw-mode options.
-FAMILY_OPTIONS: dict[str, Callable[[], Options]] = {"chunks": _chunk_options}
+# Families that need other options than the index's.
+FAMILY_OPTIONS: dict[str, Callable[[Cache], Options]] = {"chunks": _chunk_options}
 
 
-def family_options(name: str) -> Options:
-    make = FAMILY_OPTIONS.get(name)
-    return make() if make is not None else Options(raw_mode=True)
+def family_options(name: str, cache: Cache) -> Options:
+    return FAMILY_OPTIONS.get(name, _index_options)(cache)
 
 
 class Batch:
@@ -192,6 +229,7 @@ class Store:
         # database, alive.
         self._failure: tuple[int, str] | None = None
         self._next_reopen = 0.0
+        self._block_cache = Cache(BLOCK_CACHE_BYTES)  # outlives every open of the database
         self._open(read_only)
         meta = self.family("meta")
         if read_only:
@@ -209,10 +247,13 @@ class Store:
         if (self.path / "CURRENT").exists():
             existing = Rdict.list_cf(str(self.path), Options(raw_mode=True))
         names = set(existing) if read_only else {*FAMILIES, *existing}
-        families = {name: family_options(name) for name in names}
+        cache = self._block_cache
+        families = {name: family_options(name, cache) for name in names}
         families.pop("default", None)
         access = AccessType.read_only() if read_only else AccessType.read_write()
-        db = Rdict(str(self.path), options=_options(), column_families=families, access_type=access)
+        db = Rdict(
+            str(self.path), options=_options(cache), column_families=families, access_type=access
+        )
         self._handles = {name: db.get_column_family_handle(name) for name in families}
         for name in families:
             family = self._families.get(name)

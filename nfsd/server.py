@@ -80,6 +80,7 @@ class ServerConfig:
     sources: list[str] = field(default_factory=list)  # state directories attached read-only
     cache_limits: CacheLimits = field(default_factory=CacheLimits)
     max_connections: int = Limits.max_connections  # a host may hold an eighth (rpc/slots.py)
+    peer_forget: float | None = None  # seconds a silent peer holds back trimming (None: 30 d)
 
 
 @dataclass
@@ -220,7 +221,8 @@ class Server:
         assert tree is not None and self.store is not None
         # The journal's own History: it caches the next sequence, a second object would reuse it.
         # With the tree: a peer's version of a path held Real here changes it on the disk.
-        exchange = Exchange(self.store, tree.journal.history, identity.peer_id, tree=tree)
+        forget = {} if config.peer_forget is None else {"silent_after": config.peer_forget}
+        exchange = Exchange(self.store, tree.journal.history, identity.peer_id, tree=tree, **forget)
         exchange.recover()  # disk changes a crash interrupted, before the journal scans
         try:
             self.peers = PeerService(

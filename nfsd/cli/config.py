@@ -126,6 +126,16 @@ def max_connections(options: dict) -> int:
     return int(value)
 
 
+def peer_forget(options: dict) -> float | None:
+    """--peer-forget in seconds (None: the history exchange's default)."""
+    value = options.get("peer_forget")
+    if value is None:
+        return None
+    if not float(value) > 0:
+        raise UsageError("--peer-forget: a number of days above 0")
+    return float(value) * 86400
+
+
 def root_squash(options: dict) -> RootSquash:
     if options.get("root_squash") and options.get("no_root_squash"):
         raise UsageError("--root-squash and --no-root-squash: choose one")
@@ -168,4 +178,5 @@ def server_config(state_dir: Path, areas: dict[str, str], options: dict) -> Serv
         cache_limits=limits,
         sources=list(options.get("sources") or []),
         max_connections=max_connections(options),
+        peer_forget=peer_forget(options),
     )

@@ -108,6 +108,14 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
         help="address to listen for peers on (default: the --bind address; 0.0.0.0 for every "
         "network)",
     )
+    p.add_argument(
+        "--peer-forget",
+        type=float,
+        default=None,
+        metavar="DAYS",
+        help="a peer not heard from for this long no longer holds back the trimming of the "
+        "history; it gets a full catch-up when it returns (default 30)",
+    )
 
 
 def _server_keys() -> tuple[str, ...]:

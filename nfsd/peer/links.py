@@ -14,6 +14,7 @@ scope is cancelled, which closes its stream at once. `Links.close(name)` closes 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -56,6 +57,20 @@ class CountedStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+    # streamio's protocol, when the inner stream has it (nfsd/peer/tlsstream.py)
+
+    async def receive_into(self, view: memoryview) -> int:
+        n = await self.inner.receive_into(view)  # type: ignore[attr-defined]
+        self.received += n
+        return n
+
+    async def send(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+        await self.inner.send(parts)  # type: ignore[attr-defined]
+        self.sent += sum(len(part) for part in parts)
+
+    def detach(self) -> None:
+        self.inner.detach()  # type: ignore[attr-defined]
 
 
 @dataclass(eq=False)

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 
 from nfsd.peer.identity import Identity, certificate_public_key
 from nfsd.peer.roster import Peer, Roster
+from nfsd.peer.tlsstream import TlsStream
 from nfsd.rpc.client import RpcClient, RpcError
 from xdr.codec import void
 from xdr.peer import PEER_PROGRAM, PEER_V1, PEERPROC
@@ -48,7 +49,7 @@ class PeerStream:
     """An authenticated TLS 1.3 link: the stream (a trio Stream: send_all, receive_some,
     aclose) and the roster entry of the peer at the other end."""
 
-    stream: trio.SSLStream
+    stream: TlsStream
     peer: Peer
     outgoing: bool  # this side dialled
     remote: tuple[str, int]  # the other side's address and port as the socket saw them
@@ -120,7 +121,7 @@ async def handshake(
     except OSError as e:
         await transport.aclose()
         raise PeerRefused(f"connection gone: {e}") from None
-    stream = trio.SSLStream(transport, context, server_side=server_side)
+    stream = TlsStream(transport, context, server_side=server_side)
     try:
         with trio.fail_after(HANDSHAKE_TIMEOUT):
             await stream.do_handshake()

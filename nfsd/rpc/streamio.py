@@ -6,7 +6,7 @@ trio SocketStream, `SocketIO` calls `recv_into` and `sendmsg` on a second socket
 the same descriptor (set non-blocking, as trio keeps it) and waits for readiness only on
 EAGAIN. The stream keeps owning the descriptor: `detach` before closing the stream. Any other
 trio Stream (the in-memory ones of tests) gets `StreamIO`, the same calls over `receive_some`
-and `send_all`.
+and `send_all`, unless it offers `receive_into`, `send` and `detach` itself.
 
 Both raise trio.BrokenResourceError when the peer is gone. A caller that never waits (a
 client pipelining quick calls) would never let other tasks run, so `SocketIO` passes through
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
@@ -142,8 +143,11 @@ class StreamIO:
         await self._stream.send_all(b"".join(parts))
 
 
-def stream_io(stream: trio.abc.Stream) -> SocketIO | StreamIO:
-    """The fastest I/O `stream` allows."""
+def stream_io(stream: trio.abc.Stream) -> Any:
+    """The fastest I/O `stream` allows: a stream that offers `receive_into`, `send` and
+    `detach` itself (the peer links' TLS, nfsd/peer/tlsstream.py) is its own."""
     if isinstance(stream, trio.SocketStream):
         return SocketIO(stream)
+    if all(hasattr(stream, name) for name in ("receive_into", "send", "detach")):
+        return stream
     return StreamIO(stream)

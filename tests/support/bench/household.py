@@ -6,8 +6,8 @@ of two machines waits for.
 `run_household_bench(settings, log)`:
 
 1. **Ceilings**, measured in the same run: one TLS 1.3 stream between two Python processes
-   as the peer links make it (trio's SSLStream, the peers' own certificates and contexts,
-   nfsd/peer/tls.py), bulk bytes one way: the most a peer link can carry on this machine;
+   as the peer links make it (nfsd/peer/tlsstream.py, the peers' own certificates and
+   contexts, nfsd/peer/tls.py), bulk bytes one way: the most a peer link can carry on this machine;
    the same with Python's blocking `ssl` sockets (what a link without trio's TLS layer could
    carry); and the blob cache's write rate (`BlobStore.put_chunk` of 256 KiB chunks into a
    fresh store), which every fetched chunk goes through.
@@ -210,7 +210,7 @@ def _child(job: dict[str, Any]) -> list[str]:
 
 def tls_ceiling(base: Path, size: int, kind: str = "tls") -> float:
     """MB/s of one TLS 1.3 peer stream between two Python processes on loopback (`kind`
-    "tls": trio's SSLStream as the links use it; "blocking": Python's ssl sockets)."""
+    "tls": the links' own TLS stream; "blocking": Python's ssl sockets)."""
     sender, receiver = _identities(base)
     send = subprocess.Popen(
         _child({"kind": f"{kind}_send", "own": str(sender), "other": str(receiver),
@@ -437,7 +437,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
     rows = [
         ("cold READ of a peer's file, MB/s", f"{results['cold_read']:.0f}",
          f"≥ {READ_TARGET:.0f}", f"{ratio:.2f} of the TLS ceiling"),
-        ("ceiling: one TLS stream as the links make it (trio), MB/s",
+        ("ceiling: one TLS stream as the links make it, MB/s",
          f"{results['tls_ceiling']:.0f}", "", "two Python processes, loopback"),
         ("ceiling: one TLS stream over blocking ssl sockets, MB/s",
          f"{results['blocking_tls_ceiling']:.0f}", "", "two Python processes, loopback"),

@@ -7,9 +7,9 @@ of two machines waits for.
 
 1. **Ceilings**, measured in the same run: one TLS 1.3 stream between two Python processes
    as the peer links make it (nfsd/peer/tlsstream.py, the peers' own certificates and
-   contexts, nfsd/peer/tls.py), bulk bytes one way: the most a peer link can carry on this machine;
-   the same with Python's blocking `ssl` sockets (what OpenSSL driven from C could
-   carry); and the blob cache's write rate (`BlobStore.put_chunk` of 256 KiB chunks into a
+   contexts, nfsd/peer/tls.py), bulk bytes one way: the most a peer link can carry here;
+   the same with Python's blocking `ssl` sockets (OpenSSL driving the socket itself); and
+   the blob cache's write rate (`BlobStore.put_chunk` of 256 KiB chunks into a
    fresh store), which every fetched chunk goes through.
 2. **Cold READ from a peer**: a file (no two chunks equal) written into peer A's area shows on
    peer B as Unreal; B's cache holds none of it. It is read once through NFS on B (16 READs of

@@ -535,8 +535,14 @@ class Exchange:
             dismissed = self._dismissal(area, source, state, copies, clock)
             if entry is None or entry.kind != Kind.FILE or not entry.blob:
                 return dismissed
+            # The create supersedes what the dismissal made at the target (a copy renamed
+            # onto its own path, or onto a sibling copy the dismissal turned into a file).
+            target_state = state(target)
+            for path, _, version in dismissed:
+                if path == target:
+                    target_state = decide(target_state, version).state
             made = local_change(
-                target, state(target), self.me, VKind.FILE, entry.blob,
+                target, target_state, self.me, VKind.FILE, entry.blob,
                 size=entry.size, mtime_ns=entry.mtime_ns, clock=clock,
             )  # fmt: skip
             return [*dismissed, *((p, mode, v) for p, v in made)]
@@ -786,9 +792,13 @@ class Exchange:
         if self.landing is not None:
             self._pair_by_content(batch, area, page, landed, moved)
         for path in sorted(page.before, reverse=True):
-            if path in moved:
-                continue
             before = page.before[path]
+            if path in moved:  # its entry moved; the copies it had or has still show
+                after = resolve(path, page.states[path])
+                mode = page.modes[path]
+                was = resolve(path, before)
+                self._show_copies(batch, area, path, mode, was, after, landed, page.states)
+                continue
             self.show(batch, area, path, page.modes[path], before, page.states[path], landed,
                       page.states)  # fmt: skip
         self._prune(batch, area, page, landed)

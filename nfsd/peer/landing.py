@@ -116,7 +116,9 @@ class Landing:
         fid = self.fid_of(area, path)
         node = self.tree.inodes.node(fid) if fid is not None else None
         mode = st.st_mode
-        clean = node is None or (node.dev, node.ino) == (st.st_dev, st.st_ino)
+        # A node recorded Unreal has no inode yet (a file put there outside NFS, adopted by
+        # the next lookup): it vouches for nothing either way.
+        clean = node is None or node.unreal or (node.dev, node.ino) == (st.st_dev, st.st_ino)
         if entry.kind == Kind.FILE:
             clean = clean and (
                 stat.S_ISREG(mode)

@@ -369,6 +369,8 @@ class Exchange:
                 overlay[path] = decision.state
                 if path in bases:
                     bases[path] = PathState((version,))
+                if path not in (change.path, change.new_path):
+                    reshow.add(path)  # a conflict copy made a file: the journal never saw it
                 if (
                     path in bases
                     or decision.action is Action.CONFLICT
@@ -1100,12 +1102,14 @@ class Exchange:
             batch.put("meta", prefix + copy.name, path)
             if copy.name in landed.placed:
                 continue  # the local loser, moved there Real in this batch
-            there = self.index.get(area, copy.name)
+            there = None if copy.name in landed.deleted else self.index.get(area, copy.name)
             if there is not None and there.layer == Layer.REAL:
                 continue  # the local loser moved there, or a file shadowing the name
             if there is None or _identity(there) != copy.version.identity:
                 entry = _unreal_entry(copy.version, mode or _mode_of(self.index.get(area, path)))
                 self.index.put(batch, area, copy.name, entry)
+                landed.deleted.discard(copy.name)
+                landed.made.add(copy.name)
             if copy.version.kind is VKind.FILE:
                 landed.pins.append((copy.version.content, _pin_reason(area, copy.name)))
         for copy in before.copies:

@@ -12,6 +12,12 @@ version a history entry announces for a path, and a rename's preconditions.
   concurrent changes are unresolved).
 - `rename_versions` is a rename: what its source and destination held when it was made, the
   tombstone it leaves at the source and the version it makes at the destination.
+- `published` is what one published change stamps: each path it gives a version, the mode it
+  is shown with, and that version packed.
+
+`pack_version`/`unpack_version`, `pack_state`/`unpack_state` and `pack_published`/
+`unpack_published` are the hot paths in precompiled structs: the general codec's bytes, its
+refusals, and a non-zero padding refused too, so that a value has exactly one encoding.
 """
 
 from __future__ import annotations

@@ -190,6 +190,16 @@ def test_renames_among_unreal_entries_follow_rename_2(tmp_path):
         assert await rename(b"d", b"e") == nfsstat3.NFS3ERR_NOTEMPTY
         assert await rename(b"b.txt", b".realize-tmp-hidden") == nfsstat3.NFS3ERR_ACCES
         assert await nfs.names(root) == {b"b.txt", b"d", b"e"}
+        # A Real directory or file onto an Unreal one: the same rules, nothing dropped.
+        real_dir = await nfs.mkdir(root, b"real-dir")
+        await nfs.create(real_dir, b"inside.txt")
+        await nfs.create(root, b"real.txt")
+        assert await rename(b"real-dir", b"e") == nfsstat3.NFS3ERR_NOTEMPTY
+        assert await rename(b"real-dir", b"b.txt") == nfsstat3.NFS3ERR_NOTDIR
+        assert await rename(b"real.txt", b"d") == nfsstat3.NFS3ERR_ISDIR
+        e = await nfs.lookup(root, b"e")
+        assert await nfs.names(e) == {b"y.txt"}
+        assert await nfs.names(root) == {b"b.txt", b"d", b"e", b"real-dir", b"real.txt"}
 
     try:
         run_on(server.nfs_port, body)

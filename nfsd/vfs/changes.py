@@ -19,7 +19,7 @@ import logging
 import os
 import stat
 
-from nfsd.store.index import Entry, Kind
+from nfsd.store.index import Entry, Kind, Layer
 from nfsd.vfs.acting import as_caller
 from nfsd.vfs.errors import FsError, from_os_error
 from nfsd.vfs.inodes import ROOT_FID, Node
@@ -351,6 +351,13 @@ class NamespaceChanges:
             raise FsError(nfsstat3.NFS3ERR_ACCES, "hidden")
         if dst is not None and dst.st_ino == src.st_ino and dst.st_dev == src.st_dev:
             return  # two names of one file: POSIX says rename does nothing
+        if dst is None:
+            # Nothing on the disk there, but an Unreal entry may be: rename(2)'s rules hold
+            # for it too (a directory over a non-empty one would drop its entries unsaid).
+            area, to_rel = self._child_path(to_dir, to_name)
+            target = self.journal.index.get(area, to_rel)
+            if target is not None and target.layer == Layer.UNREAL:
+                self._check_removable(area, to_rel, target, stat.S_ISDIR(src.st_mode))
         try:
             with as_caller():
                 os.rename(from_name, to_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)

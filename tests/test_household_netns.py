@@ -12,6 +12,7 @@ peer where it holds the file Unreal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -413,7 +415,8 @@ def test_07_concurrent_edits_across_a_partition_resolve_the_same_everywhere(
     try:
         on_a = write(home, "a", "s07.txt", b"edited on a\n")
         on_b = nfs_write(home, "b", "s07.txt", b"edited on b, later\n")
-        home.sync("c")  # c learns b's side
+        # c learns b's side (pushed; a `realize sync` would wait on the half-open link to a).
+        wait_for("c has b's edit", lambda: home.hashed("c", "s07.txt") == on_b)
     finally:
         home.restore("a")
     view = home.assert_converged()
@@ -460,7 +463,7 @@ def test_08_an_edit_beats_a_concurrent_delete(home: Household) -> None:
     try:
         (home["a"].area / "s08.txt").unlink()
         wait_for("a indexed the delete", lambda: "s08.txt" not in home.files("a"))
-        home.sync("b")
+        wait_for("b has the delete", lambda: "s08.txt" not in home.files("b"))
         edited = nfs_write(home, "c", "s08.txt", b"edited on c meanwhile\n")
     finally:
         home.restore("c")
@@ -516,11 +519,13 @@ def test_11_a_missing_area_directory_deletes_nothing_anywhere(home: Household) -
     made = write(home, "b", "s11-b.txt", b"real on b\n")
     before = home.assert_converged()
     aside = home["b"].root / "docs-aside"
+    logged = len(home["b"].log())
     os.rename(home["b"].area, aside)
     try:
+        wait_for("b noticed", lambda: "is gone" in home["b"].log()[logged:])
         for name in ("a", "c"):
             home.sync(name)
-        for name in ("a", "c"):
+        for name in ("a", "b", "c"):
             now = home.kept(home.view(name))
             assert now == before, f"{name} lost files when b's area vanished"
     finally:
@@ -668,14 +673,33 @@ def test_14_sigkill_while_applying_1000_entries_applies_each_once(home: Househol
     for name in names:
         (area / name).write_bytes(name.encode())
     wait_for("a hashed 1000 files", lambda: len(paths(home.view("a"), "s14-")) == 1000, 120)
-    home.start("c")  # the link coming up pulls at once
-    wait_for("c connected to a", lambda: home.connected("c", "a"), timeout=30)
+    log = home["c"].state / "server.log"
+    logged = log.stat().st_size
+    # The first link coming up pulls at once: c is killed the moment one is up, while the
+    # 1000 entries are on their way or being applied (the log is read every few ms).
+
+    def start_c() -> None:
+        with contextlib.suppress(AssertionError):  # `realize start` may see it killed first
+            home.start("c")
+
+    starting = threading.Thread(target=start_c)
+    starting.start()
+    with open(log, "rb") as tail:
+        tail.seek(logged)
+        seen = b""
+        deadline = time.monotonic() + 60
+        while b") connected, dialled at" not in seen:
+            assert time.monotonic() < deadline, "c never connected"
+            seen += tail.read()
+            time.sleep(0.005)
     home.kill("c")
+    starting.join()
+    applied_before = len(paths(home.view("c"), "s14-"))
     home.start("c")
     wait_for("every link up", home.all_connected, timeout=60)
     view = home.assert_converged()
     assert paths(view, "s14-") == {name: blob(name.encode()) for name in names}
-    assert applied_counts(home, "c", "s14-") == dict.fromkeys(names, 1)
+    assert applied_counts(home, "c", "s14-") == dict.fromkeys(names, 1), applied_before
 
 
 def applied_counts(home: Household, name: str, prefix: str) -> dict[str, int]:

@@ -74,11 +74,12 @@ def test_messages_of_every_size_arrive_whole_both_ways_at_once(tmp_path: Path) -
         async def receive(name: str, stream: TlsStream, piece: int) -> None:
             received[name] = await _receive_exactly(stream, sum(sizes), piece)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send, a)
-            nursery.start_soon(send, b)
-            nursery.start_soon(receive, "at a", a, 1 << 20)
-            nursery.start_soon(receive, "at b", b, 1000)  # smaller than one record
+        with trio.fail_after(60):  # both ends sending big messages once stopped both reading
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send, a)
+                nursery.start_soon(send, b)
+                nursery.start_soon(receive, "at a", a, 1 << 20)
+                nursery.start_soon(receive, "at b", b, 1000)  # smaller than one record
         assert received["at a"] == received["at b"] == b"".join(messages)
         await b.aclose()
         assert await a.receive_into(memoryview(bytearray(10))) == 0  # close_notify: the end

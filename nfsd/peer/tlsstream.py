@@ -10,11 +10,14 @@ between them. Sending encrypts the whole message into the outgoing BIO and sends
 go. It is TLS 1.3 only (the contexts of nfsd/peer/tls.py allow nothing else), so there is no
 renegotiation; what a read makes the TLS layer send (a KeyUpdate's answer) is sent after it.
 
-One task receives at a time (the link's reader) and sends are serialized by a lock, which also
-keeps what the BIO holds in order on the wire. A send or receive cancelled halfway leaves the
-stream broken (the link then ends), as trio's does. Besides the trio Stream methods it offers
-`receive_into` and `send` (streamio's protocol), so RpcClient decrypts into its record buffer
-without a copy in between.
+One task receives at a time (the link's reader) and sends are serialized by a lock, under which
+a message is encrypted and sent, which keeps what the BIO holds in order on the wire. The
+reader never waits for that lock: what a read makes the TLS layer write is sent by the reader
+only when no send is under way, else by that send after its own; a reader stuck behind a
+sender of a big message while the other side did the same would stop both ends reading. A
+send or receive cancelled halfway leaves the stream broken (the link then ends), as trio's
+does. Besides the trio Stream methods it offers `receive_into` and `send` (streamio's
+protocol), so RpcClient decrypts into its record buffer without a copy in between.
 """
 
 from __future__ import annotations
@@ -127,8 +130,8 @@ class TlsStream(trio.abc.Stream):
         try:
             while True:
                 n = self._decrypt_into(view)
-                if self._outgoing.pending:
-                    await self._flush()
+                if self._outgoing.pending and not self._send_lock.locked():
+                    await self._flush()  # a sender holding the lock flushes it after its own
                 if n or self._eof:
                     return n
                 if not await self._fill():
@@ -152,9 +155,13 @@ class TlsStream(trio.abc.Stream):
     async def _flush(self) -> None:
         """Send what the TLS layer has written, in order."""
         async with self._send_lock:
+            await self._send_pending()
+
+    async def _send_pending(self) -> None:
+        """With the send lock held: send the outgoing BIO until it is empty (what a read
+        added to it while this sent is sent too)."""
+        while self._outgoing.pending:
             data = self._outgoing.read()
-            if not data:
-                return
             try:
                 await self._io.send([data])
             except BaseException as e:
@@ -170,14 +177,16 @@ class TlsStream(trio.abc.Stream):
         self._check()
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         view = memoryview(data)
-        while view:
-            try:
-                written = self._tls.write(view)
-            except ssl.SSLError as e:
-                self._broken = f"TLS failed: {e}"
-                raise trio.BrokenResourceError(self._broken) from e
-            view = view[written:]
-        await self._flush()
+        async with self._send_lock:  # encrypted under it: a waiting reader never sends this
+            self._check()
+            while view:
+                try:
+                    written = self._tls.write(view)
+                except ssl.SSLError as e:
+                    self._broken = f"TLS failed: {e}"
+                    raise trio.BrokenResourceError(self._broken) from e
+                view = view[written:]
+            await self._send_pending()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if data:

@@ -90,6 +90,8 @@ class History:
         self.log = store.family("history")
         self.meta = store.family("meta")
         self._next: dict[int, int] = {}
+        # area -> changes appended here unstamped (made here, not relayed) since start-up
+        self.local_appends: dict[int, int] = {}
 
     def _counter_key(self, area: int) -> bytes:
         return b"history-next:" + area.to_bytes(4, "big")
@@ -104,6 +106,8 @@ class History:
         """Add `change` to the batch; its sequence number is returned."""
         sequence = self.next_sequence(area)
         self._next[area] = sequence + 1
+        if not change.stamp:
+            self.local_appends[area] = self.local_appends.get(area, 0) + 1
         batch.put("history", _KEY.pack(area, sequence), change.pack())
         batch.put("meta", self._counter_key(area), (sequence + 1).to_bytes(8, "big"))
         return sequence

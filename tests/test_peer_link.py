@@ -339,3 +339,19 @@ def test_peer_command_mistakes_are_sentences_and_change_nothing(
     assert (a / roster.ROSTER_FILE).read_bytes() == before
     status, listed, _ = run("peer", "list")
     assert re.search(r"^b\s+\S+\s+deaf\s+no \(server not running\)\s+never\s+docs$", listed, re.M)
+
+
+def test_a_peer_with_an_address_is_known_by_its_host_when_it_dials_in() -> None:
+    """What the listener compares a dialling member's source address with: the roster's host,
+    as an IP (an IPv4-mapped IPv6 source is the IPv4 one) or as a name resolved then."""
+    from nfsd.peer.service import _is_host
+
+    async def check(source: str, host: str) -> bool:
+        return await _is_host(source, host)
+
+    assert trio.run(check, "127.0.0.1", "127.0.0.1")
+    assert trio.run(check, "::ffff:127.0.0.1", "127.0.0.1")
+    assert trio.run(check, "127.0.0.1", "localhost")  # by /etc/hosts, no network
+    assert not trio.run(check, "127.0.0.2", "127.0.0.1")
+    assert not trio.run(check, "192.0.2.7", "localhost")
+    assert not trio.run(check, "127.0.0.1", "no-such-host.invalid")  # unresolvable: refused

@@ -1,7 +1,9 @@
 """The server's side of the household transport: the peer listener, a dialler per peer that
 has an address, one link per peer (nfsd/peer/links.py), and the roster re-read on demand.
 
-- Incoming connections are authenticated (nfsd/peer/tls.py) before anything else. Every
+- Incoming connections are authenticated (nfsd/peer/tls.py) before anything else, and a peer
+  the roster gives an address must dial from that host (its name resolved): its key used from
+  elsewhere is refused before any call. A deaf peer may dial from anywhere. Every
   link, whichever side dialled, carries calls both ways (nfsd/rpc/duplex.py): one reader
   hands the peer's calls to the Dispatcher of the peer program (`programs`, NULL at least;
   handlers find the calling roster `Peer` in `CallContext.caller`) and the replies to this
@@ -31,13 +33,16 @@ Live changes: every `ANNOUNCE_EVERY` seconds the service looks whether an area's
 to each connected peer sharing it; a peer notified pulls that area from the notifier. A
 NOTIFY while a pull of that area runs makes one more pull after it, never more, and such
 pulls of one area begin `NOTICE_GAP` apart at least: a peer flooding NOTIFY costs a few pulls
-a second. Every `TRIM_EVERY` seconds each log is trimmed
-below what every peer of its area acknowledged (`Exchange.trim`).
+a second. A log grown only by what one pull from a peer applied (no change made here, no other
+pull of the area, nothing merged or in conflict meanwhile) is not announced to that peer: it
+would pull its own changes back, each one already known. Every `TRIM_EVERY` seconds each log
+is trimmed below what every peer of its area acknowledged (`Exchange.trim`).
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import random
 import time
@@ -110,6 +115,34 @@ class PeerState:
     bytes_out: int = 0  # sent to it
 
 
+ADDRESS_LOOKUP_TIMEOUT = 5.0  # seconds to resolve a peer's host name when it dials in
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])  # an IPv6 zone is not the address
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+async def _is_host(source: str, host: str) -> bool:
+    """Whether the address `source` is one of `host`'s (an IP literal, or a name resolved
+    now); False when the name does not resolve in time."""
+    wanted = _ip(host)
+    if wanted is not None:
+        return _ip(source) == wanted
+    with trio.move_on_after(ADDRESS_LOOKUP_TIMEOUT):
+        try:
+            found = await trio.socket.getaddrinfo(host, None, type=trio.socket.SOCK_STREAM)
+        except OSError:
+            return False
+        return _ip(source) in {_ip(str(info[4][0])) for info in found}
+    return False
+
+
 class PeerService:
     def __init__(
         self,
@@ -143,6 +176,10 @@ class PeerService:
         self._pull_wanted: set[tuple[str, str]] = set()  # (peer, area) notified, not pulled
         self._notifying: set[tuple[str, str]] = set()  # NOTIFY calls in flight
         self._noticed_pull: dict[tuple[str, str], float] = {}  # when a notice's pull began
+        # (peer, area) -> the log's heads before and after a pull that alone grew it
+        self._echo: dict[tuple[str, str], tuple[int, int]] = {}
+        self._area_pulls: dict[str, int] = {}  # area -> pulls of it begun so far
+        self._area_pulling: dict[str, int] = {}  # area -> pulls of it running
         program = peer_program(
             exchange=exchange, peer_of=_peer_of, chunks=chunks, notified=self._notified
         )
@@ -210,6 +247,16 @@ class PeerService:
                 )
             except PeerRefused as e:
                 self.refusals.warn("peer refused", host, str(e))
+                return
+            peer = self.roster.peers.get(stream.peer.name)
+            home = None if peer is None or peer.address is None else peer.address[0]
+            if home is not None and not await _is_host(host, home):
+                why = (
+                    f"{stream.peer.name}'s key dialled from {host}, not from its address "
+                    f"{home} (a peer added without --address may dial from anywhere)"
+                )
+                self.refusals.warn("peer refused", host, why)
+                await trio.aclose_forcefully(stream.stream)
                 return
         await self._run_link(stream)
 
@@ -348,13 +395,31 @@ class PeerService:
             _, args_type, res_type = PEER_PROCEDURES[proc]
             return await self.call(peer.name, proc, args_type, args, res_type)
 
+        record = self.exchange.areas.get(area)
+        history = self.exchange.history
+        pulls = self._area_pulls[area] = self._area_pulls.get(area, 0) + 1
+        crowded = self._area_pulling.get(area, 0) > 0
+        self._area_pulling[area] = self._area_pulling.get(area, 0) + 1
+        before = (history.next_sequence(record.id), history.local_appends.get(record.id, 0)) \
+            if record is not None else None  # fmt: skip
         try:
             done = await self.exchange.pull(peer.peer_id, area, call)
         except ExchangeError as e:
             log.info("no history of %s from %s: %s", area, peer.name, e)
             return f"{peer.name} {area}: not synced ({e})"
-        if (done.applied or done.merged or done.conflicts) and self.on_synced is not None:
-            self.on_synced()
+        finally:
+            self._area_pulling[area] -= 1
+        if done.applied or done.merged or done.conflicts:
+            alone = not crowded and pulls == self._area_pulls[area]
+            alone = alone and not (done.merged or done.conflicts)
+            if record is not None and before is not None:
+                after = (history.next_sequence(record.id), history.local_appends.get(record.id, 0))
+                if alone and after[1] == before[1]:  # what grew the log is the peer's own
+                    self._echo[(peer.name, area)] = (before[0], after[0])
+                else:
+                    self._echo.pop((peer.name, area), None)
+            if self.on_synced is not None:
+                self.on_synced()
         line = (
             f"{peer.name} {area}: {done.applied} applied, {done.merged} merged, "
             f"{done.conflicts} conflicts, {done.ignored} already known"
@@ -413,13 +478,20 @@ class PeerService:
             await trio.sleep(ANNOUNCE_EVERY)
             heads = self._log_heads()
             grown = [area for area, head in heads.items() if told.get(area) != head]
-            told = heads
+            told_before, told = told, heads
             for area in grown:
                 for name in sorted(self.links.live):
+                    if self._echoed(name, area, told_before.get(area), heads[area]):
+                        continue  # grown by what was pulled from that peer, nothing else
                     if area in self.shared_areas(name) and (name, area) not in self._notifying:
                         assert self._nursery is not None
                         self._notifying.add((name, area))
                         self._nursery.start_soon(self._notify, name, area)
+
+    def _echoed(self, name: str, area: str, told: int | None, head: int) -> bool:
+        """Whether the log of `area` grew from `told` to `head` by one pull from `name` alone."""
+        echo = self._echo.get((name, area))
+        return echo is not None and told is not None and echo[0] <= told and echo[1] == head
 
     async def _notify(self, name: str, area: str) -> None:
         try:

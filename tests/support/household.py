@@ -15,7 +15,7 @@ test did.
 
 - `cut(name)` / `restore(name)`: `link set down` / `up` on the peer's veth at the bridge: its
   packets vanish, no RST, both ends' sockets live on (a half-open link until a heartbeat
-  notices).
+  notices). `throttled(name)`: what reaches the peer limited to a rate, for a while.
 - `sync(name)`, `converge()`: `realize sync` on each peer in rounds until a round applies
   nothing, every file is hashed and every view is equal (polled with a deadline).
 - `view(name)`: sorted (path, kind, size, blob id) of the peer's index, read beside the
@@ -193,6 +193,18 @@ class Household:
 
     def restore(self, name: str) -> None:
         self._ipr.link("set", index=self._veth(name), state="up")
+
+    @contextmanager
+    def throttled(self, name: str, rate: str = "40mbit") -> Iterator[None]:
+        """What reaches the peer over its link limited to `rate` (a token bucket on the
+        bridge's end of its veth), so a transfer lasts long enough to be cut in the middle."""
+        index = self._veth(name)
+        self._ipr.tc("add", "tbf", index=index, handle="1:", rate=rate, burst=64 << 10,
+                     latency="500ms")  # fmt: skip
+        try:
+            yield
+        finally:
+            self._ipr.tc("del", index=index, handle="1:", root=True)
 
     def connected(self, name: str, other: str) -> bool:
         """Whether `name`'s server has a live link to `other` (`realize peer list`)."""

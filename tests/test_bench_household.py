@@ -33,3 +33,7 @@ def test_bench_household_quick_measures_everything(tmp_path: Path) -> None:
     assert results["settings"]["changes"] == 200 and results["catchup_seconds"] > 0
     table = (out / "household.md").read_text()
     assert "cold READ of a peer's file" in table and "catch-up of 200 changes" in table
+    from tests.support.bench.household import readme_section
+
+    section = readme_section(results, "scripts/bench-household --quick")
+    assert section.startswith("### The household\n") and "| cold READ of a peer's file" in section

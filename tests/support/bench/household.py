@@ -2,6 +2,7 @@
 of two machines waits for.
 
     scripts/bench-household [--quick] [--out DIR] [--workdir DIR] [--changes N] [--read-mib N]
+                            [--update-readme]
 
 `run_household_bench(settings, log)`:
 
@@ -21,7 +22,8 @@ of two machines waits for.
 4. **Delete and rename on a connected peer**: a file renamed, and one deleted, on A's disk;
    the time until B's index shows it (polled every 20 ms), a few rounds each.
 
-Results go to household.json and household.md beside the other benchmarks' results.
+Results go to household.json and household.md beside the other benchmarks' results;
+`--update-readme` puts the table into the README's "Performance" section.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +50,7 @@ import trio
 from nfsd.store.areas import AreaTable
 from nfsd.store.db import Store
 from nfsd.store.index import AreaIndex
+from tests.support.bench import report
 from tests.support.bench.run import MiB, Target, client_env, run_clients
 from tests.support.bench.unreal import GiB, choose_workdir, rss_parts, write_distinct
 from tests.support.server import REPO, ServerProcess, start_server
@@ -57,6 +61,15 @@ READ_TARGET = 250.0  # MB/s, cold READ of a peer's file
 CATCHUP_TARGET = 20.0  # seconds for 100,000 changes
 VISIBLE_TARGET = 2.0  # seconds, a delete or a rename on a connected peer
 RSS_TARGET = 150.0  # MB
+README_MARKERS = ("<!-- bench-household:start -->", "<!-- bench-household:end -->")
+README_INTRO = (
+    "`scripts/bench-household` pairs two real servers over TLS on loopback and measures what "
+    "a user of two machines waits for: a cold READ through NFS of a file only the other peer "
+    "has, against the ceilings of one peer link and of the blob cache measured in the same "
+    "run; the catch-up of a peer that missed a run of changes, with its peak memory; and how "
+    "soon a rename or a delete on one peer shows on the other. `--quick` (small sizes) is the "
+    "smoke test in the suite (`tests/test_bench_household.py`)."
+)
 
 
 @dataclass
@@ -466,6 +479,12 @@ def markdown(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+def readme_section(results: dict[str, Any], command: str) -> str:
+    intro = textwrap.fill(README_INTRO, width=95, break_on_hyphens=False)
+    table = markdown(results, command).split("\n", 2)[2].strip()  # without the title
+    return f"### The household\n\n{intro}\n\nLatest run: {table}"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="scripts/bench-household", description=(__doc__ or "").split("\n\n")[0]
@@ -475,6 +494,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help="where the data goes (needs room)")
     parser.add_argument("--changes", type=int, help="changes the catching-up peer missed")
     parser.add_argument("--read-mib", type=int, help="size of the cold-read file")
+    parser.add_argument("--update-readme", action="store_true", help="put the table into README.md")
     return parser.parse_args(argv)
 
 
@@ -498,6 +518,11 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(results, shlex.join(shown))
     (args.out / "household.md").write_text(text)
     print(text)
+    if args.update_readme:
+        section = readme_section(results, shlex.join(shown))
+        if not report.put_subsection(REPO / "README.md", README_MARKERS, "## Performance", section):
+            print("scripts/bench-household: README.md has no Performance section", file=sys.stderr)
+            return 1
     return 0
 
 

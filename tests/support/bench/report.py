@@ -279,6 +279,25 @@ def replace_marked(text: str, start_marker: str, end_marker: str, body: str) -> 
     return text[:start] + section + text[end + len(end_marker) :]
 
 
+def put_subsection(readme: Path, markers: tuple[str, str], heading: str, section: str) -> bool:
+    """Put `section` between `markers` in the README, adding the markers at the end of its
+    `heading` section (a "## " line) when they are missing; False when there is no such
+    section."""
+    start_marker, end_marker = markers
+    text = readme.read_text()
+    updated = replace_marked(text, start_marker, end_marker, section.strip())
+    if updated is None:
+        at_heading = text.find(f"\n{heading}\n")
+        if at_heading < 0:
+            return False
+        following = text.find("\n## ", at_heading + 1)
+        at = len(text) if following < 0 else following + 1
+        block = f"{start_marker}\n{section.strip()}\n{end_marker}\n"
+        updated = text[:at].rstrip("\n") + "\n\n" + block + ("\n" + text[at:] if text[at:] else "")
+    readme.write_text(updated)
+    return True
+
+
 def update_readme(readme: Path, results_md: str, image: str) -> bool:
     """Replace what lies between the bench markers with the latest table and chart."""
     body = results_md.split("\n", 2)[2].strip()  # without the title

@@ -794,20 +794,9 @@ def readme_section(results: dict[str, Any], command: str) -> str:
 
 
 def update_readme(readme: Path, section: str) -> bool:
-    """Put `section` between the bench-unreal markers, adding the markers at the end of the
-    "Performance" section when they are missing; False when there is no such section."""
-    text = readme.read_text()
-    updated = report.replace_marked(text, README_START, README_END, section.strip())
-    if updated is None:
-        heading = text.find(f"\n{README_SECTION}\n")
-        if heading < 0:
-            return False
-        following = text.find("\n## ", heading + 1)
-        at = len(text) if following < 0 else following + 1
-        block = f"{README_START}\n{section.strip()}\n{README_END}\n"
-        updated = text[:at].rstrip("\n") + "\n\n" + block + ("\n" + text[at:] if text[at:] else "")
-    readme.write_text(updated)
-    return True
+    """Put `section` between the bench-unreal markers of the README's "Performance"
+    section; False when there is no such section."""
+    return report.put_subsection(readme, (README_START, README_END), README_SECTION, section)
 
 
 def write(results: dict[str, Any], out: Path, command: str) -> None:

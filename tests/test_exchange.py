@@ -180,6 +180,46 @@ def test_full_catchup_after_uuid_change_carries_tombstones(peers: tuple[Peer, Pe
     assert not any(page.catchup or page.entries for page in a.pages)
 
 
+def test_the_next_page_is_asked_for_while_one_is_applied(
+    peers: tuple[Peer, Peer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The peer serves page n+1 while this side applies page n, for a delta and for a full
+    catch-up alike, and what is applied is what a page at a time would give."""
+    a, b = peers
+    for i in range(7):
+        a.publish(Op.CREATE, b"f%d" % i, f"v{i}")
+    events: list[str] = []
+    apply = b.exchange.apply
+
+    def applying(peer: Any, area: str, res: wire.history_res) -> xchg.Applied:
+        events.append("apply")
+        return apply(peer, area, res)
+
+    monkeypatch.setattr(b.exchange, "apply", applying)
+    serve = b.caller(a)
+
+    async def call(procedure: int, args: Any) -> Any:
+        if procedure == wire.PEERPROC.HISTORY:
+            events.append("ask")
+        await trio.sleep(0.01)  # the peer takes a while: the other side goes on meanwhile
+        return await serve(procedure, args)
+
+    def pull() -> xchg.Applied:
+        events.clear()
+        a.pages.clear()
+        return trio.run(b.exchange.pull, a.id, AREA, call, 2)
+
+    assert pull().applied == 7  # the first pull of a log: a full catch-up, paged
+    assert a.pages[0].catchup and len(a.pages) == 4
+    assert events == ["ask", "ask", "apply", "ask", "apply", "ask", "apply", "apply"]
+    for i in range(5):
+        a.publish(Op.CHANGE, b"f%d" % i, f"edited {i}")
+    assert pull().applied == 5  # a delta, paged the same way
+    assert not a.pages[0].catchup and len(a.pages) == 3
+    assert events == ["ask", "ask", "apply", "ask", "apply", "apply"]
+    assert b.view() == a.view()
+
+
 def test_full_catchup_after_trimming(peers: tuple[Peer, Peer], clock: Clock) -> None:
     a, b = peers
     for i in range(4):

@@ -1,7 +1,9 @@
 """The history exchange: what one peer serves of its areas' logs, what it does with the pages
 another serves it, acknowledgements, and trimming. No sockets: `serve` and `acknowledge`
 answer calls, `apply` takes a reply, `pull` drives one area's subscription through any
-`call(procedure, args)`; the RPC handlers are nfsd/peer/program.py, the types xdr/peer.py.
+`call(procedure, args)`, asking for the next page before it applies one (so the serving peer
+works while this one applies); the RPC handlers are nfsd/peer/program.py, the types
+xdr/peer.py.
 
 Kept in the `meta` family (this module alone knows these keys):
 
@@ -94,6 +96,8 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from nfsd.peer.conflicts import (
     EMPTY,
     Action,
@@ -159,6 +163,29 @@ def _stamped(stamp: bytes) -> list[tuple[bytes, int, bytes]]:
     if stamp[:1] == _STAMP_FORM:
         return versions_wire.unpack_published(memoryview(stamp)[1:])
     return [(e.path, e.mode, e.version) for e in decode(_stamp_type, stamp)]
+
+
+class _Ahead:
+    """One peer call made ahead of need: its result, or what it raised, kept until asked."""
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._outcome: Any = None
+        self._error: Exception | None = None
+
+    async def run(self, call: Callable[[int, Any], Awaitable[Any]], proc: int, args: Any) -> None:
+        try:
+            self._outcome = await call(proc, args)
+        except Exception as e:  # raised where the result is awaited, as its own type
+            self._error = e
+        finally:
+            self._done.set()
+
+    async def result(self) -> Any:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._outcome
 
 
 class ExchangeError(Exception):
@@ -346,6 +373,12 @@ class Exchange:
                 self._release_held(area)
                 self.pin_copies(area)
             return count
+
+    def stamp_some(self, area: int) -> int:
+        """Stamp at most `STAMP_BATCH` pending changes; how many (0: none was pending). For
+        stamping in the background a batch at a time; `stamp_pending` still finishes."""
+        with self.lock:
+            return self._stamp_some(area)
 
     def _stamp_some(self, area: int) -> int:
         start = self.stamped(area)
@@ -721,6 +754,25 @@ class Exchange:
                 raise
             self._finish(landed)
             return result
+
+    def _following(
+        self, peer: PeerId, area_name: str, res: wire.history_res, page: int
+    ) -> wire.history_args | None:
+        """The HISTORY call that will continue from `res` once it is applied (None when `res`
+        is the last page, or one that will not apply)."""
+        record = self.areas.get(area_name)
+        if record is None or res.status != wire.history_status.OK or not res.more:
+            return None
+        after = self._advance(self.seen(record.id, peer), res)
+        return wire.history_args(
+            area_name.encode(),
+            after.log_uuid,
+            after.last_seen,
+            page,
+            after.catching_up,
+            after.catchup_upto,
+            after.cursor,
+        )
 
     def _advance(self, seen: Seen, res: wire.history_res) -> Seen:
         if not res.catchup:
@@ -1176,6 +1228,34 @@ class Exchange:
         """At start, before the journal scans: the disk changes a crash interrupted."""
         return 0 if self.landing is None else self.landing.recover()
 
+    async def _pull_pages(
+        self,
+        peer: PeerId,
+        area_name: str,
+        call: Callable[[int, Any], Awaitable[Any]],
+        page: int,
+        nursery: trio.Nursery,
+        total: Applied,
+    ) -> None:
+        res = await call(wire.PEERPROC.HISTORY, self.request(peer, area_name, page))
+        while True:
+            ahead: _Ahead | None = None
+            following = self._following(peer, area_name, res, page)
+            if following is not None:
+                ahead = _Ahead()
+                nursery.start_soon(ahead.run, call, wire.PEERPROC.HISTORY, following)
+                for _ in range(2):  # let it send its call before applying holds the loop
+                    await trio.sleep(0)
+            done = self.apply(peer, area_name, res)
+            total.applied += done.applied
+            total.merged += done.merged
+            total.conflicts += done.conflicts
+            total.ignored += done.ignored
+            total.errors.extend(done.errors)
+            if ahead is None:
+                return
+            res = await ahead.result()
+
     async def pull(
         self,
         peer: PeerId,
@@ -1184,18 +1264,21 @@ class Exchange:
         page: int = PAGE_ENTRIES,
     ) -> Applied:
         """Apply `peer`'s log of the area until it has nothing more, then acknowledge it.
-        `call(procedure, args)` makes one peer call and answers its result."""
+        `call(procedure, args)` makes one peer call and answers its result. The next page is
+        asked for before one is applied (what it continues from is known from the page), so
+        the peer serves it while this side applies."""
         total = Applied()
-        while True:
-            res = await call(wire.PEERPROC.HISTORY, self.request(peer, area_name, page))
-            done = self.apply(peer, area_name, res)
-            total.applied += done.applied
-            total.merged += done.merged
-            total.conflicts += done.conflicts
-            total.ignored += done.ignored
-            total.errors.extend(done.errors)
-            if not done.more:
-                break
+        failure: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            try:
+                await self._pull_pages(peer, area_name, call, page, nursery, total)
+            except trio.Cancelled:
+                raise
+            except BaseException as e:  # raised as itself, not in the nursery's exception group
+                failure = e
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         record = self.areas.get(area_name)
         if record is not None:
             seen = self.seen(record.id, peer)

@@ -29,8 +29,10 @@ both share (the areas here by name, limited by the roster's `areas` for that pee
 of one peer are serialized; all of it runs on the event loop, as the Exchange requires.
 
 Live changes: every `ANNOUNCE_EVERY` seconds the service looks whether an area's log has grown
-(the journal published, or entries from a peer were applied and are relayed) and sends NOTIFY
-to each connected peer sharing it; a peer notified pulls that area from the notifier. A
+(the journal published, or entries from a peer were applied and are relayed), stamps what was
+published (`Exchange.stamp_some`, a batch at a time with the loop free between, so a peer that
+asks later is not kept waiting while it is done) and sends NOTIFY to each connected peer
+sharing it; a peer notified pulls that area from the notifier. A
 NOTIFY while a pull of that area runs makes one more pull after it, never more, and such
 pulls of one area begin `NOTICE_GAP` apart at least: a peer flooding NOTIFY costs a few pulls
 a second. A log grown only by what one pull from a peer applied (no change made here, no other
@@ -480,6 +482,8 @@ class PeerService:
             grown = [area for area, head in heads.items() if told.get(area) != head]
             told_before, told = told, heads
             for area in grown:
+                await self._stamp_published(area)
+            for area in grown:
                 for name in sorted(self.links.live):
                     if self._echoed(name, area, told_before.get(area), heads[area]):
                         continue  # grown by what was pulled from that peer, nothing else
@@ -487,6 +491,17 @@ class PeerService:
                         assert self._nursery is not None
                         self._notifying.add((name, area))
                         self._nursery.start_soon(self._notify, name, area)
+
+    async def _stamp_published(self, area: str) -> None:
+        """Stamp what was published in `area` now, a batch at a time with the loop free
+        between, so a peer asking later (one that missed many changes) is not kept waiting
+        while its log is stamped."""
+        assert self.exchange is not None
+        record = self.exchange.areas.get(area)
+        if record is None:
+            return
+        while self.exchange.stamp_some(record.id):
+            await trio.sleep(0)
 
     def _echoed(self, name: str, area: str, told: int | None, head: int) -> bool:
         """Whether the log of `area` grew from `told` to `head` by one pull from `name` alone."""

@@ -43,6 +43,7 @@ _SYNCED = WriteOptions()
 _SYNCED.sync = True
 
 REOPEN_PAUSE = 0.5  # seconds between tries to reopen a database that failed a write
+READ_ONLY_TRIES = 20  # opens of a live database read-only, each of which a compaction can race
 # Room a reopen needs besides the WALs it replays into new tables: a new MANIFEST, OPTIONS
 # file and WAL.
 REOPEN_ROOM = 256 << 10
@@ -251,9 +252,21 @@ class Store:
         families = {name: family_options(name, cache) for name in names}
         families.pop("default", None)
         access = AccessType.read_only() if read_only else AccessType.read_write()
-        db = Rdict(
-            str(self.path), options=_options(cache), column_families=families, access_type=access
-        )
+        for attempt in range(READ_ONLY_TRIES):
+            try:
+                db = Rdict(
+                    str(self.path),
+                    options=_options(cache),
+                    column_families=families,
+                    access_type=access,
+                )
+                break
+            except Exception as e:  # rocksdict raises Exception itself
+                # A read-only open beside the running server lists its table files, then
+                # opens them: one its compaction deleted in between is missing. Again.
+                if not read_only or "No such file" not in str(e) or attempt + 1 == READ_ONLY_TRIES:
+                    raise
+                time.sleep(0.02)
         self._handles = {name: db.get_column_family_handle(name) for name in families}
         for name in families:
             family = self._families.get(name)

@@ -31,6 +31,7 @@ def test_bench_household_quick_measures_everything(tmp_path: Path) -> None:
         assert results[key] > 0, key
     assert 0 < results["rename_seconds"] < 60 and 0 < results["delete_seconds"] < 60
     assert results["settings"]["changes"] == 200 and results["catchup_seconds"] > 0
+    assert results["full_catchup_seconds"] > 0 and results["full_catchup_peak_rss"] > 0
     table = (out / "household.md").read_text()
     assert "cold READ of a peer's file" in table and "catch-up of 200 changes" in table
     from tests.support.bench.household import readme_section

@@ -17,8 +17,10 @@ of two machines waits for.
    1 MiB outstanding), so every byte crosses the link: chunk list, then chunks. Reported as
    MB/s and as a ratio of the TLS ceiling. The read hashes what it gets against the blob id.
 3. **Catch-up**: while B is stopped, A publishes N new files (the creates of its history);
-   then B starts and `realize sync docs` returns once B has applied them all. Timed from B's
-   start, and B's peak resident memory (VmHWM) through it.
+   then B starts and `realize sync docs` returns once B has applied them all (a delta of
+   A's log). Timed from B's start, and B's peak resident memory (VmHWM) through it. Then the
+   same after B's store is wiped (its key and roster kept): a full catch-up, every path
+   state of A's area.
 4. **Delete and rename on a connected peer**: a file renamed, and one deleted, on A's disk;
    the time until B's index shows it (polled every 20 ms), a few rounds each.
 
@@ -34,6 +36,7 @@ import inspect
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,7 +55,7 @@ from nfsd.store.db import Store
 from nfsd.store.index import AreaIndex
 from tests.support.bench import report
 from tests.support.bench.run import MiB, Target, client_env, run_clients
-from tests.support.bench.unreal import GiB, choose_workdir, rss_parts, write_distinct
+from tests.support.bench.unreal import GiB, choose_workdir, write_distinct
 from tests.support.server import REPO, ServerProcess, start_server
 
 DEFAULT_OUT = REPO / "docs" / "bench"
@@ -380,17 +383,32 @@ class HouseholdBench:
         wait("a published", lambda: history_high(self.state("a")) >= before + n + 1, 1800, 1.0)
         started = time.perf_counter()
         b = self.start("b")
+        self._time_catch_up("catchup", started, b)
+        self.log(f"catch-up of {n} changes: {self.results['catchup_seconds']:.1f} s, peak RSS "
+                 f"{self.results['catchup_peak_rss']:.0f} MB")  # fmt: skip
+
+    def full_catch_up(self) -> None:
+        """B's store wiped (its key and roster kept): B pulls every path state of A's area,
+        the `many` files included, as a full catch-up."""
+        self.stop("b")
+        shutil.rmtree(self.state("b") / "db")
+        started = time.perf_counter()
+        b = self.start("b")
+        self._time_catch_up("full_catchup", started, b)
+        self.log(f"full catch-up of a wiped store: {self.results['full_catchup_seconds']:.1f} s, "
+                 f"peak RSS {self.results['full_catchup_peak_rss']:.0f} MB")  # fmt: skip
+
+    def _time_catch_up(self, key: str, started: float, b: ServerProcess) -> None:
+        """`realize sync docs` on b, which started at `started`; then what it took."""
+        n = self.settings.changes
         said = realize(self.state("b"), "sync", "docs", timeout=1800)
         seconds = time.perf_counter() - started
         if not indexed(self.state("b"), f"many/f{n - 1:07d}".encode()):
             raise RuntimeError(f"b did not catch up: {said}")
-        self.results["catchup_seconds"] = seconds
-        self.results["catchup_rss"] = rss_parts(b.process.pid).get("RssAnon", 0.0)
+        self.results[f"{key}_seconds"] = seconds
         status = Path(f"/proc/{b.process.pid}/status").read_text()
         hwm = next(x for x in status.splitlines() if x.startswith("VmHWM"))
-        self.results["catchup_peak_rss"] = int(hwm.split()[1]) * 1024 / 1e6
-        self.log(f"catch-up of {n} changes: {seconds:.1f} s, peak RSS "
-                 f"{self.results['catchup_peak_rss']:.0f} MB")  # fmt: skip
+        self.results[f"{key}_peak_rss"] = int(hwm.split()[1]) * 1024 / 1e6
 
     def visibility(self) -> None:
         renames, deletes = [], []
@@ -433,6 +451,7 @@ def run_household_bench(
             bench.cold_read()
             bench.visibility()
             bench.catch_up()
+            bench.full_catch_up()
         finally:
             for peer in list(bench.servers):
                 bench.stop(peer)
@@ -459,6 +478,10 @@ def markdown(results: dict[str, Any], command: str) -> str:
         (f"catch-up of {s['changes']:,} changes, s", f"{results['catchup_seconds']:.1f}",
          f"≤ {CATCHUP_TARGET * scale:.1f}", "from the peer's start to `realize sync` done"),
         ("peak RSS through that catch-up, MB", f"{results['catchup_peak_rss']:.0f}",
+         f"≤ {RSS_TARGET:.0f}", "VmHWM of the catching-up server"),
+        (f"full catch-up of a wiped store ({s['changes']:,}+ paths), s",
+         f"{results['full_catchup_seconds']:.1f}", "", "every path state, tombstones included"),
+        ("peak RSS through the full catch-up, MB", f"{results['full_catchup_peak_rss']:.0f}",
          f"≤ {RSS_TARGET:.0f}", "VmHWM of the catching-up server"),
         ("a rename visible on a connected peer, s", f"{results['rename_seconds']:.2f}",
          f"≤ {VISIBLE_TARGET:.0f}", "median"),

@@ -245,6 +245,8 @@ class NamespaceChanges:
                 raise FsError(nfsstat3.NFS3ERR_NOTDIR)
             if not directory and stat.S_ISDIR(st.st_mode):
                 raise FsError(nfsstat3.NFS3ERR_ISDIR)
+            if directory:
+                self._check_no_unreal_below(dir_fid, name)
             try:
                 remove = os.rmdir if directory else os.unlink
                 with as_caller():
@@ -280,6 +282,15 @@ class NamespaceChanges:
             raise FsError(nfsstat3.NFS3ERR_ISDIR)
         if is_dir and next(self.journal.index.children(area, path), None) is not None:
             raise FsError(nfsstat3.NFS3ERR_NOTEMPTY)
+
+    def _check_no_unreal_below(self, dir_fid: int, name: bytes) -> None:
+        """A Real directory the disk says is empty may still list Unreal entries: RMDIR of
+        it, or a RENAME of a directory over it, is NOTEMPTY then, as it is for any client
+        reading the directory (rename(2) or rmdir(2) on the disk would drop them unsaid)."""
+        area, path = self._child_path(dir_fid, name)
+        for _, child in self.journal.index.children(area, path):
+            if child.layer == Layer.UNREAL:
+                raise FsError(nfsstat3.NFS3ERR_NOTEMPTY, "it lists files other peers have")
 
     def _forget_unreal(self, dir_fid: int, name: bytes, directory: bool) -> None:
         """Remove an Unreal entry: only the index and the fileid table know it."""
@@ -358,6 +369,8 @@ class NamespaceChanges:
             target = self.journal.index.get(area, to_rel)
             if target is not None and target.layer == Layer.UNREAL:
                 self._check_removable(area, to_rel, target, stat.S_ISDIR(src.st_mode))
+        elif stat.S_ISDIR(dst.st_mode) and stat.S_ISDIR(src.st_mode):
+            self._check_no_unreal_below(to_dir, to_name)
         try:
             with as_caller():
                 os.rename(from_name, to_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)

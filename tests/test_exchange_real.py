@@ -22,8 +22,10 @@ from nfsd.peer.conflicts import CONFLICT_TAG
 from nfsd.peer.exchange import Exchange
 from nfsd.peer.landing import Landing
 from nfsd.store.index import Layer
+from nfsd.vfs.errors import FsError
 from tests.support.inproc import InProcessServer, make_dispatcher
 from xdr import peer as wire
+from xdr.nfs3 import nfsstat3
 
 pytestmark = pytest.mark.inproc
 
@@ -463,3 +465,74 @@ def test_a_directory_rename_split_over_pages_or_met_in_a_catch_up_converges(
     assert a.view() == b.view()
     assert sorted(a.view()) == [b"moved", *(b"moved/f%d.txt" % i for i in range(5))]
     assert not (a.dir / "big").exists()
+
+
+def test_a_directory_rename_moves_as_one_only_if_every_path_below_moves_unchanged(
+    tmp_path: Path,
+) -> None:
+    """b holds `d` Real (a file of its own in it) and a's older `d/g0` Unreal; a edits
+    `d/g0` and renames `d` to `e`, while c edits `d/g0` too. Moving b's `d` as one would take
+    b's stale `d/g0` to `e/g0` (and drop c's edit, which outlives the rename's tombstone):
+    every peer must show a's edit at `e/g0` and c's at `d/g0`."""
+    a, b, c = (Side(tmp_path / name) for name in "abc")
+    try:
+        a.write("d/g0", b"first\n")
+        a.publish()
+        b.write("d/g1", b"b's own\n")
+        b.publish()
+        for side, other in ((b, a), (c, a), (a, b), (c, b)):
+            side.pull(other)
+        c.write("d/g0", b"c's edit\n")
+        c.publish()
+        a.write("d/g0", b"a's edit\n")
+        a.publish()
+        rename(a, b"d", b"e")
+        for _ in range(3):
+            for side in (a, b, c):
+                for other in (a, b, c):
+                    if other is not side:
+                        side.pull(other)
+        assert a.view() == b.view() == c.view()
+        view = b.view()
+        for path, data in (
+            (b"e/g0", b"a's edit\n"),
+            (b"d/g0", b"c's edit\n"),
+            (b"e/g1", b"b's own\n"),
+        ):
+            assert view[path] == (len(data), blob(data)), path
+    finally:
+        for side in (a, b, c):
+            side.close()
+
+
+def test_a_directory_listing_files_of_other_peers_is_not_empty_on_this_disks_word(
+    sides: tuple[Side, Side],
+) -> None:
+    """b's `d` is Real but holds only a's file, Unreal: RMDIR of it, or a RENAME of a
+    directory over it, is NOTEMPTY (the disk's empty directory would go, and a's file
+    with it, without a delete any peer hears of)."""
+    a, b = sides
+    a.write("d/theirs.txt", b"a's\n")
+    a.publish()
+    b.write("d/mine.txt", b"b's\n")
+    b.write("other/x.txt", b"x\n")
+    b.publish()
+    converge(a, b)
+    (b.dir / "d/mine.txt").unlink()
+    b.publish()
+    assert b.layer(b"d") == Layer.REAL and b.layer(b"d/theirs.txt") == Layer.UNREAL
+
+    async def refused() -> list[nfsstat3]:
+        got = []
+        root = b.tree.fid_of_path(b.area, b"")
+        for attempt in (b.tree.rmdir(root, b"d"), b.tree.rename(root, b"other", root, b"d")):
+            try:
+                await attempt
+                got.append(nfsstat3.NFS3_OK)
+            except FsError as e:
+                got.append(e.status)
+        return got
+
+    assert trio.run(refused) == [nfsstat3.NFS3ERR_NOTEMPTY, nfsstat3.NFS3ERR_NOTEMPTY]
+    converge(a, b)
+    assert a.view() == b.view() and b"d/theirs.txt" in a.view()

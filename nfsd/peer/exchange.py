@@ -293,6 +293,31 @@ class Landed:
     listed: dict[bytes, set[bytes] | None] = field(default_factory=dict)  # names on disk
 
 
+def _moves_as_one(page: _Page, first: tuple[bytes, Version], second: tuple[bytes, Version]) -> bool:
+    """Whether a rename in `page` (a tombstone at one path and its content at another, in one
+    change) may move what this peer shows as one: its preconditions hold (`plan_rename`), what
+    the source showed is the content it moves, and nothing else in the page changed either
+    path."""
+    (source, removed), (target, created) = first, second
+    if not removed.deleted or created.deleted:
+        return False
+    before_source, before_target = page.before[source], page.before[target]
+    was = resolve(source, before_source)
+    there = resolve(target, before_target)
+    if was.shown is None or was.shown.deleted or not was.shown.same_content(created):
+        return False
+    try:
+        rename = Rename(source, target, was.shown, there.shown if there.exists else None,
+                        removed, created)  # fmt: skip
+    except VersionError:
+        return False
+    if not plan_rename(rename, before_source, before_target).move:
+        return False
+    return page.states[source] == PathState((removed,)) and page.states[target] == PathState(
+        (created,)
+    )
+
+
 @dataclass(slots=True)
 class _Page:
     """What applying one page changed, path by path."""
@@ -301,6 +326,10 @@ class _Page:
     before: dict[bytes, PathState] = field(default_factory=dict)  # before it
     modes: dict[bytes, int] = field(default_factory=dict)
     applied: dict[int, list[tuple[bytes, Version]]] = field(default_factory=dict)  # by change
+    # source -> (its tombstone, the content at its target): the renames among `applied`
+    renames: dict[bytes, tuple[tuple[bytes, Version], tuple[bytes, Version]]] = field(
+        default_factory=dict
+    )
 
     def touch(self, path: bytes, mode: int, before: PathState, after: PathState) -> None:
         self.before.setdefault(path, before)
@@ -830,7 +859,7 @@ class Exchange:
         landed = Landed()
         moved: set[bytes] = set()
         pairs = [(a[0], a[1]) for a in page.applied.values() if len(a) >= 2]
-        renamed = {first[0]: second[0] for first, second in pairs}
+        page.renames = {first[0]: (first, second) for first, second in pairs}
         moved_dirs: list[tuple[bytes, bytes]] = []
         for first, second in pairs:
             source, target = first[0], second[0]
@@ -839,7 +868,7 @@ class Exchange:
                 if target == outer[1] + source[len(outer[0]) :]:
                     moved |= {source, target}
                 continue
-            done = self._move(batch, area, page, first, second, landed, renamed)
+            done = self._move(batch, area, page, first, second, landed)
             moved |= done
             if done and second[1].kind is VKind.DIRECTORY:
                 moved_dirs.append((source, target))
@@ -876,46 +905,35 @@ class Exchange:
 
     def _move(
         self, batch: Batch, area: int, page: _Page, first: tuple[bytes, Version],
-        second: tuple[bytes, Version], landed: Landed, renamed: dict[bytes, bytes],
+        second: tuple[bytes, Version], landed: Landed,
     ) -> set[bytes]:  # fmt: skip
         """A rename (a tombstone and its content at another path, in one change) of a file
         held Real and clean here, moved as one when `plan_rename` says its preconditions
         hold and nothing else in the page changed either path; the two paths, if moved.
         A directory moves as one only when every path below it here is renamed with it in
-        this page (`renamed`: source → target) and clean: a path below it the renamer did
-        not know (a concurrent create) stays where it was made, its directory kept for it."""
-        (source, removed), (target, created) = first, second
-        if self.landing is None or not removed.deleted or created.deleted:
-            return set()
-        before_source, before_target = page.before[source], page.before[target]
-        was = resolve(source, before_source)
-        there = resolve(target, before_target)
-        if was.shown is None or was.shown.deleted or not was.shown.same_content(created):
-            return set()
-        try:
-            rename = Rename(source, target, was.shown, there.shown if there.exists else None,
-                            removed, created)  # fmt: skip
-        except VersionError:
-            return set()
-        if not plan_rename(rename, before_source, before_target).move:
-            return set()
-        if page.states[source] != PathState((removed,)):
-            return set()
-        if page.states[target] != PathState((created,)):
+        this page (`page.renames`) and would move as one itself, and is clean: a path below it
+        the renamer did not know (a concurrent create) stays where it was made, its directory
+        kept for it."""
+        (source, _), (target, created) = first, second
+        if self.landing is None or not _moves_as_one(page, first, second):
             return set()
         if created.kind is VKind.DIRECTORY and not self._all_moving(area, source, target,
-                                                                    renamed):  # fmt: skip
+                                                                    page):  # fmt: skip
             return set()
         return self._move_real(batch, area, source, target, landed)
 
-    def _all_moving(
-        self, area: int, source: bytes, target: bytes, renamed: dict[bytes, bytes]
-    ) -> bool:
+    def _all_moving(self, area: int, source: bytes, target: bytes, page: _Page) -> bool:
         """Whether every path below the directory `source` here is renamed to its place
-        below `target` in this page, and every Real file among them is clean."""
+        below `target` in this page and would move as one itself (what it shows here is
+        what the renamer moved, nothing else changed it), and every Real file among them is
+        clean. A path below it that a concurrent change touched must be shown by its own
+        state, which moving its entry along with the directory would not do."""
         assert self.landing is not None
         for path, entry in self.index.walk(area, source):
-            if renamed.get(path) != target + path[len(source) :]:
+            pair = page.renames.get(path)
+            if pair is None or pair[1][0] != target + path[len(source) :]:
+                return False
+            if not _moves_as_one(page, *pair):
                 return False
             if entry.layer == Layer.REAL and entry.kind == Kind.FILE:
                 real = self.landing.inspect(area, path, entry)

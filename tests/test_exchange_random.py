@@ -54,6 +54,16 @@ def _files(side: Side) -> list[bytes]:
     return [p for p, e in side.tree.index.walk(side.area) if e.blob]
 
 
+def _heal(three: list[Side]) -> None:
+    """Every peer publishes and pulls from every other, a few rounds: the links healed."""
+    for _ in range(5):
+        for side in three:
+            side.publish()
+            for other in three:
+                if other is not side:
+                    side.pull(other)
+
+
 @pytest.mark.parametrize("seed", range(1, 41))
 def test_random_changes_on_three_peers_converge(three: list[Side], seed: int) -> None:
     rng = random.Random(seed)
@@ -81,12 +91,7 @@ def test_random_changes_on_three_peers_converge(three: list[Side], seed: int) ->
             other = rng.choice([s for s in three if s is not side])
             side.pull(other)
         side.exchange.stamp_pending(side.area)
-    for _ in range(5):
-        for side in three:
-            side.publish()
-            for other in three:
-                if other is not side:
-                    side.pull(other)
+    _heal(three)
     views = [side.view() for side in three]
     assert views[0] == views[1] == views[2], f"seed {seed}"
     for side in three:
@@ -96,3 +101,58 @@ def test_random_changes_on_three_peers_converge(three: list[Side], seed: int) ->
             on_disk = side.dir / path.decode()
             if entry.layer.name == "REAL" and entry.blob:
                 assert blob(on_disk.read_bytes()) == entry.blob, (seed, side.id, path)
+
+
+DIRECTORY_NAMES = [b"f0", b"d/g0", b"d/g1", b"e/g0"]
+# Seeds whose runs still diverge, kept as regression cases (each fails the same way every run):
+# 89, a conflict copy renamed away by the peer that shows it comes back there alone; 185, a
+# copy shown under the directory a rename left on some peers only; 186, a directory deleted
+# everywhere stays, empty, on one peer.
+STILL_DIVERGING = {89, 185, 186}
+
+
+@pytest.mark.parametrize(
+    "seed",
+    [
+        *range(1, 61),
+        *(
+            pytest.param(seed, marks=pytest.mark.xfail(strict=True, reason="still diverges"))
+            for seed in sorted(STILL_DIVERGING)
+        ),
+    ],
+)
+def test_random_changes_with_directory_renames_converge(three: list[Side], seed: int) -> None:
+    """The same with directories renamed back and forth (`d` and `e`) among the changes:
+    a directory rename that meets a concurrent change below it, or a conflict copy in it."""
+    rng = random.Random(seed)
+    for step in range(40):
+        side = rng.choice(three)
+        action = rng.random()
+        files = _files(side)
+        if action < 0.4 or not files:
+            name = rng.choice(DIRECTORY_NAMES)
+            side.write(name.decode(), f"{seed}-{step}\n".encode(), mtime_s=1_000_000 + step)
+            side.publish()
+        elif action < 0.5:
+            _remove(side, rng.choice(files))
+        elif action < 0.75:
+            if action < 0.65:
+                shown = {p for p, e in side.tree.index.walk(side.area) if not e.blob}
+                directories = sorted(shown & {b"d", b"e"})
+                if not directories:
+                    continue
+                old = rng.choice(directories)
+                new = b"e" if old == b"d" else b"d"
+            else:
+                old = rng.choice(files)
+                new = rng.choice([n for n in DIRECTORY_NAMES if n != old])
+            try:
+                _rename(side, old, new)
+            except FsError:  # not empty, or a directory this peer lacks: not a change
+                continue
+        else:
+            side.pull(rng.choice([s for s in three if s is not side]))
+        side.exchange.stamp_pending(side.area)
+    _heal(three)
+    views = [side.view() for side in three]
+    assert views[0] == views[1] == views[2], f"seed {seed}"

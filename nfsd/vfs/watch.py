@@ -6,9 +6,13 @@ one by one: they only say which directories changed. Once those are quiet for a 
 is reconciled against the index by `Journal.scan`: its direct children, plus the whole
 subtree of a directory created or moved in (files may be in it before its watch is). A change
 made through NFS was already reported by the tree, so its reconcile finds nothing to do and
-nothing is recorded twice. Areas with more directories than the kernel lets us watch, where
-inotify is missing (or REALIZE_FORCE_FALLBACKS=1 leaves it out), or after the event queue
-overflowed, are rescanned whole instead.
+nothing is recorded twice. The one exception to reading events as "this directory changed": a
+rename's two events (MOVED_FROM, MOVED_TO, one cookie) within an area are paired, and before
+the reconcile the rename is recorded as one (`Journal.renamed`) where the disk still agrees,
+so peers move the path instead of deleting it and waiting for the new name to rest. Areas
+with more directories than the kernel lets us watch, where inotify is missing (or
+REALIZE_FORCE_FALLBACKS=1 leaves it out), or after the event queue overflowed, are rescanned
+whole instead.
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ from dataclasses import dataclass
 
 import trio
 
-from nfsd.store.index import join
+from nfsd.store.index import Kind, Layer, join
 from nfsd.vfs.errors import FsError
-from nfsd.vfs.journal import Journal
+from nfsd.vfs.journal import Journal, kind_of
 from nfsd.vfs.local import AreaRoots, identities
 from nfsd.vfs.names import TEMP_PREFIX
 from nfsd.vfs.osapi import FORCED_FALLBACKS, held_path, open_dir
@@ -68,6 +72,7 @@ WATCH_MASK = (
 QUIET = 0.5  # seconds without events before the changed directories are reconciled
 LATEST = 2.0  # but no later than this after the first (a file written for minutes)
 POLL = 60.0  # period of the rescans of areas that cannot be watched
+MAX_UNPAIRED = 4096  # renames remembered between reconciles: memory bounded whatever happens
 
 _EVENT = struct.Struct("=iIII")  # wd, mask, cookie, name length: native, a local ABI
 _READ = 64 * 1024
@@ -233,6 +238,8 @@ class Watcher:
         self._wds: dict[tuple[int, bytes], int] = {}
         self._pending: dict[tuple[int, bytes], bool] = {}  # directory → its whole subtree too
         self._rescan: set[int] = set()  # areas to reconcile whole
+        self._moved_from: dict[int, tuple[int, bytes]] = {}  # inotify cookie → (area, path)
+        self._moves: list[tuple[int, bytes, bytes]] = []  # (area, old, new) paired by cookie
         self._changed = trio.Event()
         self._first = self._last = 0.0
 
@@ -336,6 +343,7 @@ class Watcher:
         path = join(directory, event.name)
         if join(self.roots[area], path) in self.hidden:
             return
+        self._pair_move(event, area, path)
         self._mark(area, directory, False)
         if event.mask & IN_ISDIR:
             if event.mask & IN_MOVED_FROM:
@@ -343,6 +351,44 @@ class Watcher:
             elif event.mask & (IN_CREATE | IN_MOVED_TO):
                 await self._watch_tree(area, path)
                 self._mark(area, path, True)  # what is in it already has no event
+
+    def _pair_move(self, event: Event, area: int, path: bytes) -> None:
+        """A rename within an area comes as MOVED_FROM and MOVED_TO with one cookie: the pair
+        is kept for the next reconcile, which records it as a rename (`_record_moves`)."""
+        if event.mask & IN_MOVED_FROM:
+            if len(self._moved_from) >= MAX_UNPAIRED:
+                self._moved_from.clear()  # moved out of every area: never paired
+            self._moved_from[event.cookie] = (area, path)
+        elif event.mask & IN_MOVED_TO:
+            source = self._moved_from.pop(event.cookie, None)
+            if source is not None and source[0] == area and len(self._moves) < MAX_UNPAIRED:
+                self._moves.append((area, source[1], path))
+
+    def _record_moves(self, moves: list[tuple[int, bytes, bytes]]) -> None:
+        """Record each rename seen on the disk as one (a RENAME in the history, the entry
+        moved with its blob) where the disk still says so: the source gone, the target there
+        as the same kind of object, a file with the size and mtime its hashed entry has and
+        not waiting to be hashed. Anything else is left to the reconcile, as a delete and a
+        create."""
+        journal = self.journal
+        for area, old, new in moves:
+            entry = journal.index.get(area, old)
+            if entry is None or entry.layer != Layer.REAL or journal.is_dirty(area, old):
+                continue  # not known here yet (an editor's temporary file), or done (NFS)
+            if journal.disk.look(area, old) is not None:
+                continue
+            found = journal.disk.look(area, new)
+            if found is None or kind_of(found[0]) != entry.kind:
+                continue
+            st = found[0]
+            if entry.kind == Kind.FILE and (
+                not entry.blob or (entry.size, entry.mtime_ns) != (st.st_size, st.st_mtime_ns)
+            ):
+                continue
+            there = journal.index.get(area, new)
+            if there is not None and there.kind == Kind.DIR:
+                continue  # rename(2) replaced an empty directory; what it listed decides
+            journal.renamed(area, old, new)
 
     def _mark(self, area: int, directory: bytes, deep: bool) -> None:
         key = (area, directory)
@@ -375,7 +421,9 @@ class Watcher:
                 await trio.sleep_until(due)
             pending, self._pending = self._pending, {}
             rescan, self._rescan = self._rescan, set()
+            moves, self._moves = self._moves, []
             self._changed = trio.Event()
+            self._record_moves(moves)
             await self.reconcile(pending, rescan)
 
     async def reconcile(

@@ -292,6 +292,21 @@ class Landed:
     made: set[bytes] = field(default_factory=set)  # paths this batch shows, dirs found there
     listed: dict[bytes, set[bytes] | None] = field(default_factory=dict)  # names on disk
 
+    # A path's latest fate in the batch wins: one deleted after it was shown or had a file
+    # moved to it no longer holds its directory (`Exchange._holds`), and the other way round.
+    def gone(self, path: bytes) -> None:
+        self.deleted.add(path)
+        self.made.discard(path)
+        self.placed.discard(path)
+
+    def shows(self, path: bytes) -> None:
+        self.deleted.discard(path)
+        self.made.add(path)
+
+    def receives(self, path: bytes) -> None:
+        self.deleted.discard(path)
+        self.placed.add(path)
+
 
 def _moves_as_one(page: _Page, first: tuple[bytes, Version], second: tuple[bytes, Version]) -> bool:
     """Whether a rename in `page` (a tombstone at one path and its content at another, in one
@@ -963,8 +978,8 @@ class Exchange:
         self.index.move(batch, area, source, target)
         self.landing.plan(batch, act, real.fid)
         landed.acts.append(act)
-        landed.placed.add(target)
-        landed.deleted.add(source)
+        landed.receives(target)
+        landed.gone(source)
         return {source, target}
 
     def _pair_by_content(self, batch: Batch, area: int, page: _Page, landed: Landed,
@@ -1067,17 +1082,15 @@ class Exchange:
                 if current.kind == Kind.DIR and self._holds(area, path, landed):
                     return
                 self.index.delete(batch, area, path)
-                landed.deleted.add(path)
+                landed.gone(path)
             return
         self.index.put(batch, area, path, _unreal_entry(winner, mode or _mode_of(current)))
-        landed.deleted.discard(path)
-        landed.made.add(path)
+        landed.shows(path)
         parent = split(path)[0]
         while parent and self._lacks(area, parent, landed):
             entry = Entry(Kind.DIR, Layer.UNREAL, 0o755, 0, winner.mtime_ns)
             self.index.put(batch, area, parent, entry)
-            landed.deleted.discard(parent)
-            landed.made.add(parent)
+            landed.shows(parent)
             parent = split(parent)[0]
 
     def _lacks(self, area: int, directory: bytes, landed: Landed) -> bool:
@@ -1128,21 +1141,21 @@ class Exchange:
             self.index.put(batch, area, copy.name, current)
             self.landing.plan(batch, act, real.fid)
             landed.acts.append(act)
-            landed.placed.add(copy.name)
+            landed.receives(copy.name)
             self._show_unreal(batch, area, path, mode, current, resolution, landed)
             return
         gone = winner is None or winner.deleted
         if current.kind == Kind.DIR:
             if gone and not self._holds(area, path, landed):
                 act = Act(What.REMOVE, area, path, st.st_dev, st.st_ino, True)
-                landed.deleted.add(path)
+                landed.gone(path)
                 self.index.delete(batch, area, path)
                 self.landing.plan(batch, act, real.fid)
                 landed.acts.append(act)
             return  # a directory stays one (it outranks a file: rule 2 of conflicts.py)
         act = Act(What.REMOVE if gone else What.DROP, area, path, st.st_dev, st.st_ino)
         if gone:
-            landed.deleted.add(path)
+            landed.gone(path)
         self._show_unreal(batch, area, path, mode, current, resolution, landed)
         self.landing.plan(batch, act, real.fid)
         landed.acts.append(act)
@@ -1178,8 +1191,7 @@ class Exchange:
             if there is None or _identity(there) != copy.version.identity:
                 entry = _unreal_entry(copy.version, mode or _mode_of(self.index.get(area, path)))
                 self.index.put(batch, area, copy.name, entry)
-                landed.deleted.discard(copy.name)
-                landed.made.add(copy.name)
+                landed.shows(copy.name)
             if copy.version.kind is VKind.FILE:
                 landed.pins.append((copy.version.content, _pin_reason(area, copy.name)))
         for copy in before.copies:
@@ -1195,11 +1207,13 @@ class Exchange:
                 continue
             if there.layer == Layer.UNREAL:
                 self.index.delete(batch, area, copy.name)
+                landed.gone(copy.name)
             elif self.landing is not None:
                 real = self.landing.inspect(area, copy.name, there)
                 if real is not None and real.clean:
                     act = Act(What.REMOVE, area, copy.name, real.st.st_dev, real.st.st_ino)
                     self.index.delete(batch, area, copy.name)
+                    landed.gone(copy.name)
                     self.landing.plan(batch, act, real.fid)
                     landed.acts.append(act)
 

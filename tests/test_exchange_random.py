@@ -106,15 +106,17 @@ def test_random_changes_on_three_peers_converge(three: list[Side], seed: int) ->
 DIRECTORY_NAMES = [b"f0", b"d/g0", b"d/g1", b"e/g0"]
 # Seeds whose runs still diverge, kept as regression cases (each fails the same way every run):
 # 89, a conflict copy renamed away by the peer that shows it comes back there alone; 185, a
-# copy shown under the directory a rename left on some peers only. (186, a directory deleted
-# everywhere that stayed, empty, on one peer, converges since resolved copies count as gone.)
+# copy shown under the directory a rename left on some peers only. Seeds that diverged once
+# and converge since stay too: 186, a directory deleted everywhere stayed, empty, on one peer.
 STILL_DIVERGING = {89, 185}
+CONVERGE_SINCE = [186]
 
 
 @pytest.mark.parametrize(
     "seed",
     [
         *range(1, 61),
+        *CONVERGE_SINCE,
         *(
             pytest.param(seed, marks=pytest.mark.xfail(strict=True, reason="still diverges"))
             for seed in sorted(STILL_DIVERGING)

@@ -188,6 +188,19 @@ class _Ahead:
         return self._outcome
 
 
+def _asking(area_name: str, seen: Seen, max_entries: int) -> wire.history_args:
+    """The HISTORY call that continues a subscription from `seen`."""
+    return wire.history_args(
+        area_name.encode(),
+        seen.log_uuid,
+        seen.last_seen,
+        max_entries,
+        seen.catching_up,
+        seen.catchup_upto,
+        seen.cursor,
+    )
+
+
 class ExchangeError(Exception):
     """An answer this peer cannot use (a peer's bug or malice): the subscription stops."""
 
@@ -746,15 +759,7 @@ class Exchange:
         """The HISTORY call that continues our subscription to `peer`'s log of the area."""
         record = self.areas.get(area_name)
         seen = self.seen(record.id, peer) if record is not None else Seen()
-        return wire.history_args(
-            area_name.encode(),
-            seen.log_uuid,
-            seen.last_seen,
-            max_entries,
-            seen.catching_up,
-            seen.catchup_upto,
-            seen.cursor,
-        )
+        return _asking(area_name, seen, max_entries)
 
     def errors(self, area: int, peer: PeerId) -> list[tuple[int, str]]:
         prefix = _ERROR + _peer_key(area, peer)
@@ -807,16 +812,7 @@ class Exchange:
         record = self.areas.get(area_name)
         if record is None or res.status != wire.history_status.OK or not res.more:
             return None
-        after = self._advance(self.seen(record.id, peer), res)
-        return wire.history_args(
-            area_name.encode(),
-            after.log_uuid,
-            after.last_seen,
-            page,
-            after.catching_up,
-            after.catchup_upto,
-            after.cursor,
-        )
+        return _asking(area_name, self._advance(self.seen(record.id, peer), res), page)
 
     def _advance(self, seen: Seen, res: wire.history_res) -> Seen:
         if not res.catchup:

@@ -1,13 +1,23 @@
 """The blob store's state and the only ways to change it: the RocksDB families (`blobs`,
 `chunks`, `chunkinfo`, `lru`, `meta`), the lock that serialises changes, the clock, the usage
-counters, the chunks of running ingests, the few verified chunks kept in memory, and `Txn`, the
-WriteBatch every change goes through, with the state transitions of a chunk record (stored,
-dropped, restamped, pinned) and of a manifest (written, dropped).
+counters, the chunks of running ingests, the chunks fills wrote without the WAL, the few
+verified chunks kept in memory, and `Txn`, the WriteBatch every change goes through, with the
+state transitions of a chunk record (stored, dropped, restamped, pinned) and of a manifest
+(written, dropped).
 
 Layouts are in `nfsd.store.manifest`; `nfsd.store.blobs` composes this state with the ingest
 path (`nfsd.store.blob_ingest`), eviction (`nfsd.store.blob_eviction`) and the check
 (`nfsd.store.blobcheck`). The ingest path is the only writer of `inflight`, `pending` and
 `pending_bytes`; they live here because every deleting path and the check must see them.
+
+A fill (a chunk of a registered blob arriving alone, `BlobStore.put_chunk`) may write its bytes
+without the WAL (`store_chunk(..., logged=False)`): RocksDB's WAL CRC costs as much CPU as the
+write itself in this build. Its record goes through the WAL at once, with a marker naming the
+chunk (`unflushed_key`); `nfsd.store.blob_fill` flushes the chunk family every few MiB and only
+then deletes the markers the flush covered. A crash before that leaves records whose bytes may
+be gone, every one of them marked: opening the store again (`recover_unflushed`) drops the
+records of marked chunks whose bytes did not survive, so no record names lost bytes for longer
+than it takes to open the store (and a read meanwhile re-checks every chunk it loads).
 """
 
 from __future__ import annotations
@@ -19,11 +29,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from blake3 import blake3
-from rocksdict import ReadOptions
+from rocksdict import ReadOptions, WriteBatch, WriteOptions
 
 from nfsd.store.db import Store
 from nfsd.store.manifest import (
     CLOCK_KEY,
+    UNFLUSHED_PREFIX,
     USAGE_PREFIX,
     BlobId,
     ChunkHash,
@@ -34,6 +45,7 @@ from nfsd.store.manifest import (
     pack_stamp,
     pack_usage,
     slot_key,
+    unflushed_key,
     unpack_stamp,
     unpack_usage,
     usage_key,
@@ -152,6 +164,14 @@ class BlobState:
         # (how many times), and their bytes per area: never deleted meanwhile.
         self.pending: dict[ChunkHash, int] = {}
         self.pending_bytes: dict[str, int] = {}
+        # Chunks fills wrote without the WAL since the last flush that covered them: the fill
+        # number of each one's latest write (a flush covers the fills numbered below it), and
+        # its length.
+        self.unflushed: dict[ChunkHash, tuple[int, int]] = {}
+        self.unflushed_bytes = 0
+        self.fills = 0
+        self._unlogged = WriteOptions()
+        self._unlogged.disable_wal = True
         raw = self.meta.get(CLOCK_KEY)
         self.clock = unpack_stamp(raw) if raw is not None else 0
         self.usage: dict[str, list[int]] = {}  # area -> [cached, pinned, chunks]
@@ -161,6 +181,8 @@ class BlobState:
             area = it.key()[len(USAGE_PREFIX) :].decode()
             self.usage[area] = list(unpack_usage(it.value()))
             it.next()
+        if not store.read_only:
+            self.recover_unflushed()
 
     # -- reading --------------------------------------------------------------------------
 
@@ -198,12 +220,18 @@ class BlobState:
         data = self.chunks.get(chunk, None, self.chunk_reads)
         if data is None or len(data) != length or blake3(data).digest() != chunk:
             return None
+        self.remember(chunk, data)
+        return data
+
+    def remember(self, chunk: ChunkHash, data: bytes) -> None:
+        """Keep a verified chunk's bytes among the recent ones (a read soon after the chunk
+        was stored, or read, takes them from memory)."""
         if self._recent_max:
             with self._recent_lock:
                 self._recent[chunk] = data
+                self._recent.move_to_end(chunk)
                 while len(self._recent) > self._recent_max:
                     self._recent.popitem(last=False)
-        return data
 
     def forget(self, chunks: Iterable[ChunkHash]) -> None:
         """Drop chunks from the memory of recent reads."""
@@ -237,11 +265,24 @@ class BlobState:
         data: bytes | None,
         area: str,
         length: int = 0,
+        *,
+        logged: bool = True,
     ) -> None:
-        """Record a chunk as present (writing `data`, or bytes already durable when None)."""
+        """Record a chunk as present (writing `data`, or bytes already durable when None).
+        Not `logged`: `data` is written now, without the WAL, and marked unflushed in `txn`."""
         if data is not None:
             length = len(data)
-            txn.batch.put("chunks", chunk, data)
+            if logged:
+                txn.batch.put("chunks", chunk, data)
+            else:
+                fresh = WriteBatch(raw_mode=True)
+                fresh.put(chunk, data, self.store.handle("chunks"))
+                self.store.write(fresh, self._unlogged)
+                txn.batch.put("meta", unflushed_key(chunk), b"")
+                self.fills += 1
+                _, before = self.unflushed.get(chunk, (0, 0))
+                self.unflushed_bytes += length - before
+                self.unflushed[chunk] = (self.fills, length)
             self.stats.stored_chunks += 1
         info.present = True
         info.length = length
@@ -251,6 +292,47 @@ class BlobState:
             txn.batch.put("lru", lru_key(area, info.stamp, chunk), b"")
         txn.account(area, cached=length, pinned=length if info.pins else 0, chunks=1)
         txn.set_info(chunk, info)
+
+    def flushed(self, below: int) -> None:
+        """A flush of the chunk family that began after fill `below - 1` has ended: the
+        chunks filled before it are durable; their markers go (under `lock`)."""
+        done = [chunk for chunk, (fill, _) in self.unflushed.items() if fill < below]
+        if not done:
+            return
+        batch = self.store.batch()
+        for chunk in done:
+            batch.delete("meta", unflushed_key(chunk))
+        batch.commit()
+        for chunk in done:
+            self.unflushed_bytes -= self.unflushed.pop(chunk)[1]
+
+    def recover_unflushed(self) -> None:
+        """After a crash: drop the records of chunks a fill wrote without the WAL whose bytes
+        were lost before a flush; then forget every marker."""
+        marked: list[bytes] = []
+        it = self.meta.iter()
+        it.seek(UNFLUSHED_PREFIX)
+        while it.valid() and it.key().startswith(UNFLUSHED_PREFIX):
+            marked.append(it.key())
+            it.next()
+        if not marked:
+            return
+        lost = 0
+        with self.lock:
+            txn = Txn(self)
+            for key in marked:
+                chunk = key[len(UNFLUSHED_PREFIX) :]
+                txn.batch.delete("meta", key)
+                info = txn.info(chunk)
+                if info is None or not info.present:
+                    continue
+                data = self.chunks.get(chunk, None, self.chunk_reads)
+                if data is None or len(data) != info.length:
+                    self.unstore(txn, chunk, info)
+                    lost += 1
+            txn.commit()
+        if lost:
+            log.warning("%d cached chunks were lost in a crash before they were flushed", lost)
 
     def unstore(self, txn: Txn, chunk: ChunkHash, info: ChunkInfo) -> None:
         """Delete a chunk's bytes; its record stays (absent) while manifests name it."""

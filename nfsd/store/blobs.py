@@ -38,17 +38,24 @@ Model
   ingest; the unrecorded bytes a crash can leave are removed by `fsck(repair=True)`).
 - **Crash safety**: every change is one WriteBatch over `chunks`, `chunkinfo`, `blobs`, `lru`
   and the usage counters, so SIGKILL leaves the old state or the new; no record ever names
-  bytes that are not durable. One exception to "through the WAL": past its first MiB an
+  bytes that are not durable. Two exceptions to "through the WAL": past its first MiB an
   ingest writes chunk bytes without the WAL and records them only once a flush made them
   durable (see `nfsd.store.blob_ingest`); a crash in between leaves only unrecorded bytes,
-  which `fsck` counts as garbage. `ingest` returns once its manifest batch is written (the
-  WAL reaches the OS at once, so SIGKILL loses nothing acknowledged; `Store.flush` also
-  covers power loss).
+  which `fsck` counts as garbage. And `put_chunk` writes an unpinned blob's chunk without
+  the WAL and its record through it, marked until a flush covers it
+  (`nfsd.store.blob_fill`): after a crash, opening the store drops the records of marked
+  chunks whose bytes were lost (a cache fill lost is fetched again; nothing a user wrote).
+  `ingest` returns once its manifest batch is written (the WAL reaches the OS at once, so
+  SIGKILL loses nothing acknowledged; `Store.flush` also covers power loss).
 - **Memory**: content streams chunk by chunk; an ingest holds up to 1 MiB of chunks (one
   batch) plus the chunk hash list (32 bytes per chunk, 1/8192 of the size) and writes the
   manifest in one batch; RocksDB holds at most two 8 MiB memtables of chunk bytes. Measured:
   peak RSS grows about 30 MiB during a 256 MiB or a 1 GiB ingest. Reads keep a few verified
-  chunks in memory (`memory_chunks`).
+  chunks in memory (`memory_chunks`), and so does `put_chunk` (a reader waiting for a chunk
+  being fetched takes it from there).
+- **Verification of fills**: a blob whose chunks `put_chunk` receives in order is hashed
+  whole as they arrive (`nfsd.store.blob_fill`), so its last chunk completes the check of
+  its id without a second read of the whole content.
 
 Key layouts are in `nfsd.store.manifest`.
 
@@ -95,6 +102,7 @@ from nfsd.store.blob_errors import (
     UnknownBlob,
 )
 from nfsd.store.blob_eviction import Eviction
+from nfsd.store.blob_fill import Fills
 from nfsd.store.blob_ingest import CHECKPOINT_BYTES, Ingest
 from nfsd.store.blob_state import BlobState, Stats, Txn
 from nfsd.store.blobcheck import FsckReport
@@ -185,6 +193,7 @@ class BlobStore:
             chunk_hashes=self.chunk_hashes,
             checkpoint_bytes=checkpoint_bytes,
         )
+        self._fills = Fills(state, self._load_slot)
 
     # -- limits and usage ---------------------------------------------------------------
 
@@ -494,6 +503,8 @@ class BlobStore:
         if actual != expected:
             raise ChunkHashMismatch(blob_id, index, expected, actual)
         data = bytes(data)
+        stored = False
+        check = False
         with self._state.lock:
             m = self._manifest(blob_id)
             if self._blobs.get(slot_key(blob_id, index)) != expected:  # replaced meanwhile
@@ -507,19 +518,33 @@ class BlobStore:
                 if self._state.clock - info.stamp > self.touch_window:
                     self._state.restamp(txn, expected, info)
                     txn.commit()
-                return False
-            self._eviction.make_room(txn, m.area, len(data))
-            self._state.store_chunk(txn, expected, info, data, m.area)
-            m.present_hint += 1
-            txn.batch.put("blobs", blob_id, m.pack())
-            txn.commit()
-            # Count exactly when the tally says complete, or the last chunk came (chunks
-            # shared with other blobs arrive without this blob's tally knowing).
-            check = m.present_hint >= m.nchunks or index == m.nchunks - 1
-        if check:
+            else:
+                self._eviction.make_room(txn, m.area, len(data))
+                self._state.store_chunk(txn, expected, info, data, m.area, logged=m.pinned)
+                m.present_hint += 1
+                txn.batch.put("blobs", blob_id, m.pack())
+                txn.commit()
+                stored = True
+                # Count exactly when the tally says complete, or the last chunk came (chunks
+                # shared with other blobs arrive without this blob's tally knowing).
+                check = m.present_hint >= m.nchunks or index == m.nchunks - 1
+            self._state.remember(expected, data)  # the reader waiting for it takes it here
+        hashed = self._fills.hash_along(m, index, data)
+        if hashed is not None:
+            self._record_verdict(blob_id, hashed)
+        elif check:
             self._check_complete(blob_id)
-        self._eviction.reclaim_if_due()
-        return True
+        if stored:
+            self._fills.flush_if_due()
+            self._eviction.reclaim_if_due()
+        return stored
+
+    def _load_slot(self, m: Manifest, index: int) -> bytes | None:
+        """Chunk `index` of `m`, verified, if its bytes are here."""
+        raw = self._blobs.get(slot_key(m.blob_id, index))
+        if raw is None or len(raw) != HASH_LEN:
+            return None
+        return self._state.load(raw, m.chunk_length(index))
 
     def _check_complete(self, blob_id: BlobId) -> None:
         missing = self.missing(blob_id)
@@ -539,11 +564,14 @@ class BlobStore:
         """Hash the whole content against the blob id and record the outcome in the manifest
         (verified, or bad). Returns True when it matches; raises ManifestMismatch when not,
         MissingChunks when chunks are absent."""
-        m = self._manifest(blob_id)
+        self._manifest(blob_id)
         whole = blake3(max_threads=blake3.AUTO)
         for piece in self.iter_read(blob_id):
             whole.update(piece)
-        ok = whole.digest() == blob_id
+        return self._record_verdict(blob_id, whole.digest() == blob_id)
+
+    def _record_verdict(self, blob_id: BlobId, ok: bool) -> bool:
+        """Record in the manifest whether its chunks make its id: True, or ManifestMismatch."""
         with self._state.lock:
             m = self.manifest(blob_id)
             if m is not None:

@@ -13,6 +13,7 @@ Key layouts (all integers big-endian, so keys sort numerically):
 | `lru` | len(area) (u8) ‖ area ‖ stamp (u64) ‖ chunk hash (32) | empty |
 | `meta` | `blobs.usage:` ‖ area | cached bytes, pinned bytes, chunks (3 u64) |
 | `meta` | `blobs.clock` | last stamp handed out (u64) |
+| `meta` | `blobs.unflushed:` ‖ chunk hash (32) | empty: a fill wrote the bytes without the WAL |
 
 A manifest is one header plus one slot per chunk, so a blob's chunk list is one prefix scan
 and a chunk's hash one point lookup; nothing rewrites a whole chunk list when one chunk
@@ -53,6 +54,7 @@ _INDEX = struct.Struct(">I")
 
 USAGE_PREFIX = b"blobs.usage:"
 CLOCK_KEY = b"blobs.clock"
+UNFLUSHED_PREFIX = b"blobs.unflushed:"
 
 
 def chunk_count(size: int, chunk_size: int) -> int:
@@ -234,6 +236,10 @@ def pack_stamp(stamp: int) -> bytes:
 
 def unpack_stamp(raw: bytes) -> int:
     return _STAMP.unpack(raw)[0]
+
+
+def unflushed_key(chunk: ChunkHash) -> bytes:
+    return UNFLUSHED_PREFIX + chunk
 
 
 def usage_key(area: str) -> bytes:

@@ -431,6 +431,9 @@ class Server:
     def close(self) -> None:
         tree, self.tree = self.tree, None
         store, self.store = self.store, None
+        blobs = getattr(self, "blobs", None)
+        if blobs is not None:
+            blobs.quiesce()  # a flush of filled chunks under way ends before the store closes
         for part in (tree, store):
             try:
                 if part is not None:

@@ -85,7 +85,9 @@ class ControlClient:
             opened.callback(store.close)
             tree = MergedTree(store, self.areas)
             opened.callback(tree.close)
-            program = ControlService(tree, BlobStore(store)).program()
+            blobs = BlobStore(store)
+            opened.callback(blobs.quiesce)
+            program = ControlService(tree, blobs).program()
             handler = program.versions[CONTROL_V1][proc].handler
             # No RPC call carries it: the context says so; the handlers do not read it.
             context = CallContext(

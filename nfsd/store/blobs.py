@@ -195,6 +195,11 @@ class BlobStore:
         )
         self._fills = Fills(state, self._load_slot)
 
+    def quiesce(self) -> None:
+        """Wait for the store's background work (a flush of filled chunks) to end: before its
+        Store is closed."""
+        self._fills.wait()
+
     # -- limits and usage ---------------------------------------------------------------
 
     @property

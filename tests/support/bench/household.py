@@ -207,6 +207,7 @@ def _cache_write(job: dict[str, Any]) -> dict[str, Any]:
     for i, c in enumerate(contents):
         blobs.put_chunk(blob, i, c)
     seconds = time.perf_counter() - started
+    blobs.quiesce()
     store.close()
     return {"rate": n * chunk / seconds / 1e6}
 

@@ -49,7 +49,7 @@ Model
   SIGKILL loses nothing acknowledged; `Store.flush` also covers power loss).
 - **Memory**: content streams chunk by chunk; an ingest holds up to 1 MiB of chunks (one
   batch) plus the chunk hash list (32 bytes per chunk, 1/8192 of the size) and writes the
-  manifest in one batch; RocksDB holds at most two 8 MiB memtables of chunk bytes. Measured:
+  manifest in one batch; RocksDB holds at most three 8 MiB memtables of chunk bytes. Measured:
   peak RSS grows about 30 MiB during a 256 MiB or a 1 GiB ingest. Reads keep a few verified
   chunks in memory (`memory_chunks`), and so does `put_chunk` (a reader waiting for a chunk
   being fetched takes it from there).

@@ -358,6 +358,9 @@ class HouseholdBench:
         blob = write_distinct(self.base / "staging.bin", size)
         os.rename(self.base / "staging.bin", self.area("a") / "big.bin")
         wait("big.bin on b", lambda: indexed(self.state("b"), b"big.bin"), 600, 0.2)
+        # The writes before (the ceilings' runs, the file just made) leave gigabytes for the
+        # kernel to write back; they would compete with the chunks B writes into its cache.
+        os.sync()
         b = self.servers["b"]
         target = Target("realize", self.base, "/docs", b.nfs_port, b.mount_port, b.process.pid)
         job = {

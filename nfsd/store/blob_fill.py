@@ -7,7 +7,7 @@ hash. This module owns what lets a fill cost about one pass over its bytes:
   crash is recovered). Once `FLUSH_BYTES` of such bytes are waiting, a thread flushes the
   chunk family and then deletes the markers of the fills the flush covered. Pinned blobs
   (`keep`, promised to be readable offline) fill through the WAL.
-- **Hashing the blob as it fills.** A blob whose chunks arrive in order from the first (a
+- **Hashing the blob as it fills.** A blob whose chunks arrive in about their order (a
   sequential reader, a realize, a keep) is hashed whole as they come, so completing it checks
   its id without reading the whole content back. A chunk arriving ahead of its turn (fetches
   finish out of order) is taken up when the gap before it fills (read back, from memory when
@@ -72,9 +72,7 @@ class Fills:
             if along is not None and along.born != m.born:  # released and registered again
                 del self._along[m.blob_id]
                 along = None
-            if along is None:
-                if index != 0:
-                    return None
+            if along is None:  # the first chunk to come need not be the first of the blob
                 along = self._along[m.blob_id] = _Along(m.born)
                 while len(self._along) > HASHED_ALONG:
                     self._along.popitem(last=False)

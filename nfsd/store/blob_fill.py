@@ -51,6 +51,9 @@ class _Along:
 
 
 class Fills:
+    """The fill path's two jobs for the blob store over `state`; `load` gives a present
+    chunk's verified bytes (for chunks that came ahead of their turn)."""
+
     def __init__(self, state: BlobState, load: ChunkLoader) -> None:
         self.state = state
         self._load = load
@@ -94,10 +97,6 @@ class Fills:
                 along.next += 1
             del self._along[m.blob_id]
             return along.hasher.digest() == m.blob_id
-
-    def forget(self, blob_id: BlobId) -> None:
-        with self._along_lock:
-            self._along.pop(blob_id, None)
 
     # -- making unlogged bytes durable ----------------------------------------------------
 

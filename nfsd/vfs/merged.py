@@ -37,7 +37,7 @@ from nfsd.vfs.listing import DOT_COOKIE, DOTDOT_COOKIE, Listing, ListingCache, n
 from nfsd.vfs.local import AreaRoots, LocalLayer, attr_from_stat, identities
 from nfsd.vfs.moves import LayerMoves
 from nfsd.vfs.names import TEMP_PREFIX, check_name
-from nfsd.vfs.osapi import RWF_NOWAIT
+from nfsd.vfs.osapi import RWF_NOWAIT, read_cached, read_into
 from nfsd.vfs.tree import (
     SERVER_TIME,
     Attr,
@@ -60,37 +60,6 @@ class Area:
 
     def __init__(self, area_id: int, name: str, path: bytes, root_fid: int) -> None:
         self.id, self.name, self.path, self.root_fid = area_id, name, path, root_fid
-
-
-def _read_cached(fd: int, buf: bytearray, offset: int) -> tuple[int, bool]:
-    """Read into buf what the page cache holds, without waiting (RWF_NOWAIT).
-
-    Returns the count read and whether the end of the file was reached."""
-    if RWF_NOWAIT == 0:
-        return 0, False
-    view = memoryview(buf)
-    done = 0
-    while done < len(buf):
-        try:
-            n = os.preadv(fd, [view[done:]], offset + done, RWF_NOWAIT)
-        except OSError:  # EAGAIN: it would wait; others: the thread will tell
-            return done, False
-        if n == 0:
-            return done, True
-        done += n
-    return done, False
-
-
-def _read_into(fd: int, buf: bytearray, start: int, offset: int) -> int:
-    """Read into buf[start:] until it is full or the file ends; the count read."""
-    view = memoryview(buf)
-    done = start
-    while done < len(buf):
-        n = os.preadv(fd, [view[done:]], offset + done)
-        if n == 0:
-            break
-        done += n
-    return done - start
 
 
 def _write_cached(fd: int, data: bytes, offset: int) -> int:
@@ -656,9 +625,9 @@ class MergedTree(LayerMoves, NamespaceChanges, Tree):
                 buf = bytearray(count)
                 # What the page cache holds is read at once; only a read that would wait on
                 # the disk goes to a worker thread.
-                done, ended = _read_cached(fd, buf, offset)
+                done, ended = read_cached(fd, buf, offset)
                 if done < count and not ended:
-                    done += await run_blocking(_read_into, fd, buf, done, offset)
+                    done += await run_blocking(read_into, fd, buf, done, offset)
                 st = os.fstat(fd)
             except OSError as e:
                 raise from_os_error(e) from None

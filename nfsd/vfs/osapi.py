@@ -283,3 +283,34 @@ def held_path(fd: int) -> bytes:
     """A path naming the very inode that `fd` holds, for calls that take only a path
     (inotify_add_watch): Linux's /proc/self/fd/N, which is never looked up again by name."""
     return os.fsencode(_PROC_FD + str(fd))
+
+
+def read_cached(fd: int, buf: bytearray, offset: int) -> tuple[int, bool]:
+    """Read into buf what the page cache holds, without waiting (RWF_NOWAIT).
+
+    Returns the count read and whether the end of the file was reached."""
+    if RWF_NOWAIT == 0:
+        return 0, False
+    view = memoryview(buf)
+    done = 0
+    while done < len(buf):
+        try:
+            n = os.preadv(fd, [view[done:]], offset + done, RWF_NOWAIT)
+        except OSError:  # EAGAIN: it would wait; others: the thread will tell
+            return done, False
+        if n == 0:
+            return done, True
+        done += n
+    return done, False
+
+
+def read_into(fd: int, buf: bytearray, start: int, offset: int) -> int:
+    """Read into buf[start:] until it is full or the file ends; the count read."""
+    view = memoryview(buf)
+    done = start
+    while done < len(buf):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            break
+        done += n
+    return done - start

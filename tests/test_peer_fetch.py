@@ -72,10 +72,19 @@ def fetch(client: Any, blob: bytes, chunk: int) -> Any:
     )
 
 
+@pytest.mark.parametrize("seams", ["linux", "fallbacks"])
 def test_fetch_serves_shared_real_files_by_blob_id_and_refuses_the_rest(
     tmp_path: Path,
     household: Callable[[str], Path],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    seams: str,
 ) -> None:
+    """On Linux a FETCH whose chunk the page cache holds is answered on the event loop
+    (RWF_NOWAIT); with the portable fallbacks (as on macOS) every FETCH goes to a thread."""
+    if seams == "fallbacks":
+        monkeypatch.setenv("REALIZE_FORCE_FALLBACKS", "1")  # the server inherits it
+    else:
+        monkeypatch.delenv("REALIZE_FORCE_FALLBACKS", raising=False)
     docs, private = tmp_path / "docs", tmp_path / "private"
     docs.mkdir()
     private.mkdir()

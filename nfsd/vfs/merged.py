@@ -37,7 +37,7 @@ from nfsd.vfs.listing import DOT_COOKIE, DOTDOT_COOKIE, Listing, ListingCache, n
 from nfsd.vfs.local import AreaRoots, LocalLayer, attr_from_stat, identities
 from nfsd.vfs.moves import LayerMoves
 from nfsd.vfs.names import TEMP_PREFIX, check_name
-from nfsd.vfs.osapi import RWF_NOWAIT, read_cached, read_into
+from nfsd.vfs.osapi import read_cached, read_into, write_cached
 from nfsd.vfs.tree import (
     SERVER_TIME,
     Attr,
@@ -60,16 +60,6 @@ class Area:
 
     def __init__(self, area_id: int, name: str, path: bytes, root_fid: int) -> None:
         self.id, self.name, self.path, self.root_fid = area_id, name, path, root_fid
-
-
-def _write_cached(fd: int, data: bytes, offset: int) -> int:
-    """Bytes of data written without waiting (RWF_NOWAIT); the rest goes to a thread."""
-    if RWF_NOWAIT == 0:
-        return 0
-    try:
-        return os.pwritev(fd, [data], offset, RWF_NOWAIT)
-    except OSError:
-        return 0
 
 
 def _write_all(fd: int, offset: int, data: bytes, stable: stable_how) -> None:
@@ -650,7 +640,7 @@ class MergedTree(LayerMoves, NamespaceChanges, Tree):
                             _write_all(fd, offset, data, stable)
                             done = len(data)
                         else:
-                            done = _write_cached(fd, data, offset)
+                            done = write_cached(fd, data, offset)
                 if done < len(data) or stable != stable_how.UNSTABLE:
                     await run_blocking(
                         bound(_write_all), fd, offset + done, memoryview(data)[done:], stable

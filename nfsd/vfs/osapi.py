@@ -314,3 +314,13 @@ def read_into(fd: int, buf: bytearray, start: int, offset: int) -> int:
             break
         done += n
     return done - start
+
+
+def write_cached(fd: int, data: bytes, offset: int) -> int:
+    """Bytes of data written without waiting (RWF_NOWAIT); the rest goes to a thread."""
+    if RWF_NOWAIT == 0:
+        return 0
+    try:
+        return os.pwritev(fd, [data], offset, RWF_NOWAIT)
+    except OSError:
+        return 0

@@ -28,7 +28,7 @@ from nfsd.mount import MountService
 from nfsd.nfs3.common import Nfs3State
 from nfsd.nfs3.program import nfs_program
 from nfsd.peer import identity as peer_identity
-from nfsd.peer.exchange import Exchange
+from nfsd.peer.exchange import DELETE_GRACE, Exchange
 from nfsd.peer.fetch import ChunkServer
 from nfsd.peer.roster import DEFAULT_PEER_PORT, RosterError
 from nfsd.peer.service import PeerService
@@ -222,7 +222,10 @@ class Server:
         # The journal's own History: it caches the next sequence, a second object would reuse it.
         # With the tree: a peer's version of a path held Real here changes it on the disk.
         forget = {} if config.peer_forget is None else {"silent_after": config.peer_forget}
-        exchange = Exchange(self.store, tree.journal.history, identity.peer_id, tree=tree, **forget)
+        exchange = Exchange(
+            self.store, tree.journal.history, identity.peer_id, tree=tree,
+            delete_grace=DELETE_GRACE, **forget,
+        )  # fmt: skip
         exchange.recover()  # disk changes a crash interrupted, before the journal scans
         try:
             self.peers = PeerService(

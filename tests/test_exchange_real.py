@@ -50,6 +50,9 @@ class Side:
         self.tree = server.tree
         assert server.peers.exchange is not None
         self.exchange: Exchange = server.peers.exchange
+        # Pulls here follow changes at once: a delete is published without its grace (the
+        # grace has tests of its own, test_delete_grace.py).
+        self.exchange.delete_grace = 0.0
         self.id = self.exchange.me
         self.dir = self.inproc.areas[AREA]
         self.area = self.tree.area_by_name[AREA].id

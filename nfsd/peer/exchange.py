@@ -24,7 +24,10 @@ Publishing: the journal appends a change when it is published (nfsd/store/histor
 its sequence then). Before any page is served or applied, `stamp_pending` gives each change
 not stamped yet, in sequence order, the versions it makes (superseding the path's state), and
 writes them, the new states and the stamped mark in one batch. Entries applied from a peer are
-appended already stamped with the peer's versions, so they are relayed to the others.
+appended already stamped with the peer's versions, so they are relayed to the others. A file's
+delete is stamped only after `delete_grace` seconds (`_held`; before a peer's page is applied,
+at once), and publishes nothing when the path holds a file again by then: an unlink + re-create
+is one change.
 
 Serving (`serve`): a subscriber names the log's uuid and its `last seen`; it gets the stamped
 changes after it, at most a page, read by iterator. A different uuid (a wiped store), a
@@ -133,6 +136,9 @@ PAGE_BYTES = 1 << 20  # and about the most bytes
 STAMP_BATCH = 500  # changes stamped per batch
 TRIM_BATCH = 10_000  # changes trimmed per batch
 SILENT_AFTER = 30 * 24 * 3600.0  # a peer not heard for this long no longer holds history
+# Seconds a file's delete waits before it is published, for an unlink + re-create to be one
+# change (`Exchange._held`); deletes are to be seen elsewhere within 2 s.
+DELETE_GRACE = 0.5
 _STAMPED_MAX = 64  # entries one change may publish (a rename and its conflict copies)
 
 _STATE = b"xchg-state:"
@@ -375,13 +381,16 @@ class Exchange:
         silent_after: float = SILENT_AFTER,
         clock: Callable[[], float] = time.time,
         tree: MergedTree | None = None,
+        delete_grace: float = 0.0,
     ) -> None:
         """`tree`: the merged tree, so that versions arriving for paths held Real here
-        change them on the disk; without one, a Real path is never touched."""
+        change them on the disk; without one, a Real path is never touched. `delete_grace`:
+        seconds a file's delete waits before it is published (see `_held`)."""
         self.store = store
         self.history = history
         self.me = me
         self.silent_after = silent_after
+        self.delete_grace = delete_grace
         self.clock = clock
         self.meta = store.family("meta")
         self.index = AreaIndex(store)
@@ -415,14 +424,15 @@ class Exchange:
         raw = self.meta.get(_STAMPED + _AREA.pack(area))
         return _SEQ.unpack(raw)[0] if raw else 0
 
-    def stamp_pending(self, area: int) -> int:
+    def stamp_pending(self, area: int, *, everything: bool = False) -> int:
         """Give the versions they make to the changes not stamped yet; how many changes.
         Then the paths held Real while they might hold a change not published yet that
-        turned out to hold none are shown as their state says."""
+        turned out to hold none are shown as their state says. `everything`: a delete still
+        in its grace is stamped too (before a peer's page is applied: it happened first)."""
         with self.lock:
             count = 0
             while True:
-                done = self._stamp_some(area)
+                done = self._stamp_some(area, everything)
                 if not done:
                     break
                 count += done
@@ -437,7 +447,23 @@ class Exchange:
         with self.lock:
             return self._stamp_some(area)
 
-    def _stamp_some(self, area: int) -> int:
+    def all_stamped(self, area: int) -> bool:
+        """Whether every change of the area's log is stamped (none waits in its grace)."""
+        return self.stamped(area) == self.history.high(area)
+
+    def _held(self, change: Change) -> bool:
+        """Whether a change must wait before it is stamped: a file's delete younger than the
+        grace. An editor that unlinks a file and writes it anew makes a delete and, once the
+        new file rests, a create; published at once, the delete would make the file vanish
+        on every other peer until the create follows. Held for the grace, the delete finds
+        the path holding a file again and publishes nothing (`_versions_of`): the create then
+        supersedes the old version, one change. The changes after it wait with it (sequence
+        order is publication order)."""
+        if change.op is not Op.DELETE or change.stamp or self.delete_grace <= 0:
+            return False
+        return time.time_ns() - change.time_ns < self.delete_grace * 1e9
+
+    def _stamp_some(self, area: int, everything: bool = False) -> int:
         start = self.stamped(area)
         batch = self.store.batch()
         overlay: dict[bytes, PathState] = {}
@@ -446,7 +472,7 @@ class Exchange:
         reshow: set[bytes] = set()
         count = last = 0
         for sequence, change in self.history.since(area, start):
-            if count >= STAMP_BATCH:
+            if count >= STAMP_BATCH or (not everything and self._held(change)):
                 break
             count, last = count + 1, sequence
             if change.stamp:
@@ -558,6 +584,8 @@ class Exchange:
                 size=size, mtime_ns=mtime, clock=clock, copy_states=copies(target),
             )  # fmt: skip
         elif op in (Op.DELETE, Op.RMDIR):
+            if op is Op.DELETE and entry is not None and entry.layer == Layer.REAL:
+                return []  # made again since (`_held`): its create will supersede the old
             if not state(path):
                 return self._dismissal(area, path, state, copies, clock)
             made = local_change(
@@ -781,12 +809,12 @@ class Exchange:
             raise ExchangeError(f"{peer} serves no history of {area_name!r}: {res.status!r}")
         area = record.id
         with self.lock:
-            self.stamp_pending(area)  # what was published here first is decided first
+            self.stamp_pending(area, everything=True)  # published here first: decided first
             seen = self.seen(area, peer)
             result = Applied(more=res.more)
             batch = self.store.batch()
             page = _Page()
-            all_stamped = self.stamped(area) == self.history.high(area)
+            all_stamped = self.all_stamped(area)
             try:
                 for position, entry in enumerate(res.entries):
                     self._apply_one(batch, area, peer, entry, position, page, result)

@@ -476,14 +476,26 @@ class PeerService:
     async def _announce(self) -> None:
         """Tell the connected peers of each area whose log grew since the last look."""
         told = self._log_heads()  # a link coming up pulls what came before
+        # Areas whose log holds changes not stamped yet (a delete in its grace, or left by
+        # the last run): looked at again every round until stamped, then told of.
+        held = set(told)
+        stamped = {area: self._stamped(area) for area in told}
         while True:
             await trio.sleep(ANNOUNCE_EVERY)
             heads = self._log_heads()
-            grown = [area for area, head in heads.items() if told.get(area) != head]
+            grown = {area for area, head in heads.items() if told.get(area) != head}
             told_before, told = told, heads
-            for area in grown:
-                await self._stamp_published(area)
-            for area in grown:
+            published = []  # areas with entries stamped since the last look: to tell of
+            for area in sorted(grown | held):
+                if await self._stamp_published(area):
+                    held.discard(area)
+                else:
+                    held.add(area)
+                now = self._stamped(area)
+                if stamped.get(area) != now:
+                    stamped[area] = now
+                    published.append(area)
+            for area in published:
                 for name in sorted(self.links.live):
                     if self._echoed(name, area, told_before.get(area), heads[area]):
                         continue  # grown by what was pulled from that peer, nothing else
@@ -492,16 +504,23 @@ class PeerService:
                         self._notifying.add((name, area))
                         self._nursery.start_soon(self._notify, name, area)
 
-    async def _stamp_published(self, area: str) -> None:
+    def _stamped(self, area: str) -> int:
+        assert self.exchange is not None
+        record = self.exchange.areas.get(area)
+        return 0 if record is None else self.exchange.stamped(record.id)
+
+    async def _stamp_published(self, area: str) -> bool:
         """Stamp what was published in `area` now, a batch at a time with the loop free
         between, so a peer asking later (one that missed many changes) is not kept waiting
-        while its log is stamped."""
+        while its log is stamped; whether all of it is stamped (not, while a delete waits
+        in its grace)."""
         assert self.exchange is not None
         record = self.exchange.areas.get(area)
         if record is None:
-            return
+            return True
         while self.exchange.stamp_some(record.id):
             await trio.sleep(0)
+        return self.exchange.all_stamped(record.id)
 
     def _echoed(self, name: str, area: str, told: int | None, head: int) -> bool:
         """Whether the log of `area` grew from `told` to `head` by one pull from `name` alone."""

@@ -145,9 +145,11 @@ class Journal:
             return
         batch = self.store.batch()
         self.index.remove_tree(batch, area, path)
-        if _announced(entry):
-            op = Op.RMDIR if entry.kind == Kind.DIR else Op.DELETE
-            self.history.append(batch, area, Change(op, path, old_blob=entry.blob))
+        # Even a file never hashed: it may stand where a file peers know was deleted and made
+        # again, that delete dropped as the path held a file once more (nfsd/peer/exchange.py
+        # `_held`). A delete of a path no peer was told of publishes nothing.
+        op = Op.RMDIR if entry.kind == Kind.DIR else Op.DELETE
+        self.history.append(batch, area, Change(op, path, old_blob=entry.blob))
         batch.commit()
 
     def renamed(self, area: int, old: bytes, new: bytes, batch: Batch | None = None) -> None:
@@ -172,6 +174,8 @@ class Journal:
                     if _announced(child):
                         moved = Change(Op.RENAME, path, new + path[len(old) :], old_blob=child.blob)
                         self.history.append(batch, area, moved)
+            elif entry.kind == Kind.FILE:  # a file made again, not hashed yet: see `removed`
+                self.history.append(batch, area, Change(Op.DELETE, old))
         if own:
             batch.commit()
         prefix = old + b"/"

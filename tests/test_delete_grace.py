@@ -1,0 +1,173 @@
+"""A file's delete waits `delete_grace` seconds before it is published (nfsd/peer/exchange.py
+`_held`): an editor's unlink + re-create is one change, and the file never vanishes on the
+other peer; a delete that stays one is published once its grace is over. Two in-process
+peers, changes made through the tree as NFS makes them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from nfsd.vfs.tree import Owner
+from tests.test_exchange_real import Side, blob
+from xdr.nfs3 import stable_how
+
+pytestmark = pytest.mark.inproc
+
+GRACE = 0.4
+
+
+@pytest.fixture
+def sides(tmp_path: Path) -> Iterator[tuple[Side, Side]]:
+    a, b = Side(tmp_path / "a"), Side(tmp_path / "b")
+    a.exchange.delete_grace = GRACE
+    yield a, b
+    a.close()
+    b.close()
+
+
+def remove(side: Side, name: bytes) -> None:
+    async def go() -> None:
+        await side.tree.remove(side.tree.area_root(side.area), name)
+
+    trio.run(go)
+
+
+def create(side: Side, name: bytes, data: bytes) -> None:
+    """CREATE and WRITE through the tree; the journal hashes it once it rests."""
+
+    async def go() -> None:
+        fid, _, _ = await side.tree.create(
+            side.tree.area_root(side.area), name, 0o644, Owner(0, 0), exclusive=False
+        )
+        await side.tree.write(fid, 0, data, stable_how.FILE_SYNC)
+
+    trio.run(go)
+
+
+def rename(side: Side, old: bytes, new: bytes) -> None:
+    async def go() -> None:
+        root = side.tree.area_root(side.area)
+        await side.tree.rename(root, old, root, new)
+
+    trio.run(go)
+
+
+def settle(side: Side) -> None:
+    """Hash what was written, as once it has rested."""
+    trio.run(side.tree.journal.settle, list(side.tree.journal.dirty))
+
+
+def after_the_grace() -> None:
+    time.sleep(GRACE + 0.1)
+
+
+def test_an_unlink_and_re_create_is_one_change_and_never_vanishes_elsewhere(
+    sides: tuple[Side, Side],
+) -> None:
+    a, b = sides
+    a.write("draft.txt", b"first\n")
+    a.publish()
+    b.pull(a)
+    assert b.view() == {b"draft.txt": (6, blob(b"first\n"))}
+
+    remove(a, b"draft.txt")
+    a.exchange.stamp_some(a.area)  # the server stamps what is published every 0.25 s
+    b.pull(a)  # within the grace: the delete is not served
+    assert b.view() == {b"draft.txt": (6, blob(b"first\n"))}
+    create(a, b"draft.txt", b"second version\n")
+    after_the_grace()
+    b.pull(a)  # the path holds a file again: the delete publishes nothing
+    assert b.view() == {b"draft.txt": (6, blob(b"first\n"))}
+    settle(a)
+    done = b.pull(a)
+    assert b.view() == {b"draft.txt": (15, blob(b"second version\n"))}
+    assert (done.applied, done.conflicts) == (1, 0)  # one change, an edit of the old version
+    b.publish()
+    a.pull(b)
+    assert a.view() == b.view()
+
+
+def test_a_delete_alone_is_published_once_its_grace_is_over(sides: tuple[Side, Side]) -> None:
+    a, b = sides
+    a.write("gone.txt", b"bye\n")
+    a.publish()
+    b.pull(a)
+    remove(a, b"gone.txt")
+    b.pull(a)
+    assert b.view() == {b"gone.txt": (4, blob(b"bye\n"))}
+    after_the_grace()
+    b.pull(a)
+    assert b.view() == {}
+
+
+def test_a_delete_holds_the_changes_after_it_in_their_order(sides: tuple[Side, Side]) -> None:
+    """Publication order is sequence order: a rename made after the delete waits with it."""
+    a, b = sides
+    a.write("x.txt", b"x\n")
+    a.write("y.txt", b"y\n")
+    a.publish()
+    b.pull(a)
+    remove(a, b"x.txt")
+    rename(a, b"y.txt", b"z.txt")
+    b.pull(a)
+    assert set(b.view()) == {b"x.txt", b"y.txt"}
+    after_the_grace()
+    b.pull(a)
+    assert b.view() == {b"z.txt": (2, blob(b"y\n"))}
+
+
+def test_a_file_made_again_then_deleted_before_it_was_hashed_is_deleted_elsewhere(
+    sides: tuple[Side, Side],
+) -> None:
+    a, b = sides
+    a.write("tmp.txt", b"old\n")
+    a.publish()
+    b.pull(a)
+    remove(a, b"tmp.txt")
+    create(a, b"tmp.txt", b"never hashed\n")
+    after_the_grace()
+    b.pull(a)  # the first delete found the path holding a file: dropped
+    assert set(b.view()) == {b"tmp.txt"}
+    remove(a, b"tmp.txt")  # the file peers never saw goes: its delete stands for the old
+    after_the_grace()
+    b.pull(a)
+    assert b.view() == {}
+
+
+def test_a_file_made_again_then_renamed_before_it_was_hashed_leaves_no_old_copy(
+    sides: tuple[Side, Side],
+) -> None:
+    a, b = sides
+    a.write("f.txt", b"old\n")
+    a.publish()
+    b.pull(a)
+    remove(a, b"f.txt")
+    create(a, b"f.txt", b"new content\n")
+    after_the_grace()
+    b.pull(a)
+    rename(a, b"f.txt", b"g.txt")
+    settle(a)
+    after_the_grace()
+    b.pull(a)
+    assert b.view() == {b"g.txt": (12, blob(b"new content\n"))}
+
+
+def test_a_peers_page_stamps_a_delete_still_in_its_grace_first(sides: tuple[Side, Side]) -> None:
+    """A delete made here before a peer's edit arrived is decided before that edit: the
+    edit is concurrent with it and wins (an edit beats a concurrent delete)."""
+    a, b = sides
+    a.write("shared.txt", b"v1\n")
+    a.publish()
+    b.pull(a)
+    remove(a, b"shared.txt")  # on a, in its grace
+    b.write("shared.txt", b"v2 from b\n")
+    b.publish()
+    a.pull(b)
+    after_the_grace()
+    b.pull(a)
+    assert a.view() == b.view() == {b"shared.txt": (10, blob(b"v2 from b\n"))}

@@ -41,6 +41,7 @@ from nfsd.store.db import Store
 from nfsd.store.limits import CacheLimits
 from nfsd.store.source import StateDirSource
 from nfsd.sysrpcbind import Wanted
+from nfsd.vfs.arrivals import Arrivals
 from nfsd.vfs.handles import HandleCodec
 from nfsd.vfs.journal import DEFAULT_REST
 from nfsd.vfs.merged import MergedTree
@@ -164,6 +165,7 @@ class Server:
         self.dispatcher: Dispatcher | None = None
         self.rpc: RpcServer | None = None
         self.peers: PeerService | None = None
+        self.arrivals: Arrivals | None = None
         self.portmapper = Portmapper()
         self._runtime_trouble = _Trouble(f"writing {RUNTIME_FILE}")
         self._usage_trouble = _Trouble("measuring the cache's disk")
@@ -242,6 +244,8 @@ class Server:
         except RosterError as e:
             raise statedir.StateDirError(str(e)) from None
         self.control.peers = self.peers
+        self.arrivals = Arrivals(self.control.marks)
+        exchange.arrived = self.arrivals.arrived
         assert tree.unreal is not None
         tree.unreal.sources.append(PeerSource(self.peers, self.blobs))  # missing chunks by FETCH
 
@@ -287,6 +291,9 @@ class Server:
                 nursery.start_soon(self._journal)
                 assert self.tree.unreal is not None
                 self.tree.unreal.serve_in(nursery)
+                nursery.start_soon(_keep_going, _Trouble("bringing arrivals to their marks"),
+                                   self.arrivals.run)  # fmt: skip
+                nursery.start_soon(self._retry_arrivals_on_links)
                 task_status.started(running)
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async for signum in signals:
@@ -297,6 +304,14 @@ class Server:
                 nursery.cancel_scope.cancel()
         finally:
             self.close()
+
+    async def _retry_arrivals_on_links(self) -> None:
+        """A link that comes up may bring the content an arrival waited for."""
+        assert self.peers is not None and self.arrivals is not None
+        while True:
+            await self.peers.links.changed.wait()
+            if self.peers.links.live:
+                self.arrivals.retry_now()
 
     async def _portmap(self, sockets: list) -> int | None:
         """Serve the portmapper on 111 when allowed; returns 111 or None."""

@@ -219,3 +219,63 @@ def cached_in(state: Path, area: str) -> int:
         return 0 if raw is None else unpack_usage(bytes(raw))[0]
     finally:
         store.close()
+
+
+def test_files_arriving_from_a_peer_take_the_mark_of_their_directory(
+    household: Callable[[str], Path],  # noqa: F811
+) -> None:
+    """On b, `real/` is marked real, `kept/` keep and `cached/` unreal. What a writes into
+    them arrives on b realized, fetched and pinned, and only listed; a new version of the
+    realized file is realized again, and a file that arrives while b is stopped is realized
+    after b starts again."""
+    a, b = household("a"), household("b")
+    port_a = start(a)
+    ok(realize_process(a, "peer", "add", "b", token_of(b)))
+    ok(realize_process(b, "peer", "add", "a", token_of(a), "--address", f"127.0.0.1:{port_a}"))
+    start(b)
+    wait_for("b's link to a", lambda: connected(b, "a") == "yes (dialled)")
+    for directory, mark in (("real", "real"), ("kept", "keep"), ("cached", "unreal")):
+        (area_dir(b) / directory).mkdir()
+        ok(realize(b, "mark", mark, str(area_dir(b) / directory)))
+        (area_dir(a) / directory).mkdir(exist_ok=True)
+
+    contents = {name: os.urandom(3 * 256 * 1024 + 99) for name in ("real", "kept", "cached")}
+    for directory, data in contents.items():
+        (area_dir(a) / directory / "file.bin").write_bytes(data)
+
+    realized = area_dir(b) / "real" / "file.bin"
+    wait_for("real/file.bin realized on b", lambda: realized.exists() and realized.read_bytes()
+             == contents["real"])  # fmt: skip
+    wait_for("kept/file.bin cached and pinned on b",
+             lambda: "100% pinned" in listed_in(b, "kept", "file.bin"))  # fmt: skip
+    entry = indexed(b, b"real/file.bin")
+    assert entry is not None and entry.layer == Layer.REAL
+    for name in ("kept", "cached"):
+        entry = indexed(b, f"{name}/file.bin".encode())
+        assert entry is not None and entry.layer == Layer.UNREAL, name
+        assert not (area_dir(b) / name / "file.bin").exists()
+    time.sleep(1)  # `unreal` caches only what is read: nothing is fetched for it
+    row = listed_in(b, "cached", "file.bin").split()
+    assert row[:2] == ["unreal", "unreal"] and row[4] == "0%", row
+
+    edited = os.urandom(2 * 256 * 1024 + 5)
+    (area_dir(a) / "real" / "file.bin").write_bytes(edited)
+    wait_for("the new version realized on b", lambda: realized.exists() and realized.read_bytes()
+             == edited)  # fmt: skip
+
+    ok(realize_process(b, "stop"))
+    later = os.urandom(300_000)
+    (area_dir(a) / "real" / "later.bin").write_bytes(later)
+    wait_for("a hashed later.bin", lambda: "later.bin" in ok(realize(a, "history", "docs")))
+    start(b)
+    arrived = area_dir(b) / "real" / "later.bin"
+    wait_for("later.bin realized after b's restart", lambda: arrived.exists() and
+             arrived.read_bytes() == later)  # fmt: skip
+
+
+def listed_in(state: Path, directory: str, name: str) -> str:
+    """`name`'s row in `realize ls docs/<directory>` ("" when it is not listed)."""
+    for line in ok(realize(state, "ls", f"docs/{directory}")).splitlines()[1:]:
+        if line.split()[-1] == name:
+            return line
+    return ""

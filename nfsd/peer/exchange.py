@@ -65,7 +65,8 @@ while something below it does, so a create concurrent with the rename is not los
 
 The index, the fileid table and the disk changes as intents are one synced batch; the disk
 follows, and `recover` finishes it after a crash. Realizing a newly arrived version of a path
-marked `real` is not done here.
+marked `real` is not done here: the paths each batch shows are told to `arrived`
+(nfsd/vfs/arrivals.py).
 
 A Real file that is not clean may hold a change not published yet. It is left as it is, and
 the path's state before the peer's version becomes its base: when the change is published,
@@ -391,6 +392,8 @@ class Exchange:
         self.me = me
         self.silent_after = silent_after
         self.delete_grace = delete_grace
+        # Told the paths each batch showed (nfsd/vfs/arrivals.py `Arrivals.arrived`).
+        self.arrived: Callable[[int, Iterable[bytes]], None] | None = None
         self.clock = clock
         self.meta = store.family("meta")
         self.index = AreaIndex(store)
@@ -507,7 +510,7 @@ class Exchange:
                       bases.get(path))  # fmt: skip
         batch.put("meta", _STAMPED + _AREA.pack(area), _SEQ.pack(last))
         batch.commit(sync=bool(landed.acts))
-        self._finish(landed)
+        self._finish(area, landed)
         return count
 
     def _release_held(self, area: int) -> None:
@@ -539,7 +542,7 @@ class Exchange:
             released += 1
         if released:
             batch.commit(sync=bool(landed.acts))
-            self._finish(landed)
+            self._finish(area, landed)
 
     def _versions_of(
         self,
@@ -829,7 +832,7 @@ class Exchange:
             except BaseException:
                 self.history.forget_pending(area)
                 raise
-            self._finish(landed)
+            self._finish(area, landed)
             return result
 
     def _following(
@@ -1246,10 +1249,13 @@ class Exchange:
         raw = self.meta.get(_COPY + _AREA.pack(area) + name)
         return None if raw is None else bytes(raw)
 
-    def _finish(self, landed: Landed) -> None:
-        """After the batch that planned them is committed: the disk changes, the pins."""
+    def _finish(self, area: int, landed: Landed) -> None:
+        """After the batch that planned them is committed: the disk changes, the pins, and
+        the paths shown told to `arrived` (their marks may ask for their content)."""
         if self.landing is not None and landed.acts:
             self.landing.keep_dirs(self.landing.carry_out(landed.acts))
+        if self.arrived is not None and landed.made:
+            self.arrived(area, sorted(landed.made))
         blobs = self.landing.tree.blobs if self.landing is not None else None
         if blobs is None:
             return

@@ -177,6 +177,14 @@ class AreaIndex:
         raw = self.marks.get(_AREA.pack(area) + path)
         return Mark(raw[0]) if raw else Mark.INHERIT
 
+    def marked(self, area: int) -> Iterator[tuple[bytes, Mark]]:
+        """(path, own mark) of every marked path of the area, in key order."""
+        prefix = _AREA.pack(area)
+        for key, raw in self.marks.items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            yield bytes(key[len(prefix) :]), Mark(raw[0])
+
     def mark(self, area: int, path: bytes, default: Mark = Mark.REAL) -> Mark:
         """The mark in force for `path`: its own, else the nearest marked parent's."""
         mark, where = self.marked_at(area, path)

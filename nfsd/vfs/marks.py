@@ -101,7 +101,7 @@ class Marks:
         self.index = tree.index
         self.jobs: OrderedDict[int, Job] = OrderedDict()
         self._ids = itertools.count(1)
-        self._one_at_a_time = trio.Lock()
+        self.one_at_a_time = trio.Lock()  # jobs, and arrivals (nfsd/vfs/arrivals.py)
 
     # ---- paths ----
 
@@ -132,6 +132,10 @@ class Marks:
     def _display(self, area: int, rel: bytes) -> bytes:
         name = self.tree.areas[area].name.encode()
         return join(name, rel) if rel else name
+
+    def shown(self, area: int, rel: bytes) -> str:
+        """The path as a user names it: "AREA/path/inside"."""
+        return os.fsdecode(self._display(area, rel))
 
     # ---- realize ls ----
 
@@ -229,7 +233,7 @@ class Marks:
 
     async def run(self, job: Job) -> None:
         """Apply the job (after the jobs queued before it)."""
-        async with self._one_at_a_time:
+        async with self.one_at_a_time:
             job.state = JobState.RUNNING
             try:
                 work = self.plan(job.area, job.path)
@@ -237,10 +241,10 @@ class Marks:
                 job.bytes_total = sum(e.size for _, e, a in work if a not in (Action.RELEASE,))
                 for path, entry, action in work:
                     try:
-                        await self._apply(job, path, entry, action)
+                        await self.apply(job, path, entry, action)
                     except (FsError, BlobError, OSError) as e:
                         why = (e.detail or e.status.name) if isinstance(e, FsError) else str(e)
-                        shown = os.fsdecode(self._display(job.area, path))
+                        shown = self.shown(job.area, path)
                         job.errors.append(f"{shown}: {why}")
                         job.bytes_total -= entry.size if action != Action.RELEASE else 0
                     job.files_done += 1
@@ -249,7 +253,8 @@ class Marks:
                 job.errors.append(f"internal error: {e}")
             job.state = JobState.FAILED if job.errors else JobState.DONE
 
-    async def _apply(self, job: Job, path: bytes, entry: Entry, action: Action) -> None:
+    async def apply(self, job: Job, path: bytes, entry: Entry, action: Action) -> None:
+        """One file of `job`'s plan brought to its mark (under `one_at_a_time`)."""
         tree, unreal = self.tree, self.tree.unreal
         if unreal is None:
             raise FsError(nfsstat3.NFS3ERR_NOTSUPP, "no blob cache attached")

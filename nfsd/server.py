@@ -82,6 +82,8 @@ class ServerConfig:
     cache_limits: CacheLimits = field(default_factory=CacheLimits)
     max_connections: int = Limits.max_connections  # a host may hold an eighth (rpc/slots.py)
     peer_forget: float | None = None  # seconds a silent peer holds back trimming (None: 30 d)
+    peer_rate: int | None = None  # bytes/s per peer for background transfers (None: no limit)
+    sync_every: float | None = None  # seconds between exchanges with every peer (None: never)
 
 
 @dataclass
@@ -240,6 +242,7 @@ class Server:
                 exchange=exchange,
                 areas=lambda: [area.name for area in tree.areas.values()],
                 on_synced=tree.index_changed,
+                sync_every=config.sync_every,
             )
         except RosterError as e:
             raise statedir.StateDirError(str(e)) from None
@@ -247,7 +250,8 @@ class Server:
         self.arrivals = Arrivals(self.control.marks)
         exchange.arrived = self.arrivals.arrived
         assert tree.unreal is not None
-        tree.unreal.sources.append(PeerSource(self.peers, self.blobs))  # missing chunks by FETCH
+        # Missing chunks by FETCH; background transfers paced to --peer-rate.
+        tree.unreal.sources.append(PeerSource(self.peers, self.blobs, config.peer_rate))
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         os.umask(0)  # the client already applied its umask to the modes it sends

@@ -35,13 +35,11 @@ from xdr.nfs3 import NFSPROC3, READ3args, nfsstat3
 pytestmark = pytest.mark.wire
 
 
-def start(state: Path) -> int:
-    """`realize start` on ephemeral ports, files hashed 0.2 s after they rest; the peer port."""
-    ok(
-        realize_process(
-            state, "start", "--port", "0", "--peer-port", "0", "--portmap", "off", "--rest", "0.2"
-        )
-    )
+def start(state: Path, *options: str) -> int:
+    """`realize start` on ephemeral ports, files hashed 0.2 s after they rest (and `options`);
+    the peer port."""
+    flags = ["--port", "0", "--peer-port", "0", "--portmap", "off", "--rest", "0.2", *options]
+    ok(realize_process(state, "start", *flags))
     return json.loads((state / "server.json").read_text())["peer_port"]
 
 
@@ -279,3 +277,77 @@ def listed_in(state: Path, directory: str, name: str) -> str:
         if line.split()[-1] == name:
             return line
     return ""
+
+
+def test_background_transfers_keep_to_the_peer_rate_and_nfs_reads_are_not_limited(
+    household: Callable[[str], Path],  # noqa: F811
+) -> None:
+    """b takes at most 2 MiB/s from a for what it realizes in the background (`--peer-rate
+    2M`): a 6 MiB file arriving under `real/` takes about 3 s to come. Meanwhile an NFS
+    client on b reads another 6 MiB file that only a has, at full speed."""
+    rate = 2 << 20
+    a, b = household("a"), household("b")
+    port_a = start(a)
+    ok(realize_process(a, "peer", "add", "b", token_of(b)))
+    ok(realize_process(b, "peer", "add", "a", token_of(a), "--address", f"127.0.0.1:{port_a}"))
+    start(b, "--peer-rate", "2M")
+    wait_for("b's link to a", lambda: connected(b, "a") == "yes (dialled)")
+    (area_dir(b) / "real").mkdir()
+    ok(realize(b, "mark", "real", str(area_dir(b) / "real")))
+    (area_dir(a) / "real").mkdir(exist_ok=True)
+    read_now = os.urandom(6 << 20)
+    (area_dir(a) / "read-now.bin").write_bytes(read_now)
+    wait_for("read-now.bin shows on b", lambda: listed(b, "read-now.bin") is not None)
+
+    background = os.urandom(6 << 20)
+    (area_dir(a) / "real" / "big.bin").write_bytes(background)
+    wait_for("big.bin shows on b", lambda: indexed(b, b"real/big.bin") is not None)
+    started = time.monotonic()
+
+    async def read(nfs: Nfs) -> tuple[bytes, float]:
+        root = await nfs.mount(b"/docs")
+        fh = await nfs.lookup(root, b"read-now.bin")
+        began = time.monotonic()
+        data = b""
+        while True:
+            res = await nfs.read(fh, len(data), 1 << 20)
+            data += bytes(res.data)
+            if res.eof:
+                return data, time.monotonic() - began
+
+    nfs_port = json.loads((b / "server.json").read_text())["nfs_port"]
+    data, seconds = run_on(nfs_port, read)
+    assert data == read_now
+    assert seconds < len(read_now) / rate / 2, f"the NFS read took {seconds:.2f} s"
+
+    realized = area_dir(b) / "real" / "big.bin"
+    wait_for("big.bin realized on b", lambda: realized.exists() and realized.stat().st_size
+             == len(background), timeout=60)  # fmt: skip
+    took = time.monotonic() - started
+    # The bucket starts full (half a second of the rate): the rest comes at the rate.
+    assert took >= (len(background) - rate / 2) / rate * 0.9, f"realized in {took:.2f} s"
+    assert realized.read_bytes() == background
+
+
+def test_sync_every_pulls_on_a_schedule_with_nothing_changed(
+    household: Callable[[str], Path],  # noqa: F811
+) -> None:
+    """b started with `--sync-every 1` asks a for its log every second though nothing
+    changes: a's status shows b's last ask moving on."""
+    a, b = household("a"), household("b")
+    port_a = start(a)
+    ok(realize_process(a, "peer", "add", "b", token_of(b)))
+    ok(realize_process(b, "peer", "add", "a", token_of(a), "--address", f"127.0.0.1:{port_a}"))
+    start(b, "--sync-every", "1")
+    wait_for("b's link to a", lambda: connected(b, "a") == "yes (dialled)")
+
+    def last_asked() -> float:
+        doc = json.loads(ok(realize(a, "status", "--json")))
+        [area] = doc["areas"]
+        [row] = area["peers"]
+        return row["last_asked"] or 0.0
+
+    wait_for("b asked a once", lambda: last_asked() > 0)
+    first = last_asked()
+    time.sleep(2.5)
+    assert last_asked() >= first + 1

@@ -136,6 +136,26 @@ def peer_forget(options: dict) -> float | None:
     return float(value) * 86400
 
 
+def peer_rate(options: dict) -> int | None:
+    """--peer-rate in bytes per second (None: no limit)."""
+    value = options.get("peer_rate")
+    if value is None:
+        return None
+    rate, percent = parse_size(str(value), "--peer-rate")
+    if percent is not None:
+        raise UsageError(f"--peer-rate: {value!r} is not a rate like 10M (bytes per second)")
+    return rate or None
+
+
+def sync_every(options: dict) -> float | None:
+    value = options.get("sync_every")
+    if value is None:
+        return None
+    if not float(value) > 0:
+        raise UsageError("--sync-every: a number of seconds above 0")
+    return float(value)
+
+
 def root_squash(options: dict) -> RootSquash:
     if options.get("root_squash") and options.get("no_root_squash"):
         raise UsageError("--root-squash and --no-root-squash: choose one")
@@ -179,4 +199,6 @@ def server_config(state_dir: Path, areas: dict[str, str], options: dict) -> Serv
         sources=list(options.get("sources") or []),
         max_connections=max_connections(options),
         peer_forget=peer_forget(options),
+        peer_rate=peer_rate(options),
+        sync_every=sync_every(options),
     )

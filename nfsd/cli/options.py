@@ -109,6 +109,22 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
         "network)",
     )
     p.add_argument(
+        "--peer-rate",
+        default=None,
+        metavar="RATE",
+        help="bytes per second each peer may send this one for background transfers (files "
+        "realized or kept, by a mark or as they arrive), e.g. 10M; NFS reads are never "
+        "limited (default: no limit)",
+    )
+    p.add_argument(
+        "--sync-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="exchange histories with every connected peer this often, besides at once after "
+        "each change (default: only then, and on `realize sync`)",
+    )
+    p.add_argument(
         "--peer-forget",
         type=float,
         default=None,

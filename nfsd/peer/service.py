@@ -159,10 +159,13 @@ class PeerService:
         exchange: Exchange | None = None,
         areas: Callable[[], list[str]] = list,
         on_synced: Callable[[], None] | None = None,
+        sync_every: float | None = None,
     ) -> None:
         """`exchange`: this peer's history exchange (None: no history served or pulled);
         `areas`: the names of the areas here; `on_synced`: called after a pull changed the
-        index (listings that merge Unreal entries are then out of date)."""
+        index (listings that merge Unreal entries are then out of date); `sync_every`:
+        seconds between pulls of every connected peer's logs, besides those a change or a
+        link coming up starts (None: none)."""
         self.state_dir = Path(state_dir)
         self.identity = identity
         self.bind = bind
@@ -174,6 +177,7 @@ class PeerService:
         self.exchange = exchange
         self.areas = areas
         self.on_synced = on_synced
+        self.sync_every = sync_every
         self._pulling: dict[str, trio.Lock] = {}
         self._pull_wanted: set[tuple[str, str]] = set()  # (peer, area) notified, not pulled
         self._notifying: set[tuple[str, str]] = set()  # NOTIFY calls in flight
@@ -223,6 +227,8 @@ class PeerService:
             if self.exchange is not None:
                 nursery.start_soon(self._announce)
                 nursery.start_soon(self._trim)
+                if self.sync_every:
+                    nursery.start_soon(self._sync_on_schedule, self.sync_every)
             self._start_diallers()
             task_status.started(self.port)
 
@@ -555,6 +561,18 @@ class PeerService:
                 if trimmed:
                     log.info("trimmed %d changes of %s that every peer has", trimmed, area)
                 await trio.lowlevel.checkpoint()
+
+    async def _sync_on_schedule(self, every: float) -> None:
+        """Pull every connected peer's logs every `every` seconds (--sync-every): what a
+        notice missed (one lost with a link that went down) is not left waiting for the
+        next change."""
+        while True:
+            await trio.sleep(every)
+            for name in sorted(self.links.live):
+                try:
+                    await self.pull(name)
+                except (LookupError, ConnectionError, RpcError, trio.BrokenResourceError) as e:
+                    log.info("scheduled sync with %s failed: %s", name, e)
 
     async def sync(self, only: str | None = None) -> list[str]:
         """Dial every peer now, wait a little for those with an address to connect, then

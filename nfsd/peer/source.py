@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 import blake3
 import trio
 
+from nfsd.peer.pace import Pace
 from nfsd.peer.service import PeerService
 from nfsd.rpc.client import RpcError
 from nfsd.store.blobs import BlobError, BlobStore, ChunkHashMismatch
@@ -57,9 +58,12 @@ _Failures = (LookupError, ConnectionError, RpcError, trio.TooSlowError)
 class PeerSource:
     name = "connected peers"
 
-    def __init__(self, peers: PeerService, blobs: BlobStore) -> None:
+    def __init__(self, peers: PeerService, blobs: BlobStore, rate: int | None = None) -> None:
+        """`rate`: bytes per second each peer sends for background transfers (None: no
+        limit, nfsd/peer/pace.py)."""
         self.peers = peers
         self.blobs = blobs
+        self.pace = Pace(rate, FETCH_CHUNK_SIZE)
         self.wrong_chunks = 0  # chunks a peer sent that did not match their hash
         self._alone_since: float | None = None  # when no peer was found connected
 
@@ -87,12 +91,20 @@ class PeerSource:
         return trio.from_thread.run(self.fetch, blob_id, index, length, expected)
 
     async def fetch_into(
-        self, blob_id: bytes, index: int, length: int, store: Callable[[bytes], Awaitable[None]]
+        self,
+        blob_id: bytes,
+        index: int,
+        length: int,
+        store: Callable[[bytes], Awaitable[None]],
+        paced: Callable[[], bool] | None = None,
     ) -> bool:
         """Chunk `index` of the blob, `length` bytes, handed to `store` (which raises
         ChunkHashMismatch for wrong bytes) from the first connected peer whose answer it
-        takes; False when none gives one."""
+        takes; False when none gives one. `paced()`: whether the fetch is a background one,
+        held to the peer's rate (`pace`) until a reader waits for it."""
         for name in await self._peers(index):
+            if paced is not None:
+                await self.pace.take(name, length, paced)
             data = await self._ask(name, blob_id, index, length)
             if data is None:
                 continue

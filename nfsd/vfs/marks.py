@@ -32,6 +32,7 @@ from nfsd.store.index import Entry, Kind, Layer, Mark, join
 from nfsd.vfs.errors import FsError
 from nfsd.vfs.journal import kind_of
 from nfsd.vfs.merged import MergedTree
+from nfsd.vfs.unreal import background_transfer
 from xdr.nfs3 import NAME_MAX, nfsstat3
 
 log = logging.getLogger("realize.marks")
@@ -264,12 +265,14 @@ class Marks:
             return
         fid = tree.fid_of_path(job.area, path)
         if action == Action.REALIZE:
-            await tree.prepare_change(fid, job.advance)
+            with background_transfer():  # paced by --peer-rate, unless a reader waits
+                await tree.prepare_change(fid, job.advance)
             blobs.unpin(entry.blob, KEEP_PIN)
             blobs.unpin(entry.blob, ONLY_COPY_PIN)
         elif action == Action.FETCH_AND_KEEP:
             area = tree.areas.get(job.area)
-            await unreal.fetch_all(entry, job.advance, area.name if area else "", pin=KEEP_PIN)
+            with background_transfer():
+                await unreal.fetch_all(entry, job.advance, area.name if area else "", KEEP_PIN)
         else:
             mark, _ = self.index.marked_at(job.area, path)
             await self._unrealize(fid, entry, KEEP_PIN if mark == Mark.KEEP else None)

@@ -22,10 +22,11 @@ setuid), keeping setuid and setgid only if it got that very owner and group.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import trio
 
@@ -53,6 +54,22 @@ _LONG_WAIT = 3600.0  # realize and keep wait for the content however slow the so
 _FETCH_BATCH = 16
 
 Progress = Callable[[int], None]  # told how many more bytes are done
+
+# Set while a background transfer (realize, keep) fetches: its chunks may be paced by the
+# sources (nfsd/peer/pace.py); those a reader waits for never are. Fetches started by a task
+# inherit its value (a task's context is copied into the tasks it starts).
+_BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("background", default=False)
+
+
+@contextlib.contextmanager
+def background_transfer() -> Iterator[None]:
+    """The fetches started inside are background transfers: paced, unless a reader waits."""
+    token = _BACKGROUND.set(True)
+    try:
+        yield
+    finally:
+        _BACKGROUND.reset(token)
+
 
 _KINDS = {Kind.FILE: ftype3.NF3REG, Kind.DIR: ftype3.NF3DIR, Kind.SYMLINK: ftype3.NF3LNK}
 
@@ -114,6 +131,7 @@ class UnrealLayer:
         self.wait = wait
         self.nursery: trio.Nursery | None = None  # see `serve_in`
         self._fetching: dict[tuple[bytes, int], trio.Event] = {}
+        self._urgent: set[tuple[bytes, int]] = set()  # fetches a reader waits for
         self._describing: dict[bytes, trio.Event] = {}
         self._refused: dict[bytes, str] = {}  # why the cache last refused a blob's chunk
 
@@ -127,6 +145,10 @@ class UnrealLayer:
     async def _fetch_chunk(self, blob: bytes, index: int) -> None:
         key = (blob, index)
         done = self._fetching[key]
+
+        def paced() -> bool:  # asked by a source pacing the fetch: still a background one?
+            return _BACKGROUND.get() and key not in self._urgent
+
         try:
             manifest = self.blobs.manifest(blob)
             if manifest is None:
@@ -140,7 +162,7 @@ class UnrealLayer:
                     async def store(data: bytes) -> None:
                         await trio.to_thread.run_sync(self.blobs.put_chunk, blob, index, data)
 
-                    if await fetch_into(blob, index, length, store):
+                    if await fetch_into(blob, index, length, store, paced):
                         return
                     continue
                 data = await trio.to_thread.run_sync(source.read_chunk, blob, offset, length)
@@ -162,6 +184,7 @@ class UnrealLayer:
             log.warning("fetching chunk %d of %s failed: %s", index, blob.hex()[:16], e)
         finally:
             del self._fetching[key]
+            self._urgent.discard(key)
             done.set()
 
     def _refuse(self, blob: bytes, why: str) -> None:
@@ -182,6 +205,8 @@ class UnrealLayer:
         """Fetch `indexes`, waiting at most `wait` seconds (default: the layer's; past it
         NFS3ERR_JUKEBOX, as a client must retry rather than stall)."""
         events = [(i, self._start_fetch(blob, i)) for i in indexes]
+        if not _BACKGROUND.get():
+            self._urgent.update((blob, i) for i in indexes if (blob, i) in self._fetching)
         if self.nursery is None:  # no server around: fetch here and now
             for index, _ in events:
                 if (blob, index) in self._fetching:

@@ -45,6 +45,7 @@ from nfsd.vfs.arrivals import Arrivals
 from nfsd.vfs.handles import HandleCodec
 from nfsd.vfs.journal import DEFAULT_REST
 from nfsd.vfs.merged import MergedTree
+from nfsd.vfs.releases import Releases
 from nfsd.vfs.unreal import UnrealLayer
 from nfsd.vfs.watch import Watcher
 from xdr.control import CONTROL_SOCKET
@@ -168,6 +169,7 @@ class Server:
         self.rpc: RpcServer | None = None
         self.peers: PeerService | None = None
         self.arrivals: Arrivals | None = None
+        self.releases: Releases | None = None
         self.portmapper = Portmapper()
         self._runtime_trouble = _Trouble(f"writing {RUNTIME_FILE}")
         self._usage_trouble = _Trouble("measuring the cache's disk")
@@ -249,6 +251,8 @@ class Server:
         self.control.peers = self.peers
         self.arrivals = Arrivals(self.control.marks)
         exchange.arrived = self.arrivals.arrived
+        self.releases = Releases(self.control.marks)
+        tree.journal.on_content = self.releases.content
         assert tree.unreal is not None
         # Missing chunks by FETCH; background transfers paced to --peer-rate.
         tree.unreal.sources.append(PeerSource(self.peers, self.blobs, config.peer_rate))
@@ -298,6 +302,8 @@ class Server:
                 nursery.start_soon(_keep_going, _Trouble("bringing arrivals to their marks"),
                                    self.arrivals.run)  # fmt: skip
                 nursery.start_soon(self._retry_arrivals_on_links)
+                nursery.start_soon(_keep_going, _Trouble("moving files held elsewhere into the "
+                                   "cache"), self.releases.run)  # fmt: skip
                 task_status.started(running)
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async for signum in signals:

@@ -351,3 +351,54 @@ def test_sync_every_pulls_on_a_schedule_with_nothing_changed(
     first = last_asked()
     time.sleep(2.5)
     assert last_asked() >= first + 1
+
+
+def test_a_file_made_under_unreal_leaves_the_disk_only_once_another_peer_holds_it(
+    household: Callable[[str], Path],  # noqa: F811
+) -> None:
+    """On a, `out/` and `solo/` are marked unreal; on b, `out/` is marked keep. A file a makes
+    in `out/` stays Real until b has fetched and pinned it (HOLDS says so), then moves into
+    a's cache, evictable, and still reads there. One in `solo/`, which b only lists, stays
+    Real on a: it is the only copy."""
+    a, b = household("a"), household("b")
+    port_a = start(a)
+    ok(realize_process(a, "peer", "add", "b", token_of(b)))
+    ok(realize_process(b, "peer", "add", "a", token_of(a), "--address", f"127.0.0.1:{port_a}"))
+    start(b)
+    wait_for("b's link to a", lambda: connected(b, "a") == "yes (dialled)")
+    for directory in ("out", "solo"):
+        (area_dir(a) / directory).mkdir()
+        ok(realize(a, "mark", "unreal", str(area_dir(a) / directory)))
+    (area_dir(b) / "out").mkdir()
+    ok(realize(b, "mark", "keep", str(area_dir(b) / "out")))
+
+    shared, alone = os.urandom(3 * 256 * 1024 + 7), os.urandom(100_000)
+    (area_dir(a) / "out" / "f.bin").write_bytes(shared)
+    (area_dir(a) / "solo" / "g.bin").write_bytes(alone)
+    wait_for("out/f.bin pinned on b", lambda: "100% pinned" in listed_in(b, "out", "f.bin"))
+    wait_for("out/f.bin moved into a's cache", lambda: listed_in(a, "out", "f.bin").split()[0]
+             == "unreal", timeout=60)  # fmt: skip
+    assert not (area_dir(a) / "out" / "f.bin").exists()
+    row = listed_in(a, "out", "f.bin").split()
+    assert "100%" in row and "pinned" not in row, row  # evictable: b holds it
+
+    entry = indexed(a, b"solo/g.bin")
+    assert entry is not None and entry.layer == Layer.REAL
+    time.sleep(3)  # past the first looks: b never holds it
+    entry = indexed(a, b"solo/g.bin")
+    assert entry is not None and entry.layer == Layer.REAL
+    assert (area_dir(a) / "solo" / "g.bin").read_bytes() == alone
+
+    async def read(nfs: Nfs) -> bytes:
+        root = await nfs.mount(b"/docs")
+        directory = await nfs.lookup(root, b"out")
+        fh = await nfs.lookup(directory, b"f.bin")
+        data = b""
+        while True:
+            res = await nfs.read(fh, len(data), 1 << 20)
+            data += bytes(res.data)
+            if res.eof:
+                return data
+
+    nfs_port = json.loads((a / "server.json").read_text())["nfs_port"]
+    assert run_on(nfs_port, read) == shared

@@ -8,6 +8,7 @@ clients, and its memory stays bounded."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,12 +22,14 @@ from nfsd.peer import identity, tls
 from nfsd.peer.versions import Kind, Version, VersionVector
 from nfsd.rpc.dispatch import CallContext, Dispatcher, Procedure, Program
 from nfsd.rpc.duplex import DuplexConnection
+from nfsd.store.index import Layer
 from tests.conftest import Nfs, NfsStatusError, run_on
 from tests.test_household import indexed, start
 from tests.test_peer_link import (  # noqa: F401 (household is a fixture)
     _roster_of,
     household,
     ok,
+    realize,
     realize_process,
     token_of,
     wait_for,
@@ -90,6 +93,9 @@ class Liar:
     async def notify(self, ctx: CallContext, args: Any) -> None:
         return None
 
+    async def holds(self, ctx: CallContext, blob_ids: Any) -> bytes:
+        return b"\x01" * len(blob_ids)  # "I keep all of it": then serves wrong bytes
+
     def program(self) -> Program:
         handlers = {
             PEERPROC.NULL: self.null,
@@ -98,6 +104,7 @@ class Liar:
             PEERPROC.FETCH: self.fetch,
             PEERPROC.CHUNKS: self.chunks,
             PEERPROC.NOTIFY: self.notify,
+            PEERPROC.HOLDS: self.holds,
         }
         procedures = {
             number: Procedure(name, args, res, handlers[number])
@@ -123,6 +130,12 @@ def test_a_hostile_peer_gets_errors_and_the_server_keeps_serving(
     liar = Liar(me.peer_id)
     nfs_port = json.loads((b / "server.json").read_text())["nfs_port"]
     pid = int((b / "server.pid").read_text())
+    # b's only copy of a file under `unreal`: the liar says it holds it, to have it dropped.
+    mine = b.parent / "docs" / "mine"
+    mine.mkdir()
+    ok(realize(b, "mark", "unreal", str(mine)))
+    only_copy = os.urandom(300_000)
+    (mine / "only.bin").write_bytes(only_copy)
 
     async def hostile() -> dict[str, Any]:
         stream = await tls.dial(("127.0.0.1", port_b), me, _roster_of(b, me))
@@ -137,6 +150,9 @@ def test_a_hostile_peer_gets_errors_and_the_server_keeps_serving(
             with trio.fail_after(30):
                 while not indexed(b, b"after.txt"):  # the link's first pull applied the page
                     await trio.sleep(0.1)
+            with trio.fail_after(30):  # b asked whether the liar holds mine/only.bin
+                while "says it holds" not in (b / "server.log").read_text(errors="replace"):
+                    await trio.sleep(0.2)
             # A flood of notices: pulls coalesce, never one per notice.
             before = liar.history_calls
             async with trio.open_nursery() as flood:
@@ -216,3 +232,7 @@ def test_a_hostile_peer_gets_errors_and_the_server_keeps_serving(
     log_text = (b / "server.log").read_text(errors="replace")
     assert log_text.count("escape.txt") == 1, log_text[-3000:]
     assert "sent a wrong chunk" in log_text
+    # Its word that it holds b's only copy was checked against a chunk, and not taken.
+    entry = indexed(b, b"mine/only.bin")
+    assert entry is not None and entry.layer == Layer.REAL
+    assert (mine / "only.bin").read_bytes() == only_copy

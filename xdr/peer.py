@@ -1,7 +1,8 @@
 """The peer protocol: what the peers of a household ask each other, over the TLS link that
 nfsd/peer/ authenticates. An ONC RPC program in the private range beside the control
 program. NULL is the link's proof and heartbeat; FETCH reads one chunk of a blob by id,
-CHUNKS a blob's chunk list; NOTIFY tells a peer that a log it follows has grown.
+CHUNKS a blob's chunk list; NOTIFY tells a peer that a log it follows has grown; HOLDS asks
+which of some blobs a peer keeps whole.
 
 History exchange (nfsd/peer/exchange.py):
 - HISTORY(area, log uuid, last seen, max entries[, catch-up resume]) answers one bounded page:
@@ -45,6 +46,7 @@ class PEERPROC(IntEnum):
     FETCH = 3
     CHUNKS = 4
     NOTIFY = 5
+    HOLDS = 6
 
 
 AREA_NAME_MAX = 255
@@ -157,6 +159,18 @@ class chunks_res:
 # callee pulls them (HISTORY) when it can. No reply but the acknowledgement of the call.
 
 
+# HOLDS(blob ids) answers, one byte per id (1: yes), whether this peer keeps that content whole
+# in an area shared with the caller: as a Real file indexed with it, or complete and pinned in
+# its cache (`keep`, a conflict copy, an only copy). An evictable cached copy does not count.
+# A peer lets a file made under `unreal` leave its disk once another holds it
+# (nfsd/vfs/releases.py).
+
+HOLDS_MAX = 64  # blob ids one HOLDS asks about
+
+holds_args = Array(FixedOpaque(BLOB_ID_SIZE), HOLDS_MAX)
+holds_res = Opaque(HOLDS_MAX)
+
+
 PROCEDURES: dict[int, tuple[str, XdrType[Any], XdrType[Any]]] = {
     PEERPROC.NULL: ("NULL", void, void),
     PEERPROC.HISTORY: ("HISTORY", history_args, history_res),
@@ -164,5 +178,6 @@ PROCEDURES: dict[int, tuple[str, XdrType[Any], XdrType[Any]]] = {
     PEERPROC.FETCH: ("FETCH", fetch_args, fetch_res),
     PEERPROC.CHUNKS: ("CHUNKS", chunks_args, chunks_res),
     PEERPROC.NOTIFY: ("NOTIFY", String(AREA_NAME_MAX), void),
+    PEERPROC.HOLDS: ("HOLDS", holds_args, holds_res),
 }
 """Peer procedure number -> (name, argument type, result type)."""

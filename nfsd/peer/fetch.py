@@ -1,6 +1,6 @@
 """Serving content by blob id to the peers (FETCH and CHUNKS, xdr/peer.py): one whole chunk
 of a blob at a time, from this peer's blob cache or from a Real file whose content has that
-id, and a blob's chunk list.
+id, and a blob's chunk list; and HOLDS, which of some blobs this peer keeps whole.
 
 Only areas shared with the calling peer are looked in (the roster's `areas` for that peer,
 or every area here): a blob is served from the cache when its manifest is charged to such an
@@ -201,6 +201,36 @@ class ChunkServer:
             self._remember_list(blob_id, _Listed(size, mtime_ns, hashes))
             return fetch_status.OK, size, hashes
 
+    def holds(self, peer: Peer, blob_ids: list[bytes]) -> bytes:
+        """HOLDS for `peer` (blocking: run it in a thread; it may scan the index once): a
+        byte per id, 1 where this peer keeps the content whole in a shared area, as a Real
+        file indexed with it or complete and pinned in the cache."""
+        areas = self.shared(peer)
+        names = {a.name for a in areas}
+        held: set[bytes] = set()
+        unknown: set[bytes] = set()
+        for blob_id in blob_ids:
+            manifest = self.blobs.manifest(blob_id)
+            kept = (
+                manifest is not None
+                and not manifest.bad
+                and manifest.pinned
+                and manifest.area in names
+                and not self.blobs.missing(blob_id)
+            )
+            if kept or self._real(peer, areas, blob_id, walk=False) is not None:
+                held.add(blob_id)
+            else:
+                unknown.add(blob_id)
+        if unknown:  # one look over the index for all of them
+            for area in areas:
+                for _path, entry in self.index.walk(area.id):
+                    real = entry.kind == Kind.FILE and entry.layer == Layer.REAL
+                    if real and entry.blob in unknown:
+                        held.add(entry.blob)
+                        unknown.discard(entry.blob)
+        return bytes(1 if blob_id in held else 0 for blob_id in blob_ids)
+
     def _changed(self, peer: Peer, blob_id: bytes, area: Area, path: bytes, what: str) -> None:
         """A Real file is not the content it was indexed with: forget where the blob was, and
         have the journal hash the file again (its size and mtime may not have shown it)."""
@@ -316,3 +346,15 @@ def chunks_handler(chunks: ChunkServer | None) -> Handler:
         )
 
     return chunk_list
+
+
+def holds_handler(chunks: ChunkServer | None) -> Handler:
+    """The HOLDS handler, for the link's peer like FETCH."""
+
+    async def holds(ctx: CallContext, blob_ids: list[bytes]) -> Any:
+        peer = ctx.caller
+        if chunks is None or not isinstance(peer, Peer):
+            return bytes(len(blob_ids))  # holds nothing it could say
+        return await trio.to_thread.run_sync(chunks.holds, peer, [bytes(b) for b in blob_ids])
+
+    return holds

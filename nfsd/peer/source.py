@@ -24,6 +24,7 @@ The Unreal layer calls `fetch_into` on the event loop (where the links live), an
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 
 import blake3
@@ -44,15 +45,19 @@ from xdr.peer import (
     fetch_args,
     fetch_res,
     fetch_status,
+    holds_args,
+    holds_res,
 )
 
 log = logging.getLogger("realize.peer")
 
 FETCH_TIMEOUT = 30.0  # seconds one peer may take to answer one chunk before the next is asked
 LIST_TIMEOUT = 120.0  # a chunk list may need the other side to hash a large file first
+HOLDS_TIMEOUT = 30.0  # a peer may scan its index to answer
 NO_PEER_GRACE = 10.0  # seconds a fetch waits for some peer to be connected
 
 _Failures = (LookupError, ConnectionError, RpcError, trio.TooSlowError)
+Sample = Callable[[int], Awaitable[bytes | None]]  # this side's bytes of chunk `index`
 
 
 class PeerSource:
@@ -76,7 +81,32 @@ class PeerSource:
         return trio.from_thread.run(self.chunk_list, blob_id, size)
 
     def has(self, blob_id: bytes) -> bool:
-        return False  # not known without asking: evicting a copy is never thought safe
+        return False  # not known without asking: `held` asks
+
+    async def held(self, blob_id: bytes, size: int, sample: Sample | None = None) -> bool:
+        """Whether a connected peer says it keeps the whole blob (HOLDS): as a Real file or
+        pinned in its cache, so this copy is not the last. `sample(index)`: this side's bytes
+        of a chunk; a peer that says yes must then serve one chunk, picked at random, with
+        those very bytes, or its word is not taken (a peer that lies to have the only copy
+        dropped must at least hold the content now)."""
+        for name in sorted(self.peers.links.live):
+            try:
+                with trio.fail_after(HOLDS_TIMEOUT):
+                    answer = await self.peers.call(name, PEERPROC.HOLDS, holds_args, [blob_id],
+                                                   holds_res)  # fmt: skip
+            except _Failures as e:
+                log.info("peer %s did not say whether it holds %s: %s", name, blob_id.hex()[:16], e)
+                continue
+            if bytes(answer)[:1] != b"\x01":
+                continue
+            if sample is None or size == 0:
+                return True
+            index = secrets.randbelow(chunk_count(size, FETCH_CHUNK_SIZE))
+            mine = await sample(index)
+            if mine is not None and await self._ask(name, blob_id, index, len(mine)) == mine:
+                return True
+            log.warning("peer %s says it holds %s but does not serve it", name, blob_id.hex()[:16])
+        return False
 
     def read_chunk(self, blob_id: bytes, offset: int, length: int) -> bytes | None:
         """From a worker thread: the chunk at `offset` from the first connected peer that

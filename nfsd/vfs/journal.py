@@ -89,6 +89,8 @@ class Journal:
         self.dirty: dict[tuple[int, bytes], float] = {}
         self.clock: Callable[[], float] = time.monotonic
         self.started_ns = time.time_ns()
+        # Told each file whose new content was recorded (nfsd/vfs/releases.py).
+        self.on_content: Callable[[int, bytes], None] | None = None
 
     def _record(
         self,
@@ -256,6 +258,8 @@ class Journal:
             op, path, old_blob=old.blob if old else b"", new_blob=blob, mode=new.mode, size=new.size
         )
         self._record(area, put=(path, new), change=change)
+        if self.on_content is not None:
+            self.on_content(area, path)
 
     async def run(self, period: float = 1.0) -> None:
         """Settle rested files for as long as the server runs."""

@@ -22,6 +22,7 @@ import itertools
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -34,6 +35,7 @@ from nfsd.vfs.journal import kind_of
 from nfsd.vfs.merged import MergedTree
 from nfsd.vfs.unreal import background_transfer
 from xdr.nfs3 import NAME_MAX, nfsstat3
+from xdr.peer import FETCH_CHUNK_SIZE
 
 log = logging.getLogger("realize.marks")
 
@@ -278,10 +280,25 @@ class Marks:
             await self._unrealize(fid, entry, KEEP_PIN if mark == Mark.KEEP else None)
             job.advance(entry.size)
 
+    def sampler(self, fid: int) -> Callable[[int], Awaitable[bytes | None]]:
+        """This side's bytes of a chunk of the Real file `fid`, for a peer's word that it
+        holds the content to be checked against (nfsd/peer/source.py `held`)."""
+
+        async def sample(index: int) -> bytes | None:
+            try:
+                read = await self.tree.read(fid, index * FETCH_CHUNK_SIZE, FETCH_CHUNK_SIZE)
+            except FsError:
+                return None
+            return bytes(read.data)
+
+        return sample
+
     async def _unrealize(self, fid: int, entry: Entry, pin: str | None) -> None:
         unreal = self.tree.unreal
         assert unreal is not None
-        if pin is None and not (entry.blob and unreal.held_elsewhere(entry.blob)):
+        if pin is None and not (
+            entry.blob and await unreal.held_elsewhere(entry.blob, entry.size, self.sampler(fid))
+        ):
             pin = ONLY_COPY_PIN  # nothing else holds it: never evict
         for attempt in range(BUSY_RETRIES + 1):
             try:

@@ -26,7 +26,7 @@ import contextvars
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import trio
 
@@ -264,9 +264,22 @@ class UnrealLayer:
             del self._describing[entry.blob]
             done.set()
 
-    def held_elsewhere(self, blob: bytes) -> bool:
-        """Whether an attached source holds the whole blob (so evicting it loses nothing)."""
-        return any(source.has(blob) for source in self.sources)
+    async def held_elsewhere(
+        self,
+        blob: bytes,
+        size: int,
+        sample: Callable[[int], Awaitable[bytes | None]] | None = None,
+    ) -> bool:
+        """Whether an attached source holds the whole blob (so evicting it loses nothing):
+        one that knows at once (`has`), or one that asks (`held`, the connected peers, which
+        must serve a chunk matching `sample(index)`, this side's bytes, to be believed)."""
+        if any(source.has(blob) for source in self.sources):
+            return True
+        for source in self.sources:
+            held = getattr(source, "held", None)
+            if held is not None and await held(blob, size, sample):
+                return True
+        return False
 
     async def fetch_all(
         self,

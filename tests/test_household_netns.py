@@ -1,4 +1,4 @@
-"""The household's scenarios 1-14 (HOUSEHOLD.md "Tests that catch these") with three real
+"""The household's scenarios 1-15 (HOUSEHOLD.md "Tests that catch these") with three real
 peers, each a `realize` server in a network namespace of its own (tests/support/household.py):
 a and b listen, c is deaf and dials both; a cut is `link set down` on a peer's veth, no RST.
 
@@ -745,3 +745,153 @@ def test_01_a_known_key_from_the_wrong_address_is_refused(home: Household) -> No
     finally:
         home.start("b")
         wait_for("links back", home.all_connected, timeout=60)
+
+
+# ---- 15. timing and rate ----
+
+
+class Watch:
+    """Polls peers' views of one path in a thread: each look is (seconds since start, the
+    peer, the path's blob id or None)."""
+
+    def __init__(self, home: Household, names: list[str], path: str) -> None:
+        self.home, self.names, self.path = home, names, path
+        self.looks: list[tuple[float, str, str | None]] = []
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name in self.names:
+                blob = self.home.files(name).get(self.path)
+                self.looks.append((time.monotonic() - self.started, name, blob))
+            time.sleep(0.02)
+
+    def stop(self) -> list[tuple[float, str, str | None]]:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        return self.looks
+
+    def first(self, name: str, blob: str | None, after: float = 0.0) -> float | None:
+        """When `name` was first seen showing `blob` (None: showing nothing) after `after`."""
+        return next((t for t, n, b in self.looks if n == name and b == blob and t >= after), None)
+
+
+def test_15_a_rename_and_a_delete_are_visible_within_2s(home: Household) -> None:
+    made = write(home, "a", "s15-move.txt", os.urandom(20_000))
+    home.converge()
+    watch = Watch(home, ["b", "c"], "s15-moved.txt")
+    os.rename(home["a"].area / "s15-move.txt", home["a"].area / "s15-moved.txt")
+    wait_for("the rename on b and c", lambda: watch.first("b", made) and watch.first("c", made),
+             timeout=10)  # fmt: skip
+    renamed = {name: watch.first(name, made) for name in ("b", "c")}
+    watch.stop()
+    watch = Watch(home, ["b", "c"], "s15-moved.txt")
+    (home["a"].area / "s15-moved.txt").unlink()
+    wait_for("the delete on b and c", lambda: watch.first("b", None) and watch.first("c", None),
+             timeout=10)  # fmt: skip
+    deleted = {name: watch.first(name, None) for name in ("b", "c")}
+    watch.stop()
+    assert all(t is not None and t < 2 for t in renamed.values()), renamed
+    assert all(t is not None and t < 2 for t in deleted.values()), deleted
+    home.assert_converged()
+
+
+def test_15_a_create_or_an_edit_is_not_visible_before_its_rest(home: Household) -> None:
+    """A file written piece by piece for a second shows on no other peer until it has
+    rested (REST) after its last write; the same for an edit, the old content staying."""
+    path = home["a"].area / "s15-growing.txt"
+    watch = Watch(home, ["b"], "s15-growing.txt")
+    with path.open("wb") as f:
+        for _ in range(20):
+            f.write(os.urandom(1000))
+            f.flush()
+            time.sleep(0.05)
+    last_write = time.monotonic() - watch.started
+    wanted = blob(path.read_bytes())
+    wait_for("the file on b", lambda: watch.first("b", wanted) is not None, timeout=10)
+    looks = watch.stop()
+    shown = [t for t, _n, b in looks if b is not None]
+    assert min(shown) >= last_write + REST, (min(shown), last_write)
+    assert all(b == wanted for _t, _n, b in looks if b is not None)  # never a partial one
+
+    watch = Watch(home, ["b"], "s15-growing.txt")
+    with path.open("ab") as f:
+        for _ in range(20):
+            f.write(os.urandom(1000))
+            f.flush()
+            time.sleep(0.05)
+    last_write = time.monotonic() - watch.started
+    edited = blob(path.read_bytes())
+    wait_for("the edit on b", lambda: watch.first("b", edited) is not None, timeout=10)
+    watch.stop()
+    assert watch.first("b", edited) >= last_write + REST
+    assert {b for _t, _n, b in watch.looks if b != edited} <= {wanted}  # the old until then
+    home.assert_converged()
+
+
+def test_15_an_unlink_and_re_create_is_one_change_and_never_vanishes(home: Household) -> None:
+    """An editor's unlink + re-create through NFS on a, 0.3 s apart (longer than a peer's
+    look at what was published): b and c show the old file until the new one arrives,
+    never nothing, and b's log gains one entry for it."""
+    old = nfs_write(home, "a", "s15-editor.txt", b"first draft\n" * 100)
+    home.converge()
+    entries_before = ok(realize_in_process(home["b"].state, "history", "docs")).count(
+        "s15-editor.txt"
+    )
+    watch = Watch(home, ["b", "c"], "s15-editor.txt")
+    new_content = b"second draft\n" * 100
+    remove = {"op": "remove", "path": "s15-editor.txt"}
+    again = {"op": "write", "path": "s15-editor.txt", "data": new_content.hex()}
+    said = home.nfs("a", [remove, {"op": "sleep", "seconds": 0.3}, again])
+    assert said == ["NFS3_OK"] * 3
+    new = blob(new_content)
+    wait_for("the new draft on b and c", lambda: watch.first("b", new) and watch.first("c", new),
+             timeout=15)  # fmt: skip
+    time.sleep(0.5)
+    looks = watch.stop()
+    assert {b for _t, _n, b in looks} == {old, new}, "the file vanished on a peer meanwhile"
+    entries_after = ok(realize_in_process(home["b"].state, "history", "docs")).count(
+        "s15-editor.txt"
+    )
+    assert entries_after == entries_before + 1
+    home.assert_converged()
+
+
+def test_15_background_transfers_keep_to_the_rate_and_nfs_reads_are_not_limited(
+    home: Household,
+) -> None:
+    """c restarted with `--peer-rate 4M`, `s15-real/` marked real on it: a 12 MiB file a
+    makes there comes to c's disk at 4 MiB/s, while c's NFS client reads another 12 MiB file
+    that only a holds at full speed."""
+    rate = 4 << 20
+    home.options["c"] = ["--peer-rate", "4M"]
+    home.restart("c")
+    try:
+        wait_for("links back", home.all_connected, timeout=60)
+        real = home["c"].area / "s15-real"
+        real.mkdir()
+        ok(realize_in_process(home["c"].state, "mark", "real", str(real)))
+        read_now = write(home, "a", "s15-read-now.bin", os.urandom(12 << 20))
+        wait_for("s15-read-now.bin on c", lambda: home.hashed("c", "s15-read-now.bin"))
+        size = 12 << 20
+        write(home, "a", "s15-real/big.bin", os.urandom(size))
+        wait_for("big.bin listed on c", lambda: home.hashed("c", "s15-real/big.bin"), timeout=10)
+        started = time.monotonic()
+        begun = time.monotonic()
+        assert home.nfs("c", [{"op": "read", "path": "s15-read-now.bin"}]) == [read_now]
+        read_seconds = time.monotonic() - begun
+        target = real / "big.bin"
+        wait_for("big.bin realized on c", lambda: target.exists() and target.stat().st_size
+                 == size, timeout=60)  # fmt: skip
+        took = time.monotonic() - started
+        # Reading includes starting the client in c's namespace (about a second).
+        assert read_seconds < 1.5 + size / rate / 2, f"the NFS read took {read_seconds:.2f} s"
+        assert took >= (size - rate / 2) / rate * 0.9, f"realized in {took:.2f} s"
+    finally:
+        home.options.pop("c", None)
+        home.restart("c")
+        wait_for("links back", home.all_connected, timeout=60)
+    home.assert_converged()

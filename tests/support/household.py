@@ -138,6 +138,7 @@ class Household:
     # must not fail the scenarios after them.
     quarantined: set[str] = field(default_factory=set)
     first_links: float = 0.0  # seconds from the servers' start until every link was up
+    options: dict[str, list[str]] = field(default_factory=dict)  # a peer's own server flags
 
     def __getitem__(self, name: str) -> Peer:
         return self.peers[name]
@@ -153,6 +154,7 @@ class Household:
             command += ["--state-dir", str(peer.state), "start", "--port", "0"]
             command += ["--portmap", "off", "--rest", str(REST)]
             command += ["--peer-port", str(peer.peer_port), "--peer-bind", peer.address]
+            command += self.options.get(name, [])
             starting[name] = subprocess.Popen(
                 command,
                 stdout=subprocess.PIPE,
@@ -562,6 +564,9 @@ async def _client(port: int, ops: list[dict[str, Any]]) -> list[Any]:
                         into[name] = str(e)
 
         async def one(op: dict[str, Any]) -> Any:
+            if op["op"] == "sleep":  # a pause between two calls, as a slow program makes
+                await trio.sleep(op["seconds"])
+                return "NFS3_OK"
             if op["op"] == "read_all":
                 found: dict[str, str] = {}
                 await read_tree(root, "", found)

@@ -42,6 +42,7 @@ from nfsd.store.limits import CacheLimits
 from nfsd.store.source import StateDirSource
 from nfsd.sysrpcbind import Wanted
 from nfsd.vfs.arrivals import Arrivals
+from nfsd.vfs.bases import Bases
 from nfsd.vfs.handles import HandleCodec
 from nfsd.vfs.journal import DEFAULT_REST
 from nfsd.vfs.merged import MergedTree
@@ -253,6 +254,9 @@ class Server:
         exchange.arrived = self.arrivals.arrived
         self.releases = Releases(self.control.marks)
         tree.journal.on_content = self.releases.content
+        assert tree.unreal is not None
+        tree.unreal.bases = Bases(self.state_dir, self.blobs)  # new versions built from old
+        exchange.replaced = tree.unreal.bases.note
         assert tree.unreal is not None
         # Missing chunks by FETCH; background transfers paced to --peer-rate.
         tree.unreal.sources.append(PeerSource(self.peers, self.blobs, config.peer_rate))

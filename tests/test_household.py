@@ -402,3 +402,70 @@ def test_a_file_made_under_unreal_leaves_the_disk_only_once_another_peer_holds_i
 
     nfs_port = json.loads((a / "server.json").read_text())["nfs_port"]
     assert run_on(nfs_port, read) == shared
+
+
+def bytes_in(state: Path) -> int:
+    """Bytes the server received from its peers so far (`realize status --json`)."""
+    doc = json.loads(ok(realize(state, "status", "--json")))
+    return sum(peer["bytes_in"] for peer in doc["peers"])
+
+
+def test_an_edit_of_a_large_file_moves_little_more_than_what_changed(
+    household: Callable[[str], Path],  # noqa: F811
+) -> None:
+    """1 MiB inserted in the middle of a 32 MiB file on a (off the chunk boundaries, so that
+    every later chunk changes): b, which holds the old version
+    Real (under `real/`) or pinned in its cache (under `kept/`), builds the new one from it
+    and receives a few MiB, not 33."""
+    a, b = household("a"), household("b")
+    port_a = start(a)
+    ok(realize_process(a, "peer", "add", "b", token_of(b)))
+    ok(realize_process(b, "peer", "add", "a", token_of(a), "--address", f"127.0.0.1:{port_a}"))
+    start(b)
+    wait_for("b's link to a", lambda: connected(b, "a") == "yes (dialled)")
+    for directory, mark in (("real", "real"), ("kept", "keep")):
+        (area_dir(b) / directory).mkdir()
+        ok(realize(b, "mark", mark, str(area_dir(b) / directory)))
+        (area_dir(a) / directory).mkdir(exist_ok=True)
+    # Different contents: a blob's keep pin is one, whichever paths share it.
+    olds = {directory: os.urandom(32 << 20) for directory in ("real", "kept")}
+    for directory, old in olds.items():
+        (area_dir(a) / directory / "big.bin").write_bytes(old)
+    realized = area_dir(b) / "real" / "big.bin"
+
+    def arrived(directory: str, content: bytes) -> bool:
+        entry = indexed(b, f"{directory}/big.bin".encode())
+        if entry is None or entry.blob != blake3.blake3(content).digest():
+            return False
+        if directory == "kept":
+            return "100% pinned" in listed_in(b, "kept", "big.bin")
+        return realized.exists() and realized.stat().st_size == len(content)
+
+    for directory, old in olds.items():
+        wait_for(f"the old {directory}/big.bin on b", lambda d=directory, o=old: arrived(d, o),
+                 timeout=60)  # fmt: skip
+    news = {}
+    for directory, old in olds.items():
+        # Off the chunk boundaries: every fixed chunk after it shifts.
+        at = (16 << 20) + 777
+        new = news[directory] = old[:at] + os.urandom((1 << 20) + 12345) + old[at:]
+        before = bytes_in(b)
+        (area_dir(a) / directory / "big.bin").write_bytes(new)
+        wait_for(f"the new {directory}/big.bin on b", lambda d=directory, n=new: arrived(d, n),
+                 timeout=60)  # fmt: skip
+        moved = bytes_in(b) - before
+        assert moved < 4 << 20, f"{moved} bytes moved for {directory}/big.bin"
+    assert realized.read_bytes() == news["real"]
+
+    async def read(nfs: Nfs) -> bytes:
+        root = await nfs.mount(b"/docs")
+        fh = await nfs.lookup(await nfs.lookup(root, b"kept"), b"big.bin")
+        data = b""
+        while True:
+            res = await nfs.read(fh, len(data), 1 << 20)
+            data += bytes(res.data)
+            if res.eof:
+                return data
+
+    nfs_port = json.loads((b / "server.json").read_text())["nfs_port"]
+    assert run_on(nfs_port, read) == news["kept"]

@@ -895,3 +895,29 @@ def test_15_background_transfers_keep_to_the_rate_and_nfs_reads_are_not_limited(
         home.restart("c")
         wait_for("links back", home.all_connected, timeout=60)
     home.assert_converged()
+
+
+def test_15_a_small_edit_of_a_100_mib_file_moves_far_fewer_bytes_than_the_file(
+    home: Household,
+) -> None:
+    """c holds a 100 MiB file Real (`s15-delta/` marked real there); 1 MiB is inserted in
+    its middle on a. c builds the new version from its old one: a few MiB cross its link."""
+    size = 100 << 20
+    here = home["c"].area / "s15-delta"
+    here.mkdir()
+    ok(realize_in_process(home["c"].state, "mark", "real", str(here)))
+    old = os.urandom(size)
+    write(home, "a", "s15-delta/large.bin", old)
+    target = here / "large.bin"
+    wait_for("large.bin realized on c", lambda: target.exists() and target.stat().st_size == size,
+             timeout=120)  # fmt: skip
+    at = size // 2 + 4321
+    new = old[:at] + os.urandom((1 << 20) + 999) + old[at:]
+    before = status_bytes_in(home, "c")
+    made = write(home, "a", "s15-delta/large.bin", new)
+    wait_for("the edit realized on c", lambda: home.hashed("c", "s15-delta/large.bin") == made
+             and target.exists() and target.stat().st_size == len(new), timeout=120)  # fmt: skip
+    moved = status_bytes_in(home, "c") - before
+    assert moved < 8 << 20, f"{moved} bytes crossed c's link for a 1 MiB edit of {size} bytes"
+    assert blob(target.read_bytes()) == made
+    home.assert_converged()

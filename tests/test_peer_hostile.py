@@ -93,6 +93,9 @@ class Liar:
     async def notify(self, ctx: CallContext, args: Any) -> None:
         return None
 
+    async def cuts(self, ctx: CallContext, args: Any) -> wire.cuts_res:
+        return wire.cuts_res(wire.fetch_status.NO_BLOB, 0, 0, b"")
+
     async def holds(self, ctx: CallContext, blob_ids: Any) -> bytes:
         return b"\x01" * len(blob_ids)  # "I keep all of it": then serves wrong bytes
 
@@ -105,6 +108,7 @@ class Liar:
             PEERPROC.CHUNKS: self.chunks,
             PEERPROC.NOTIFY: self.notify,
             PEERPROC.HOLDS: self.holds,
+            PEERPROC.CUTS: self.cuts,
         }
         procedures = {
             number: Procedure(name, args, res, handlers[number])

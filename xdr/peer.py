@@ -2,7 +2,7 @@
 nfsd/peer/ authenticates. An ONC RPC program in the private range beside the control
 program. NULL is the link's proof and heartbeat; FETCH reads one chunk of a blob by id,
 CHUNKS a blob's chunk list; NOTIFY tells a peer that a log it follows has grown; HOLDS asks
-which of some blobs a peer keeps whole.
+which of some blobs a peer keeps whole; CUTS a blob's content-defined cuts.
 
 History exchange (nfsd/peer/exchange.py):
 - HISTORY(area, log uuid, last seen, max entries[, catch-up resume]) answers one bounded page:
@@ -47,6 +47,7 @@ class PEERPROC(IntEnum):
     CHUNKS = 4
     NOTIFY = 5
     HOLDS = 6
+    CUTS = 7
 
 
 AREA_NAME_MAX = 255
@@ -171,6 +172,30 @@ holds_args = Array(FixedOpaque(BLOB_ID_SIZE), HOLDS_MAX)
 holds_res = Opaque(HOLDS_MAX)
 
 
+# CUTS(blob id, first, count) answers a blob's content-defined cuts (nfsd/store/cuts.py), a
+# page at a time, each its length and BLAKE3, from where FETCH would serve it: a peer holding
+# an older version builds what it can of the new one from it and fetches the rest. UNAVAILABLE
+# from a peer that cuts nothing (no FastCDC there).
+
+CUTS_PAGE = 4096  # cuts one reply carries at most (some 300 MiB of content)
+CUT_SIZE = 36  # a cut on the wire: its length (4) and BLAKE3 (32)
+
+
+@xdr_struct
+class cuts_args:
+    blob_id: bytes = xf(FixedOpaque(BLOB_ID_SIZE))
+    first: int = xf(uint32)
+    count: int = xf(uint32)
+
+
+@xdr_struct
+class cuts_res:
+    status: fetch_status = xf(Enum(fetch_status))
+    size: int = xf(uint64)  # the blob's size
+    total: int = xf(uint32)  # how many cuts the blob has
+    cuts: bytes = xf(Opaque(CUTS_PAGE * CUT_SIZE))  # from `first`
+
+
 PROCEDURES: dict[int, tuple[str, XdrType[Any], XdrType[Any]]] = {
     PEERPROC.NULL: ("NULL", void, void),
     PEERPROC.HISTORY: ("HISTORY", history_args, history_res),
@@ -179,5 +204,6 @@ PROCEDURES: dict[int, tuple[str, XdrType[Any], XdrType[Any]]] = {
     PEERPROC.CHUNKS: ("CHUNKS", chunks_args, chunks_res),
     PEERPROC.NOTIFY: ("NOTIFY", String(AREA_NAME_MAX), void),
     PEERPROC.HOLDS: ("HOLDS", holds_args, holds_res),
+    PEERPROC.CUTS: ("CUTS", cuts_args, cuts_res),
 }
 """Peer procedure number -> (name, argument type, result type)."""

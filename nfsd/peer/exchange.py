@@ -311,6 +311,7 @@ class Landed:
     deleted: set[bytes] = field(default_factory=set)  # index entries this batch deletes
     made: set[bytes] = field(default_factory=set)  # paths this batch shows, dirs found there
     listed: dict[bytes, set[bytes] | None] = field(default_factory=dict)  # names on disk
+    replaced: list[tuple[bytes, bytes]] = field(default_factory=list)  # (new blob, old blob)
 
     # A path's latest fate in the batch wins: one deleted after it was shown or had a file
     # moved to it no longer holds its directory (`Exchange._holds`), and the other way round.
@@ -394,6 +395,9 @@ class Exchange:
         self.delete_grace = delete_grace
         # Told the paths each batch showed (nfsd/vfs/arrivals.py `Arrivals.arrived`).
         self.arrived: Callable[[int, Iterable[bytes]], None] | None = None
+        # Told (new blob, old blob) for each file a peer's version gave new content
+        # (nfsd/vfs/bases.py `Bases.note`: the new one may be built from the old).
+        self.replaced: Callable[[bytes, bytes], None] | None = None
         self.clock = clock
         self.meta = store.family("meta")
         self.index = AreaIndex(store)
@@ -1111,8 +1115,11 @@ class Exchange:
                 self.index.delete(batch, area, path)
                 landed.gone(path)
             return
-        self.index.put(batch, area, path, _unreal_entry(winner, mode or _mode_of(current)))
+        shown_entry = _unreal_entry(winner, mode or _mode_of(current))
+        self.index.put(batch, area, path, shown_entry)
         landed.shows(path)
+        if current is not None and current.kind == Kind.FILE and shown_entry.kind == Kind.FILE:
+            landed.replaced.append((shown_entry.blob, current.blob))
         parent = split(path)[0]
         while parent and self._lacks(area, parent, landed):
             entry = Entry(Kind.DIR, Layer.UNREAL, 0o755, 0, winner.mtime_ns)
@@ -1180,7 +1187,9 @@ class Exchange:
                 self.landing.plan(batch, act, real.fid)
                 landed.acts.append(act)
             return  # a directory stays one (it outranks a file: rule 2 of conflicts.py)
-        act = Act(What.REMOVE if gone else What.DROP, area, path, st.st_dev, st.st_ino)
+        # A DROP names the content it drops, which may be kept as a base (landing.py).
+        kept = b"" if gone else current.blob
+        act = Act(What.REMOVE if gone else What.DROP, area, path, st.st_dev, st.st_ino, False, kept)
         if gone:
             landed.gone(path)
         self._show_unreal(batch, area, path, mode, current, resolution, landed)
@@ -1254,6 +1263,9 @@ class Exchange:
         the paths shown told to `arrived` (their marks may ask for their content)."""
         if self.landing is not None and landed.acts:
             self.landing.keep_dirs(self.landing.carry_out(landed.acts))
+        if self.replaced is not None:
+            for new, old in landed.replaced:
+                self.replaced(new, old)
         if self.arrived is not None and landed.made:
             self.arrived(area, sorted(landed.made))
         blobs = self.landing.tree.blobs if self.landing is not None else None

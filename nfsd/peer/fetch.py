@@ -1,6 +1,7 @@
 """Serving content by blob id to the peers (FETCH and CHUNKS, xdr/peer.py): one whole chunk
 of a blob at a time, from this peer's blob cache or from a Real file whose content has that
-id, and a blob's chunk list; and HOLDS, which of some blobs this peer keeps whole.
+id, a blob's chunk list and its content-defined cuts (CUTS, nfsd/store/cuts.py); and
+HOLDS, which of some blobs this peer keeps whole.
 
 Only areas shared with the calling peer are looked in (the roster's `areas` for that peer,
 or every area here): a blob is served from the cache when its manifest is charged to such an
@@ -41,6 +42,7 @@ import trio
 
 from nfsd.peer.roster import Peer
 from nfsd.rpc.dispatch import CallContext, Handler
+from nfsd.store import cuts
 from nfsd.store.blobs import BlobStore, MissingChunks
 from nfsd.store.index import AreaIndex, Kind, Layer
 from nfsd.store.manifest import chunk_count
@@ -50,9 +52,13 @@ from nfsd.vfs.osapi import read_cached, read_into
 from xdr.peer import (
     BLOB_ID_SIZE,
     CHUNKS_PAGE,
+    CUT_SIZE,
+    CUTS_PAGE,
     FETCH_CHUNK_SIZE,
     chunks_args,
     chunks_res,
+    cuts_args,
+    cuts_res,
     fetch_args,
     fetch_res,
     fetch_status,
@@ -62,6 +68,7 @@ log = logging.getLogger("realize.peer")
 
 _REMEMBERED = 1024  # blobs whose Real file location is remembered
 _LISTED_HASHES = 256 * 1024  # chunk hashes of Real files remembered (8 MiB: 64 GiB of files)
+_CUT_BYTES = 8 << 20  # packed cuts remembered (some 20 GiB of content)
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,9 @@ class ChunkServer:
         self._listed: OrderedDict[bytes, _Listed] = OrderedDict()  # by blob id
         self._listed_hashes = 0
         self._listing_lock = threading.Lock()  # one Real file hashed at a time
+        # (blob id, size, mtime or -1 for the cache) -> its packed cuts (nfsd/store/cuts.py)
+        self._cut_lists: OrderedDict[tuple[bytes, int, int], bytes] = OrderedDict()
+        self._cut_bytes = 0
         self.chunks_served = 0
 
     def shared(self, peer: Peer) -> list[Area]:
@@ -200,6 +210,87 @@ class ChunkServer:
                 return fetch_status.CHANGED, size, None
             self._remember_list(blob_id, _Listed(size, mtime_ns, hashes))
             return fetch_status.OK, size, hashes
+
+    def cut_list(self, peer: Peer, blob_id: bytes, first: int, count: int) -> cuts_res:
+        """Up to `count` content-defined cuts of `blob_id` from cut `first`, for `peer`
+        (blocking: run it in a thread; computing them reads all of the content once)."""
+        if not cuts.available():
+            return cuts_res(fetch_status.UNAVAILABLE, 0, 0, b"")
+        status, size, packed = self._cuts(peer, blob_id)
+        if packed is None:
+            return cuts_res(status, size, 0, b"")
+        total = len(packed) // CUT_SIZE
+        if first > total:
+            return cuts_res(fetch_status.NO_CHUNK, size, total, b"")
+        page = packed[first * CUT_SIZE : (first + min(count, CUTS_PAGE)) * CUT_SIZE]
+        return cuts_res(fetch_status.OK, size, total, page)
+
+    def _cuts(self, peer: Peer, blob_id: bytes) -> tuple[fetch_status, int, bytes | None]:
+        areas = self.shared(peer)
+        manifest = self.blobs.manifest(blob_id)
+        cached = (
+            manifest is not None
+            and not manifest.bad
+            and manifest.area in {a.name for a in areas}
+            and not self.blobs.missing(blob_id)
+        )
+        if cached:
+            assert manifest is not None
+            key = (blob_id, manifest.size, -1)
+            with self._listing_lock:
+                packed = self._cut_lists.get(key)
+                if packed is None:
+
+                    def read(offset: int, length: int) -> bytes:
+                        length = min(length, manifest.size - offset)
+                        if length <= 0:
+                            return b""
+                        return b"".join(self.blobs.read_pieces(blob_id, offset, length))
+
+                    found, whole, size = cuts.cuts(read)
+                    if whole != blob_id or size != manifest.size:
+                        return fetch_status.UNAVAILABLE, manifest.size, None
+                    packed = self._remember_cuts(key, cuts.pack(found))
+            return fetch_status.OK, manifest.size, packed
+        found_real = self._real(peer, areas, blob_id)
+        if found_real is None:
+            return fetch_status.NO_BLOB, 0, None
+        area, path, size, mtime_ns = found_real
+        key = (blob_id, size, mtime_ns)
+        with self._listing_lock:
+            packed = self._cut_lists.get(key)
+            if packed is not None:
+                return fetch_status.OK, size, packed
+            try:
+                fd = open_below(area.path, path)
+            except OSError:
+                return fetch_status.CHANGED, size, None
+            try:
+                before = os.fstat(fd)
+                found, whole, read = cuts.cuts(lambda offset, length: os.pread(fd, length, offset))
+                after = os.fstat(fd)
+            except OSError as e:
+                log.warning("cannot read %s/%s for a peer: %s", area.name, path, e)
+                return fetch_status.UNAVAILABLE, size, None
+            finally:
+                os.close(fd)
+            unchanged = all(
+                st.st_size == size and st.st_mtime_ns == mtime_ns for st in (before, after)
+            )
+            if not unchanged or read != size or whole != blob_id:
+                self._changed(peer, blob_id, area, path, "no cuts")
+                return fetch_status.CHANGED, size, None
+            return fetch_status.OK, size, self._remember_cuts(key, cuts.pack(found))
+
+    def _remember_cuts(self, key: tuple[bytes, int, int], packed: bytes) -> bytes:
+        """Keep the packed cuts of a content (bounded: `_CUT_BYTES` in all)."""
+        if len(packed) <= _CUT_BYTES:
+            self._cut_lists[key] = packed
+            self._cut_bytes += len(packed)
+            while self._cut_bytes > _CUT_BYTES:
+                _, dropped = self._cut_lists.popitem(last=False)
+                self._cut_bytes -= len(dropped)
+        return packed
 
     def holds(self, peer: Peer, blob_ids: list[bytes]) -> bytes:
         """HOLDS for `peer` (blocking: run it in a thread; it may scan the index once): a
@@ -358,3 +449,17 @@ def holds_handler(chunks: ChunkServer | None) -> Handler:
         return await trio.to_thread.run_sync(chunks.holds, peer, [bytes(b) for b in blob_ids])
 
     return holds
+
+
+def cuts_handler(chunks: ChunkServer | None) -> Handler:
+    """The CUTS handler, for the link's peer like FETCH."""
+
+    async def cut_list(ctx: CallContext, args: cuts_args) -> Any:
+        peer = ctx.caller
+        if chunks is None or not isinstance(peer, Peer):
+            return cuts_res(fetch_status.UNAVAILABLE, 0, 0, b"")
+        return await trio.to_thread.run_sync(
+            chunks.cut_list, peer, args.blob_id, args.first, args.count
+        )
+
+    return cut_list

@@ -9,8 +9,10 @@ step walked by descriptor, symlinks never followed, the server acting as itself)
   is known to be the version the index published; any other may hold a change not published
   yet, which the exchange keeps (see `Exchange` on bases).
 - `Act`: one change of the disk: `DROP` (outdated bytes: the index shows the path Unreal
-  now), `REMOVE` (a file or empty directory deleted by a peer), `MOVE` (renamed by a peer, or
-  a losing local version moved aside to its conflict name). Each names the inode it expects.
+  now; `target` names the dropped content, kept a while as the new version's base,
+  nfsd/vfs/bases.py), `REMOVE` (a file or empty directory deleted by a peer), `MOVE` (renamed
+  by a peer, or a losing local version moved aside to its conflict name). Each names the
+  inode it expects.
 
 Crash safety: the exchange puts the new index entries, the fileid table's changes (`plan`)
 and each act as an intent (`xchg-disk:` area ‖ path, this module alone reads it) into the
@@ -256,6 +258,9 @@ class Landing:
             elif stat.S_ISDIR(st.st_mode):
                 os.rmdir(name, dir_fd=dir_fd)
             else:
+                bases = self.tree.unreal.bases if self.tree.unreal is not None else None
+                if act.what is What.DROP and act.target and bases is not None:
+                    bases.keep_file(dir_fd, name, act.target)  # the new version's base
                 os.unlink(name, dir_fd=dir_fd)
         except OSError as e:
             if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):

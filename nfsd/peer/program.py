@@ -1,8 +1,9 @@
 """The peer program's handlers (xdr/peer.py): what one peer answers another over their link.
 NULL is the link's proof and heartbeat; HISTORY and ACK serve this peer's history
 (nfsd/peer/exchange.py) to the peer on the link, which `peer_of` names from the call (the
-link's authenticated key, never anything the caller says). FETCH, CHUNKS and HOLDS serve
-content (nfsd/peer/fetch.py); NOTIFY is handed to `notified` (the service pulls from that peer).
+link's authenticated key, never anything the caller says). FETCH, CHUNKS, CUTS and HOLDS
+serve content (nfsd/peer/fetch.py); NOTIFY is handed to `notified` (the service pulls from
+that peer).
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ from collections.abc import Callable
 from typing import Any
 
 from nfsd.peer.exchange import Exchange, refused
-from nfsd.peer.fetch import ChunkServer, chunks_handler, fetch_handler, holds_handler
+from nfsd.peer.fetch import (
+    ChunkServer,
+    chunks_handler,
+    cuts_handler,
+    fetch_handler,
+    holds_handler,
+)
 from nfsd.rpc.dispatch import CallContext, Procedure, Program
 from xdr.peer import PEER_PROGRAM, PEER_V1, PEERPROC, PROCEDURES, history_status
 
@@ -66,6 +73,7 @@ def peer_program(
     handlers[PEERPROC.FETCH] = fetch_handler(chunks)  # nfsd/peer/fetch.py
     handlers[PEERPROC.CHUNKS] = chunks_handler(chunks)
     handlers[PEERPROC.HOLDS] = holds_handler(chunks)
+    handlers[PEERPROC.CUTS] = cuts_handler(chunks)
     return Program(
         PEER_PROGRAM,
         "PEER",

@@ -34,14 +34,19 @@ from nfsd.peer.pace import Pace
 from nfsd.peer.service import PeerService
 from nfsd.rpc.client import RpcError
 from nfsd.store.blobs import BlobError, BlobStore, ChunkHashMismatch
+from nfsd.store.cuts import CUT_MIN, Cut
+from nfsd.store.cuts import unpack as unpack_cuts
 from nfsd.store.manifest import chunk_count
 from xdr.peer import (
     BLOB_ID_SIZE,
     CHUNKS_PAGE,
+    CUTS_PAGE,
     FETCH_CHUNK_SIZE,
     PEERPROC,
     chunks_args,
     chunks_res,
+    cuts_args,
+    cuts_res,
     fetch_args,
     fetch_res,
     fetch_status,
@@ -215,6 +220,35 @@ class PeerSource:
             if len(hashes) == total:
                 return hashes
             log.info("peer %s has no chunk list of %s", name, blob_id.hex()[:16])
+        return None
+
+    async def cut_list(self, blob_id: bytes, size: int) -> list[Cut] | None:
+        """The blob's content-defined cuts (CUTS) from the first connected peer that gives
+        all of them and they add up to `size`, or None (the chunks are then fetched)."""
+        for name in await self._peers(0):
+            found: list[Cut] = []
+            total = None
+            try:
+                with trio.fail_after(LIST_TIMEOUT):
+                    while total is None or len(found) < total:
+                        args = cuts_args(blob_id, len(found), CUTS_PAGE)
+                        res: cuts_res = await self.peers.call(
+                            name, PEERPROC.CUTS, cuts_args, args, cuts_res
+                        )
+                        if res.status != fetch_status.OK or res.size != size or not res.cuts:
+                            break
+                        total = res.total
+                        if total > size // CUT_MIN + 1:  # more than the content can have
+                            raise ValueError(f"{total} cuts for {size} bytes")
+                        at = found[-1].offset + found[-1].length if found else 0
+                        found += unpack_cuts(bytes(res.cuts), at)
+                        if len(found) > total or at > size:
+                            raise ValueError("more cuts than said, or past the end")
+            except (*_Failures, ValueError) as e:
+                log.info("peer %s gave no cuts of %s: %s", name, blob_id.hex()[:16], e)
+                continue
+            if total is not None and len(found) == total and sum(c.length for c in found) == size:
+                return found
         return None
 
     async def fetch(

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import trio
 
+from nfsd.store import cuts
 from nfsd.store.blobs import (
     BlobError,
     BlobStore,
@@ -40,6 +41,7 @@ from nfsd.store.blobs import (
 )
 from nfsd.store.index import Entry, Kind
 from nfsd.store.source import BlobSource
+from nfsd.vfs.bases import Bases
 from nfsd.vfs.errors import FsError
 from nfsd.vfs.names import TEMP_PREFIX
 from nfsd.vfs.tree import Attr
@@ -131,6 +133,9 @@ class UnrealLayer:
         self.wait = wait
         self.nursery: trio.Nursery | None = None  # see `serve_in`
         self._fetching: dict[tuple[bytes, int], trio.Event] = {}
+        self.bases: Bases | None = None  # old contents new versions are built from
+        self._patching: dict[bytes, trio.Event] = {}
+        self.patched_bytes = 0  # bytes of new versions built from their bases
         self._urgent: set[tuple[bytes, int]] = set()  # fetches a reader waits for
         self._describing: dict[bytes, trio.Event] = {}
         self._refused: dict[bytes, str] = {}  # why the cache last refused a blob's chunk
@@ -203,7 +208,11 @@ class UnrealLayer:
 
     async def _ensure(self, blob: bytes, indexes: list[int], wait: float | None = None) -> None:
         """Fetch `indexes`, waiting at most `wait` seconds (default: the layer's; past it
-        NFS3ERR_JUKEBOX, as a client must retry rather than stall)."""
+        NFS3ERR_JUKEBOX, as a client must retry rather than stall). A new version whose base
+        is here is first built from it as far as it goes (`_patch`)."""
+        if self.bases is not None and blob in self.bases.noted:
+            await self._patched(blob, wait)
+            indexes = [i for i in indexes if i in set(self.blobs.missing(blob))]
         events = [(i, self._start_fetch(blob, i)) for i in indexes]
         if not _BACKGROUND.get():
             self._urgent.update((blob, i) for i in indexes if (blob, i) in self._fetching)
@@ -217,6 +226,70 @@ class UnrealLayer:
                 await event.wait()
         if waited.cancelled_caught:
             raise FsError(nfsstat3.NFS3ERR_JUKEBOX, "content still arriving")
+
+    async def _patched(self, blob: bytes, wait: float | None) -> None:
+        """Wait for the blob to be built from its base (one build however many wait)."""
+        done = self._patching.get(blob)
+        if done is None:
+            done = self._patching[blob] = trio.Event()
+            if self.nursery is None:
+                await self._patch(blob, done)
+                return
+            self.nursery.start_soon(self._patch, blob, done)
+        with trio.move_on_after(self.wait if wait is None else wait) as waited:
+            await done.wait()
+        if waited.cancelled_caught:
+            raise FsError(nfsstat3.NFS3ERR_JUKEBOX, "content being built from the old version")
+
+    async def _patch(self, blob: bytes, done: trio.Event) -> None:
+        """Build what the blob's base can make of it: the blob's cuts from a source, the
+        base's cut here, each fixed chunk that matching cuts cover put together from the
+        base's bytes (checked against its chunk hash as it is stored)."""
+        assert self.bases is not None
+        try:
+            base = self.bases.base_of(blob)
+            manifest = self.blobs.manifest(blob)
+            if base is None or manifest is None or not cuts.available():
+                return
+            for source in self.sources:
+                cut_list = getattr(source, "cut_list", None)
+                target = await cut_list(blob, manifest.size) if cut_list is not None else None
+                if target is not None:
+                    built = await trio.to_thread.run_sync(self._build, blob, base, target)
+                    self.patched_bytes += built
+                    log.info("built %d of %d bytes of %s from its old version", built,
+                             manifest.size, blob.hex()[:16])  # fmt: skip
+                    return
+        except Exception as e:  # a base or a source failing: the chunks are fetched instead
+            log.warning("cannot build %s from its old version: %s", blob.hex()[:16], e)
+        finally:
+            self.bases.done(blob)
+            del self._patching[blob]
+            done.set()
+
+    def _build(self, blob: bytes, base: bytes, target: list[cuts.Cut]) -> int:
+        """(In a thread) the chunks of `blob` its base makes, stored; how many bytes."""
+        assert self.bases is not None
+        manifest = self.blobs.manifest(blob)
+        if manifest is None:
+            return 0
+        with self.bases.reader(base) as (_size, read):
+            found, whole, _ = cuts.cuts(read)
+            if whole != base:
+                return 0  # not the content it was kept as
+            plans = cuts.plan_patch(found, target, manifest.size, manifest.chunk_size)
+            built = 0
+            for index in self.blobs.missing(blob):
+                pieces = plans.get(index)
+                if pieces is None:
+                    continue
+                data = b"".join(read(offset, length) for offset, length in pieces)
+                try:
+                    self.blobs.put_chunk(blob, index, data)
+                except ChunkHashMismatch:
+                    continue  # the cuts said wrong: fetched instead
+                built += len(data)
+            return built
 
     async def describe(self, entry: Entry, wait: float | None = None, area: str = "") -> bool:
         """Register the entry's blob in the cache when it has no manifest and a source can

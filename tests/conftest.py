@@ -78,8 +78,21 @@ TIERS = ("inproc", "wire", "slow")
 _PROCESS_FIXTURES = {"server", "make_server"}
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long", action="store_true", default=False,
+        help="also run the tests marked long (the hour-long randomized household run)",
+    )  # fmt: skip
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A test without a tier marker is a wire test; an in-process test starts no server."""
+    """A test without a tier marker is a wire test; an in-process test starts no server; a
+    test marked `long` is left out unless --long is given."""
+    if not config.getoption("--long"):
+        kept = [item for item in items if item.get_closest_marker("long") is None]
+        if len(kept) != len(items):
+            config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+            items[:] = kept
     for item in items:
         tiers = [tier for tier in TIERS if item.get_closest_marker(tier) is not None]
         if not tiers:

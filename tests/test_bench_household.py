@@ -1,8 +1,8 @@
 """Smoke test of the household benchmark: `scripts/bench-household --quick` runs end to end
 with small sizes: the ceilings, a cold read of a peer's file (its content checked against its
-blob id by the benchmark itself), the visibility of a rename and a delete, and a catch-up
-after missed changes. It checks that the harness works and what it read was right, not any
-speed."""
+blob id by the benchmark itself), a read of that file after an edit (built from the old
+version), the visibility of a rename and a delete, and a catch-up after missed changes. It
+checks that the harness works and what it read was right, not any speed."""
 
 from __future__ import annotations
 
@@ -32,6 +32,10 @@ def test_bench_household_quick_measures_everything(tmp_path: Path) -> None:
     assert 0 < results["rename_seconds"] < 60 and 0 < results["delete_seconds"] < 60
     assert results["settings"]["changes"] == 200 and results["catchup_seconds"] > 0
     assert results["full_catchup_seconds"] > 0 and results["full_catchup_peak_rss"] > 0
+    # The edited file was read right (checked by the benchmark), built from the old version:
+    # less came over the link than the 8 MiB file.
+    assert 0 < results["edit_moved"] < 8 << 20 and results["edit_read"] > 0
+    assert results["cut_listing"] > 0 and results["fixed_listing"] > 0
     table = (out / "household.md").read_text()
     assert "cold READ of a peer's file" in table and "catch-up of 200 changes" in table
     from tests.support.bench.household import readme_section

@@ -4,6 +4,7 @@ the chunks made from the plan are the new version's bytes; a list that lies is n
 
 from __future__ import annotations
 
+import os
 import random
 
 import blake3
@@ -14,7 +15,7 @@ from nfsd.store.cuts import CUT_MAX, Cut, plan_patch
 
 pytestmark = [
     pytest.mark.inproc,
-    pytest.mark.skipif(not cuts.available(), reason="pyfastcdc left out (fallbacks)"),
+    pytest.mark.skipif(cuts.FastCDC is None, reason="pyfastcdc is not installed"),
 ]
 
 CHUNK = 256 * 1024
@@ -62,3 +63,16 @@ def test_cuts_travel_as_length_and_hash_and_bad_pages_are_refused() -> None:
         cuts.unpack(cuts.pack([Cut(0, 0, b"\0" * 32)]))
     with pytest.raises(ValueError):
         cuts.unpack(cuts.pack([Cut(0, CUT_MAX + 1, b"\0" * 32)]))
+
+
+def test_a_file_cut_in_place_gives_the_cuts_of_its_bytes(tmp_path) -> None:
+    """Read into the cutter's buffer (preadv), or with REALIZE_FORCE_FALLBACKS=1 read and
+    copied (the platforms without preadv): the same cuts as of the bytes themselves."""
+    data = random.Random(3).randbytes(3 << 20)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert cuts.cuts(fd=fd) == cuts.cuts(reader(data))
+    finally:
+        os.close(fd)

@@ -267,7 +267,7 @@ class ChunkServer:
                 return fetch_status.CHANGED, size, None
             try:
                 before = os.fstat(fd)
-                found, whole, read = cuts.cuts(lambda offset, length: os.pread(fd, length, offset))
+                found, whole, read = cuts.cuts(fd=fd)
                 after = os.fstat(fd)
             except OSError as e:
                 log.warning("cannot read %s/%s for a peer: %s", area.name, path, e)

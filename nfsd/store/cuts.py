@@ -35,6 +35,7 @@ CUT_MIN = 16 * 1024  # every cut but the last is at least this long
 CUT_MAX = 256 * 1024
 CUT = struct.Struct(">I32s")  # one cut on the wire: its length, its BLAKE3
 _READ = 4 << 20
+_PREADV = hasattr(os, "preadv") and os.environ.get("REALIZE_FORCE_FALLBACKS") != "1"
 
 Read = Callable[[int, int], bytes]  # (offset, length) -> at most length bytes, b"" at the end
 
@@ -51,26 +52,39 @@ class Cut:
 
 
 class _Reader:
-    """A stream over `read`, as pyfastcdc's `cut_stream` reads one."""
+    """A stream over `read` (or straight into the cutter's buffer with `fd`), as pyfastcdc's
+    `cut_stream` reads one, hashing the whole on the way (in large pieces: faster than per
+    cut)."""
 
-    def __init__(self, read: Read) -> None:
+    def __init__(self, read: Read | None, fd: int | None = None) -> None:
         self.read = read
+        self.fd = fd
         self.offset = 0
         self.hasher = blake3.blake3()
 
     def readinto(self, buffer: memoryview) -> int:
-        data = self.read(self.offset, min(len(buffer), _READ))
-        buffer[: len(data)] = data
-        self.hasher.update(data)
-        self.offset += len(data)
-        return len(data)
+        if self.fd is not None and _PREADV:
+            done = os.preadv(self.fd, [buffer[:_READ]], self.offset)
+        elif self.fd is not None:  # no preadv (some platforms): a read and a copy
+            data = os.pread(self.fd, min(len(buffer), _READ), self.offset)
+            done = len(data)
+            buffer[:done] = data
+        else:
+            assert self.read is not None
+            data = self.read(self.offset, min(len(buffer), _READ))
+            done = len(data)
+            buffer[:done] = data
+        self.hasher.update(buffer[:done])
+        self.offset += done
+        return done
 
 
-def cuts(read: Read) -> tuple[list[Cut], bytes, int]:
-    """(cuts, BLAKE3 of the whole, size) of the content `read` gives, read once."""
+def cuts(read: Read | None = None, *, fd: int | None = None) -> tuple[list[Cut], bytes, int]:
+    """(cuts, BLAKE3 of the whole, size) of the content `read` gives (or the open file
+    `fd`, read in place), read once."""
     if FastCDC is None:
         raise RuntimeError("pyfastcdc is not installed")
-    reader = _Reader(read)
+    reader = _Reader(read, fd)
     found = [
         Cut(c.offset, c.length, blake3.blake3(c.data).digest())
         for c in FastCDC(CUT_AVERAGE).cut_stream(reader)

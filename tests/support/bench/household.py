@@ -49,10 +49,13 @@ from statistics import median
 from typing import Any
 
 import trio
+from blake3 import blake3 as blake3_hasher
 
+from nfsd.store import cuts
 from nfsd.store.areas import AreaTable
 from nfsd.store.db import Store
 from nfsd.store.index import AreaIndex
+from nfsd.store.source import file_chunks
 from tests.support.bench import report
 from tests.support.bench.run import MiB, Target, client_env, run_clients
 from tests.support.bench.unreal import GiB, choose_workdir, write_distinct
@@ -279,6 +282,50 @@ def realize(state: Path, *args: str, timeout: float = 600) -> str:
     return done.stdout
 
 
+def bytes_in(state: Path) -> int:
+    """Bytes a running server received from its peers (`realize status --json`)."""
+    doc = json.loads(realize(state, "status", "--json"))
+    return sum(peer["bytes_in"] for peer in doc["peers"])
+
+
+def indexed_blob(state: Path, path: bytes) -> bytes | None:
+    store = Store(state / "db", read_only=True)
+    try:
+        record = AreaTable(store).get("docs")
+        entry = AreaIndex(store).get(record.id, path) if record is not None else None
+        return entry.blob if entry is not None else None
+    finally:
+        store.close()
+
+
+def blake3_file(path: Path) -> bytes:
+    hasher = blake3_hasher(max_threads=blake3_hasher.AUTO)
+    with open(path, "rb") as f:
+        while block := f.read(16 * MiB):
+            hasher.update(block)
+    return hasher.digest()
+
+
+def listing_rates(base: Path, size: int) -> tuple[float, float]:
+    """MB/s of a peer's two listings of one content read from a file: its fixed chunks'
+    hashes (CHUNKS, and what the cache ingests) and its content-defined cuts (CUTS)."""
+    path = base / "listing.bin"
+    write_distinct(path, size)
+    rates = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for listing in (lambda: file_chunks(fd, 256 * 1024),
+                        lambda: cuts.cuts(fd=fd)):  # fmt: skip
+            listing()  # the page cache warmed alike for both
+            began = time.perf_counter()
+            listing()
+            rates.append(size / (time.perf_counter() - began) / 1e6)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return rates[0], rates[1]
+
+
 def token(state: Path) -> str:
     line = next(x for x in realize(state, "id").splitlines() if "realize peer add" in x)
     return next(word for word in line.split() if word.startswith("rz1."))
@@ -375,6 +422,43 @@ class HouseholdBench:
         self.results["cold_read_jukebox"] = result["jukebox"]
         self.log(f"cold READ from a peer: {result['rate']:.0f} MB/s")
 
+    def edit_read(self) -> None:
+        """After the cold read B's cache holds big.bin whole. 1 MiB (and a little: off the
+        chunk boundaries) is inserted in its middle on A; B reads the new version through
+        NFS, building it from the old, and the bytes it received meanwhile are counted."""
+        size = self.settings.read_size
+        big = self.area("a") / "big.bin"
+        at = size // 2 + 4321
+        inserted = os.urandom(MiB + 999)
+        with open(big, "r+b") as f:
+            f.seek(at)
+            tail = f.read()
+            f.seek(at)
+            f.write(inserted)
+            f.write(tail)
+        del tail
+        new_size = size + len(inserted)
+        wanted = blake3_file(big)
+        wait("the edit on b", lambda: indexed_blob(self.state("b"), b"big.bin") == wanted, 600, 0.2)
+        before = bytes_in(self.state("b"))
+        b = self.servers["b"]
+        target = Target("realize", self.base, "/docs", b.nfs_port, b.mount_port, b.process.pid)
+        job = {
+            "kind": "read", "server": target.server(), "timeout": JOB_TIMEOUT, "file": "big.bin",
+            "outstanding": self.settings.depth, "size": new_size, "chunk": self.settings.chunk,
+            "time_cap": 600.0, "digest": True,
+        }  # fmt: skip
+        [result] = run_clients([job], timeout=JOB_TIMEOUT)
+        if not result["complete"] or result.get("blake3") != wanted.hex():
+            raise RuntimeError(f"the read of the edited big.bin got wrong content: {result}")
+        moved = bytes_in(self.state("b")) - before
+        chunks = -(-new_size // (256 * 1024))
+        self.results["edit_moved"] = moved
+        self.results["edit_lists"] = chunks * 32 + new_size // (80 * 1024) * 36  # about
+        self.results["edit_read"] = result["rate"]
+        self.log(f"1 MiB inserted in {size // MiB} MiB: {moved / MiB:.1f} MiB moved, read at "
+                 f"{result['rate']:.0f} MB/s")  # fmt: skip
+
     def catch_up(self) -> None:
         n = self.settings.changes
         self.stop("b")
@@ -451,8 +535,12 @@ def run_household_bench(
                 f"blocking ssl {bench.results['blocking_tls_ceiling']:.0f} MB/s, cache writes "
                 f"{bench.results['cache_write_ceiling']:.0f} MB/s"
             )
+            fixed, cut = listing_rates(bench.base, size // 2)
+            bench.results["fixed_listing"], bench.results["cut_listing"] = fixed, cut
+            log(f"listings of a file: fixed chunks {fixed:.0f} MB/s, cuts {cut:.0f} MB/s")
             bench.pair()
             bench.cold_read()
+            bench.edit_read()
             bench.visibility()
             bench.catch_up()
             bench.full_catch_up()
@@ -487,6 +575,14 @@ def markdown(results: dict[str, Any], command: str) -> str:
          f"{results['full_catchup_seconds']:.1f}", "", "every path state, tombstones included"),
         ("peak RSS through the full catch-up, MB", f"{results['full_catchup_peak_rss']:.0f}",
          f"≤ {RSS_TARGET:.0f}", "VmHWM of the catching-up server"),
+        (f"1 MiB inserted in the middle of {s['read_size'] // MiB} MiB: moved, MiB",
+         f"{results['edit_moved'] / MiB:.1f}", "≤ 4 + lists",
+         f"lists about {results['edit_lists'] / MiB:.1f} MiB; B held the old version cached"),
+        ("the edited file read through NFS on B, MB/s", f"{results['edit_read']:.0f}", "",
+         "built from the old version, the rest fetched"),
+        ("a peer's content-defined cuts of a file, MB/s", f"{results['cut_listing']:.0f}", "",
+         f"its fixed chunk list: {results['fixed_listing']:.0f} MB/s; cuts are made when a "
+         "new version is served, ingest keeps fixed chunks"),
         ("a rename visible on a connected peer, s", f"{results['rename_seconds']:.2f}",
          f"≤ {VISIBLE_TARGET:.0f}", "median"),
         ("a delete visible on a connected peer, s", f"{results['delete_seconds']:.2f}",

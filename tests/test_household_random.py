@@ -1,0 +1,135 @@
+"""The randomized household run (HOUSEHOLD.md, end): three peers in network namespaces
+(tests/support/household.py; c deaf), random creates, edits, renames and deletes on random
+peers while links go down and up at random. Once every link is healed and the peers are
+quiet, every peer's view must be equal, every file must read through NFS by its blob id, and
+every content shown (conflict copies included) must be one that someone wrote.
+
+Seeded: a seed fixes the operations and the cuts, not the timing nor the peer ids (keys are
+new each run), so a failing seed is run again a few times to reproduce it. Each seed works in
+a directory of its own (`rNNN/`) and leaves the household healed. CI runs `SEEDS`; `pytest
+--long tests/test_household_random.py` runs new seeds for an hour (`LONG_SECONDS`), and logs
+each seed it runs; a seed that fails joins `SEEDS`.
+
+Operations are file operations made as users make them on a peer's disk (its area
+directory): directory renames are left to the in-process randomized run
+(tests/test_exchange_random.py), where two seeds still diverge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from collections.abc import Iterator
+
+import blake3
+import pytest
+
+from tests.support.household import (
+    NAMES,
+    Household,
+    household,
+    household_unavailable,
+    wait_for,
+)
+
+pytestmark = [
+    pytest.mark.wire,
+    pytest.mark.skipif(household_unavailable() is not None, reason=str(household_unavailable())),
+]
+
+SEEDS = [1, 2, 3]  # fixed in CI; failing seeds found by --long are added here
+STEPS = 40  # operations per seed
+LONG_SECONDS = 3600.0
+FILE_NAMES = ["f0", "f1", "f2", "d/g0", "d/g1"]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Household]:
+    with household(tmp_path_factory.mktemp("random-household")) as made:
+        wait_for("every link up", made.all_connected, timeout=30)
+        yield made
+        for name in made.peers:
+            assert "Traceback" not in made[name].log(), f"{name}'s log:\n{made[name].log()}"
+
+
+def _files(home: Household, name: str, prefix: str) -> list[str]:
+    """The files of the peer's own disk below `prefix`, as area paths."""
+    root = home[name].area
+    found = []
+    for directory, _dirs, files in os.walk(root / prefix):
+        for file in files:
+            if not file.startswith("."):
+                found.append(os.path.relpath(os.path.join(directory, file), root))
+    return sorted(found)
+
+
+def run_seed(home: Household, seed: int, steps: int = STEPS) -> None:
+    rng = random.Random(seed)
+    prefix = f"r{seed:03d}"
+    written: set[str] = set()
+    cut: set[str] = set()
+    log = [f"seed {seed}"]
+    try:
+        for step in range(steps):
+            name = rng.choice(NAMES)
+            root = home[name].area
+            action = rng.random()
+            files = _files(home, name, prefix)
+            if action < 0.4 or not files:
+                path = f"{prefix}/{rng.choice(FILE_NAMES)}"
+                data = f"{seed}-{step}-{rng.random()}\n".encode() * rng.randrange(1, 200)
+                (root / path).parent.mkdir(parents=True, exist_ok=True)
+                (root / path).write_bytes(data)
+                written.add(blake3.blake3(data).hexdigest())
+                log.append(f"{step}: {name} writes {path}")
+            elif action < 0.55:
+                path = rng.choice(files)
+                with contextlib.suppress(FileNotFoundError):
+                    (root / path).unlink()
+                log.append(f"{step}: {name} deletes {path}")
+            elif action < 0.7:
+                old = rng.choice(files)
+                new = f"{prefix}/{rng.choice(FILE_NAMES)}"
+                if new != old:
+                    (root / new).parent.mkdir(parents=True, exist_ok=True)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.rename(root / old, root / new)
+                    log.append(f"{step}: {name} renames {old} to {new}")
+            elif action < 0.85:
+                victim = rng.choice(NAMES)
+                if victim in cut:
+                    home.restore(victim)
+                    cut.discard(victim)
+                    log.append(f"{step}: {victim}'s link restored")
+                else:
+                    home.cut(victim)
+                    cut.add(victim)
+                    log.append(f"{step}: {victim}'s link cut")
+            time.sleep(rng.choice([0.0, 0.05, 0.3, 0.6]))
+    finally:
+        for victim in cut:
+            home.restore(victim)
+    print("\n".join(log))
+    wait_for("every link up again", home.all_connected, timeout=90)
+    view = home.assert_converged()
+    shown = {blob for path, kind, _size, blob in view if kind == "file" and path.startswith(prefix)}
+    assert shown <= written, f"seed {seed}: contents nobody wrote: {shown - written}"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_changes_and_cuts_on_three_peers_converge(home: Household, seed: int) -> None:
+    run_seed(home, seed)
+
+
+@pytest.mark.long
+@pytest.mark.timeout(LONG_SECONDS + 1200)
+def test_long_random_run(home: Household) -> None:
+    """`--long`: new seeds, one after another, for `LONG_SECONDS`."""
+    started = time.monotonic()
+    seed = int.from_bytes(os.urandom(2), "big") + 1000
+    while time.monotonic() - started < LONG_SECONDS:
+        print(f"long run: seed {seed}", flush=True)
+        run_seed(home, seed)
+        seed += 1

@@ -339,7 +339,9 @@ class Household:
         read = self.nfs_each({name: [{"op": "read_all"}] for name in self.peers})
         for name, (found,) in read.items():
             kept = {p: b for p, b in found.items() if not p.startswith(tuple(self.quarantined))}
-            assert kept == expected, f"{name} read something else through NFS"
+            wrong = {p: (b, expected.get(p)) for p, b in kept.items() if expected.get(p) != b}
+            wrong |= {p: (None, b) for p, b in expected.items() if p not in kept}
+            assert kept == expected, f"{name} read something else through NFS: {wrong}"
         return view
 
 

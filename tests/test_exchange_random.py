@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from nfsd.store.index import Layer
 from nfsd.vfs.errors import FsError
 from tests.test_exchange_real import Side, blob
 
@@ -158,3 +159,35 @@ def test_random_changes_with_directory_renames_converge(three: list[Side], seed:
     _heal(three)
     views = [side.view() for side in three]
     assert views[0] == views[1] == views[2], f"seed {seed}"
+
+
+def test_a_copy_its_holder_deleted_does_not_come_back_from_a_peer_that_still_showed_it(
+    three: list[Side],
+) -> None:
+    """Found by the randomized household run: the copy's only holder (the author of the
+    losing version, which keeps it Real under the copy's name) deletes it, while a peer cut
+    off from it, still showing the copy, renames the path; that change makes the copy an
+    ordinary file there. After the heal the copy must stay deleted: its bytes are nowhere."""
+    a, b, c = three
+    a.write("p.txt", b"first\n", mtime_s=1_000_000)
+    a.publish()
+    _heal(three)
+    b.write("p.txt", b"b's edit\n", mtime_s=1_000_100)
+    c.write("p.txt", b"c's edit, later\n", mtime_s=1_000_200)
+    b.publish()
+    c.publish()
+    for _ in range(2):
+        b.pull(c)
+        c.pull(b)
+    [name] = [p for p in b.view() if b"conflict" in p]
+    assert b.layer(name) == Layer.REAL  # b's own losing edit, kept under the copy's name
+    _remove(b, name)  # b resolves the conflict: its copy goes
+    b.exchange.stamp_pending(b.area)
+    c.pull(a)  # c, cut off from b, still shows the copy, and renames the path
+    _rename(c, b"p.txt", b"q.txt")
+    c.exchange.stamp_pending(c.area)
+    _heal(three)
+    views = [side.view() for side in three]
+    assert views[0] == views[1] == views[2]
+    assert name not in views[0], "the deleted copy came back"
+    assert views[0][b"q.txt"] == (16, blob(b"c's edit, later\n"))

@@ -31,9 +31,11 @@ function of the set of versions, never of arrival order).
 - `local_change(...)`: the entries a change made here publishes: the new version of the path,
   superseding all it held, and a create for each conflict copy not dismissed, so a copy
   becomes an ordinary file under the same name instead of vanishing (or under the next free
-  name, where a path of that name exists). Resolving a conflict is an ordinary change: delete
-  the copy (a `local_change` of the path that dismisses it) or rename it; a client writing a
-  copy is a change dismissing it plus a create at its name.
+  name, where a path of that name exists; the copy's own version, so that all peers making it
+  a file make the same entry). Resolving a conflict is an ordinary change: delete the copy (a
+  `local_change` of the path that dismisses it, and a `dismissal_tombstone` at its name, which
+  wins over a peer making it a file meanwhile) or rename it; a client writing a copy is a
+  change dismissing it plus a create at its name.
 - `Rename`, `make_rename`, `plan_rename`: a rename carries what its source and target showed
   and the two versions it makes (a tombstone at the source, the content at the target). Where
   its preconditions hold on a peer the file is moved as one; where they fail it is the same
@@ -320,12 +322,27 @@ def _materialize(
             level += 1
             name = _leveled_name(path, v, index, level)
         else:
+            if level == 0:
+                # The copy's own version, placed at its name: every peer that makes the copy
+                # a file makes the same entry, and the holder's later delete of the copy
+                # (`local_change` on its name, or `dismissal_tombstone`) supersedes it.
+                entries.append((name, v))
+                continue
             base = copy_states.get(name, EMPTY).versions
             made = next_version(
                 base, author, v.kind, v.content, size=v.size, mtime_ns=v.mtime_ns, clock=clock
             )
             entries.append((name, made))
     return entries
+
+
+def dismissal_tombstone(
+    name: bytes, copy: Version, name_state: PathState, author: PeerId, *, clock: int = 0
+) -> Entry:
+    """A tombstone at a dismissed copy's name, superseding the copy's version there: where a
+    peer that had not seen the dismissal made the copy a file (`_materialize` places the
+    copy's version at its name), the dismissal still wins."""
+    return name, next_version([copy, *name_state.versions], author, Kind.DELETED, clock=clock)
 
 
 def local_change(

@@ -109,6 +109,7 @@ from nfsd.peer.conflicts import (
     Rename,
     Resolution,
     decide,
+    dismissal_tombstone,
     local_change,
     make_rename,
     plan_rename,
@@ -622,13 +623,15 @@ class Exchange:
     ) -> list[tuple[bytes, int, Version]]:
         """A conflict copy deleted (or renamed away) here: a change of the path it is a copy
         of, keeping what the path shows and dismissing the copy (conflicts.py
-        `local_change`), so every peer sees it resolved. Nothing for any other name."""
+        `local_change`), so every peer sees it resolved; and a tombstone at the copy's name
+        (`dismissal_tombstone`), for a peer that made it a file meanwhile."""
         original = self.copy_of(area, name)
         if original is None:
             return []  # never announced: nothing for a peer to delete
         shown_now = resolve(original, state(original))
         winner = shown_now.shown
-        if winner is None or all(c.name != name for c in shown_now.copies):
+        copy = next((c for c in shown_now.copies if c.name == name), None)
+        if winner is None or copy is None:
             return []
         entry = self.index.get(area, original)
         mode = entry.mode if entry is not None else 0
@@ -637,6 +640,7 @@ class Exchange:
             size=winner.size, mtime_ns=winner.mtime_ns, clock=clock, dismissed=[name],
             copy_states=copies(original),
         )  # fmt: skip
+        made.append(dismissal_tombstone(name, copy.version, state(name), self.me, clock=clock))
         return [(p, mode, v) for p, v in made]
 
     def _rename_versions(

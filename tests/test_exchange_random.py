@@ -191,3 +191,31 @@ def test_a_copy_its_holder_deleted_does_not_come_back_from_a_peer_that_still_sho
     assert views[0] == views[1] == views[2]
     assert name not in views[0], "the deleted copy came back"
     assert views[0][b"q.txt"] == (16, blob(b"c's edit, later\n"))
+
+
+def test_resolving_a_conflict_does_not_restate_the_winner_as_an_edit_that_can_lose(
+    three: list[Side],
+) -> None:
+    """Deleting a copy supersedes the copy alone: a concurrent edit elsewhere then simply
+    wins, and no copy of the old winner (whose bytes may be gone) shows up beside it."""
+    a, b, c = three
+    a.write("w.txt", b"base\n", mtime_s=1_000_000)
+    a.publish()
+    _heal(three)
+    b.write("w.txt", b"b loses\n", mtime_s=1_000_100)
+    c.write("w.txt", b"c wins, later\n", mtime_s=1_000_200)
+    b.publish()
+    c.publish()
+    for _ in range(2):
+        b.pull(c)
+        c.pull(b)
+    a.pull(c)
+    [name] = [p for p in c.view() if b"conflict" in p]
+    _remove(c, name)  # c resolves the conflict, while a edits the path, cut off from c
+    c.exchange.stamp_pending(c.area)
+    a.write("w.txt", b"a's edit of c's version\n", mtime_s=1_000_300)
+    a.publish()
+    _heal(three)
+    views = [side.view() for side in three]
+    assert views[0] == views[1] == views[2]
+    assert views[0] == {b"w.txt": (24, blob(b"a's edit of c's version\n"))}, views[0]

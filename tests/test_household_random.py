@@ -127,16 +127,16 @@ def run_seed(home: Household, seed: int, steps: int = STEPS) -> None:
     assert shown <= written, f"seed {seed}: contents nobody wrote: {shown - written}"
 
 
-# Known to diverge (the code from before this run existed failed alike). Traced: after the
-# heal the views are equal, but a conflict copy names content that no peer holds any more.
-# One way to it is fixed (a copy its holder deleted came back as a file from a peer that had
-# not seen the delete: tests/test_exchange_random.py has it as a case). The other is open: a
-# peer resolving a conflict restates the winner as an edit of its own (`_dismissal`); when
-# that restatement meets a concurrent edit and loses, it shows as a copy of the old winner's
-# content, which its holder may have overwritten since. Seen in most runs of seed 2, some of
-# seed 1; the run depends on timing, so it is expected to fail, not required to
+# Known to diverge (the code from before this run existed failed alike): after the heal the
+# views are equal, but a conflict copy names content that no peer holds any more. Two ways to
+# it are fixed (a copy its holder deleted came back as a file from a peer that had not seen
+# the delete, tests/test_exchange_random.py; a peer resolving a conflict restated the winner
+# as an edit of its own, which could lose to a concurrent edit and show as a copy). One is
+# still open, not traced yet: a peer's own losing version, kept Real under the copy's name,
+# shows as a copy after the heal while that peer no longer holds it. Seen in most runs of
+# seeds 2 and 3; the run depends on timing, so it is expected to fail, not required to
 # (strict=False).
-DIVERGES = "a restated winner that loses shows as a copy of content no peer holds"
+DIVERGES = "a copy of a version its author no longer holds, after the heal"
 
 
 @pytest.mark.xfail(strict=False, reason=DIVERGES)

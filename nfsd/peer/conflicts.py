@@ -336,6 +336,26 @@ def _materialize(
     return entries
 
 
+DISMISSER = "-D"  # a peer's own counter for tombstones that supersede a copy alone
+
+
+def dismissal_of_copy(
+    state: PathState, copy: Copy, author: PeerId, *, clock: int = 0
+) -> Version | None:
+    """A tombstone at the path superseding one conflict copy's versions (those of its
+    content) and nothing else, or None where no vector can do that. It counts on a counter of
+    its own (the author's id + DISMISSER): a bump of the author's own counter would supersede
+    the author's own versions too, the winner among them. The path then keeps showing what it
+    shows, without this peer restating the winner as an edit of its own (which could lose to
+    a concurrent change and show as a copy of content no one holds any more)."""
+    group = [v for v in state.versions if v.same_content(copy.version)]
+    vector = join_all(v.vector for v in group).bump(author + DISMISSER, clock)
+    if any(vector.compare(v.vector) is not Order.CONCURRENT for v in state.versions
+           if v not in group):  # fmt: skip
+        return None  # it would supersede (or equal) a version that is not the copy's
+    return Version(vector, Kind.DELETED, b"", 0, 0, author)
+
+
 def dismissal_tombstone(
     name: bytes, copy: Version, name_state: PathState, author: PeerId, *, clock: int = 0
 ) -> Entry:

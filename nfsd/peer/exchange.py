@@ -109,6 +109,7 @@ from nfsd.peer.conflicts import (
     Rename,
     Resolution,
     decide,
+    dismissal_of_copy,
     dismissal_tombstone,
     local_change,
     make_rename,
@@ -635,11 +636,15 @@ class Exchange:
             return []
         entry = self.index.get(area, original)
         mode = entry.mode if entry is not None else 0
-        made = local_change(
-            original, state(original), self.me, winner.kind, winner.content,
-            size=winner.size, mtime_ns=winner.mtime_ns, clock=clock, dismissed=[name],
-            copy_states=copies(original),
-        )  # fmt: skip
+        alone = dismissal_of_copy(state(original), copy, self.me, clock=clock)
+        if alone is not None:
+            made = [(original, alone)]
+        else:  # no vector supersedes the copy alone: restate the winner, dismissing the copy
+            made = local_change(
+                original, state(original), self.me, winner.kind, winner.content,
+                size=winner.size, mtime_ns=winner.mtime_ns, clock=clock, dismissed=[name],
+                copy_states=copies(original),
+            )  # fmt: skip
         made.append(dismissal_tombstone(name, copy.version, state(name), self.me, clock=clock))
         return [(p, mode, v) for p, v in made]
 

@@ -130,13 +130,15 @@ def run_seed(home: Household, seed: int, steps: int = STEPS) -> None:
 # Known to diverge (the code from before this run existed failed alike): after the heal the
 # views are equal, but a conflict copy names content that no peer holds any more. Two ways to
 # it are fixed (a copy its holder deleted came back as a file from a peer that had not seen
-# the delete, tests/test_exchange_random.py; a peer resolving a conflict restated the winner
-# as an edit of its own, which could lose to a concurrent edit and show as a copy). One is
-# still open, not traced yet: a peer's own losing version, kept Real under the copy's name,
-# shows as a copy after the heal while that peer no longer holds it. Seen in most runs of
-# seeds 2 and 3; the run depends on timing, so it is expected to fail, not required to
-# (strict=False).
-DIVERGES = "a copy of a version its author no longer holds, after the heal"
+# the delete; a peer resolving a conflict restated the winner as an edit of its own, which
+# could lose to a concurrent edit and show as a copy): tests/test_exchange_random.py has
+# both. One is traced and open: c renames its own file away (seen as a delete of it, then a
+# create) while b, which shows c's version as a copy, renames the path; b's change makes the
+# copy a file (the copy's version at its name), c's delete supersedes that version only at
+# the path, and c later overwrites the file it renamed. The copy stays, with no holder.
+# Seen in most runs of seeds 2 and 3; the run depends on timing, so it is expected to fail,
+# not required to (strict=False).
+DIVERGES = "a copy made a file by one peer while its author deleted it elsewhere"
 
 
 @pytest.mark.xfail(strict=False, reason=DIVERGES)

@@ -43,6 +43,34 @@ def start(state: Path, *options: str) -> int:
     return json.loads((state / "server.json").read_text())["peer_port"]
 
 
+def paired(household: Callable[[str], Path], *b_options: str) -> tuple[Path, Path]:  # noqa: F811
+    """Peers a and b started and linked (b dials a; b started with `b_options`)."""
+    a, b = household("a"), household("b")
+    port_a = start(a)
+    ok(realize_process(a, "peer", "add", "b", token_of(b)))
+    ok(realize_process(b, "peer", "add", "a", token_of(a), "--address", f"127.0.0.1:{port_a}"))
+    start(b, *b_options)
+    wait_for("b's link to a", lambda: connected(b, "a") == "yes (dialled)")
+    return a, b
+
+
+def read_through_nfs(state: Path, path: bytes) -> bytes:
+    """The whole content of docs/`path` read through NFS on the running server of `state`."""
+
+    async def read(nfs: Nfs) -> bytes:
+        fh = await nfs.mount(b"/docs")
+        for name in path.split(b"/"):
+            fh = await nfs.lookup(fh, name)
+        data = b""
+        while True:
+            res = await nfs.read(fh, len(data), 1 << 20)
+            data += bytes(res.data)
+            if res.eof:
+                return data
+
+    return run_on(json.loads((state / "server.json").read_text())["nfs_port"], read)
+
+
 def area_dir(state: Path) -> Path:
     return state.parent / "docs"  # the household fixture's area "docs"
 
@@ -226,12 +254,7 @@ def test_files_arriving_from_a_peer_take_the_mark_of_their_directory(
     them arrives on b realized, fetched and pinned, and only listed; a new version of the
     realized file is realized again, and a file that arrives while b is stopped is realized
     after b starts again."""
-    a, b = household("a"), household("b")
-    port_a = start(a)
-    ok(realize_process(a, "peer", "add", "b", token_of(b)))
-    ok(realize_process(b, "peer", "add", "a", token_of(a), "--address", f"127.0.0.1:{port_a}"))
-    start(b)
-    wait_for("b's link to a", lambda: connected(b, "a") == "yes (dialled)")
+    a, b = paired(household)
     for directory, mark in (("real", "real"), ("kept", "keep"), ("cached", "unreal")):
         (area_dir(b) / directory).mkdir()
         ok(realize(b, "mark", mark, str(area_dir(b) / directory)))
@@ -286,12 +309,7 @@ def test_background_transfers_keep_to_the_peer_rate_and_nfs_reads_are_not_limite
     2M`): a 6 MiB file arriving under `real/` takes about 3 s to come. Meanwhile an NFS
     client on b reads another 6 MiB file that only a has, at full speed."""
     rate = 2 << 20
-    a, b = household("a"), household("b")
-    port_a = start(a)
-    ok(realize_process(a, "peer", "add", "b", token_of(b)))
-    ok(realize_process(b, "peer", "add", "a", token_of(a), "--address", f"127.0.0.1:{port_a}"))
-    start(b, "--peer-rate", "2M")
-    wait_for("b's link to a", lambda: connected(b, "a") == "yes (dialled)")
+    a, b = paired(household, "--peer-rate", "2M")
     (area_dir(b) / "real").mkdir()
     ok(realize(b, "mark", "real", str(area_dir(b) / "real")))
     (area_dir(a) / "real").mkdir(exist_ok=True)
@@ -334,12 +352,7 @@ def test_sync_every_pulls_on_a_schedule_with_nothing_changed(
 ) -> None:
     """b started with `--sync-every 1` asks a for its log every second though nothing
     changes: a's status shows b's last ask moving on."""
-    a, b = household("a"), household("b")
-    port_a = start(a)
-    ok(realize_process(a, "peer", "add", "b", token_of(b)))
-    ok(realize_process(b, "peer", "add", "a", token_of(a), "--address", f"127.0.0.1:{port_a}"))
-    start(b, "--sync-every", "1")
-    wait_for("b's link to a", lambda: connected(b, "a") == "yes (dialled)")
+    a, _ = paired(household, "--sync-every", "1")
 
     def last_asked() -> float:
         doc = json.loads(ok(realize(a, "status", "--json")))
@@ -360,12 +373,7 @@ def test_a_file_made_under_unreal_leaves_the_disk_only_once_another_peer_holds_i
     in `out/` stays Real until b has fetched and pinned it (HOLDS says so), then moves into
     a's cache, evictable, and still reads there. One in `solo/`, which b only lists, stays
     Real on a: it is the only copy."""
-    a, b = household("a"), household("b")
-    port_a = start(a)
-    ok(realize_process(a, "peer", "add", "b", token_of(b)))
-    ok(realize_process(b, "peer", "add", "a", token_of(a), "--address", f"127.0.0.1:{port_a}"))
-    start(b)
-    wait_for("b's link to a", lambda: connected(b, "a") == "yes (dialled)")
+    a, b = paired(household)
     for directory in ("out", "solo"):
         (area_dir(a) / directory).mkdir()
         ok(realize(a, "mark", "unreal", str(area_dir(a) / directory)))
@@ -389,19 +397,7 @@ def test_a_file_made_under_unreal_leaves_the_disk_only_once_another_peer_holds_i
     assert entry is not None and entry.layer == Layer.REAL
     assert (area_dir(a) / "solo" / "g.bin").read_bytes() == alone
 
-    async def read(nfs: Nfs) -> bytes:
-        root = await nfs.mount(b"/docs")
-        directory = await nfs.lookup(root, b"out")
-        fh = await nfs.lookup(directory, b"f.bin")
-        data = b""
-        while True:
-            res = await nfs.read(fh, len(data), 1 << 20)
-            data += bytes(res.data)
-            if res.eof:
-                return data
-
-    nfs_port = json.loads((a / "server.json").read_text())["nfs_port"]
-    assert run_on(nfs_port, read) == shared
+    assert read_through_nfs(a, b"out/f.bin") == shared
 
 
 def bytes_in(state: Path) -> int:
@@ -417,12 +413,7 @@ def test_an_edit_of_a_large_file_moves_little_more_than_what_changed(
     every later chunk changes): b, which holds the old version
     Real (under `real/`) or pinned in its cache (under `kept/`), builds the new one from it
     and receives a few MiB, not 33."""
-    a, b = household("a"), household("b")
-    port_a = start(a)
-    ok(realize_process(a, "peer", "add", "b", token_of(b)))
-    ok(realize_process(b, "peer", "add", "a", token_of(a), "--address", f"127.0.0.1:{port_a}"))
-    start(b)
-    wait_for("b's link to a", lambda: connected(b, "a") == "yes (dialled)")
+    a, b = paired(household)
     for directory, mark in (("real", "real"), ("kept", "keep")):
         (area_dir(b) / directory).mkdir()
         ok(realize(b, "mark", mark, str(area_dir(b) / directory)))
@@ -457,15 +448,4 @@ def test_an_edit_of_a_large_file_moves_little_more_than_what_changed(
         assert moved < 4 << 20, f"{moved} bytes moved for {directory}/big.bin"
     assert realized.read_bytes() == news["real"]
 
-    async def read(nfs: Nfs) -> bytes:
-        root = await nfs.mount(b"/docs")
-        fh = await nfs.lookup(await nfs.lookup(root, b"kept"), b"big.bin")
-        data = b""
-        while True:
-            res = await nfs.read(fh, len(data), 1 << 20)
-            data += bytes(res.data)
-            if res.eof:
-                return data
-
-    nfs_port = json.loads((b / "server.json").read_text())["nfs_port"]
-    assert run_on(nfs_port, read) == news["kept"]
+    assert read_through_nfs(b, b"kept/big.bin") == news["kept"]

@@ -34,6 +34,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,29 +186,16 @@ class ChunkServer:
         found = self._real(peer, areas, blob_id)
         if found is None:
             return fetch_status.NO_BLOB, 0, None
-        area, path, size, mtime_ns = found
+        _, _, size, mtime_ns = found
         with self._listing_lock:
             listed = self._remembered_list(blob_id, size, mtime_ns)
             if listed is not None:
                 return fetch_status.OK, size, listed
-            try:
-                fd = open_below(area.path, path)
-            except OSError:
-                return fetch_status.CHANGED, size, None
-            try:
-                before = os.fstat(fd)
-                whole, read, hashes = file_chunks(fd, FETCH_CHUNK_SIZE)
-                after = os.fstat(fd)
-            except OSError as e:
-                log.warning("cannot read %s/%s for a peer: %s", area.name, path, e)
-                return fetch_status.UNAVAILABLE, size, None
-            finally:
-                os.close(fd)
-            stats = (before, after)
-            unchanged = all(st.st_size == size and st.st_mtime_ns == mtime_ns for st in stats)
-            if not unchanged or read != size or whole != blob_id:
-                self._changed(peer, blob_id, area, path, "no chunk list")
-                return fetch_status.CHANGED, size, None
+            status, hashes = self._read_whole(
+                peer, blob_id, found, lambda fd: file_chunks(fd, FETCH_CHUNK_SIZE), "no chunk list"
+            )
+            if hashes is None:
+                return status, size, None
             self._remember_list(blob_id, _Listed(size, mtime_ns, hashes))
             return fetch_status.OK, size, hashes
 
@@ -255,32 +243,53 @@ class ChunkServer:
         found_real = self._real(peer, areas, blob_id)
         if found_real is None:
             return fetch_status.NO_BLOB, 0, None
-        area, path, size, mtime_ns = found_real
+        _, _, size, mtime_ns = found_real
         key = (blob_id, size, mtime_ns)
         with self._listing_lock:
             packed = self._cut_lists.get(key)
             if packed is not None:
                 return fetch_status.OK, size, packed
-            try:
-                fd = open_below(area.path, path)
-            except OSError:
-                return fetch_status.CHANGED, size, None
-            try:
-                before = os.fstat(fd)
+
+            def cut(fd: int) -> tuple[bytes, int, list[cuts.Cut]]:
                 found, whole, read = cuts.cuts(fd=fd)
-                after = os.fstat(fd)
-            except OSError as e:
-                log.warning("cannot read %s/%s for a peer: %s", area.name, path, e)
-                return fetch_status.UNAVAILABLE, size, None
-            finally:
-                os.close(fd)
-            unchanged = all(
-                st.st_size == size and st.st_mtime_ns == mtime_ns for st in (before, after)
-            )
-            if not unchanged or read != size or whole != blob_id:
-                self._changed(peer, blob_id, area, path, "no cuts")
-                return fetch_status.CHANGED, size, None
+                return whole, read, found  # in the order `_read_whole` takes
+
+            status, found = self._read_whole(peer, blob_id, found_real, cut, "no cuts")
+            if found is None:
+                return status, size, None
             return fetch_status.OK, size, self._remember_cuts(key, cuts.pack(found))
+
+    def _read_whole(
+        self,
+        peer: Peer,
+        blob_id: bytes,
+        found: tuple[Area, bytes, int, int],
+        compute: Callable[[int], tuple[bytes, int, Any]],
+        what: str,
+    ) -> tuple[fetch_status, Any]:
+        """`compute(fd)` -> (BLAKE3 of the whole, bytes read, result) over the Real file
+        `found` (area, path, size, mtime): its result when the file was the indexed content
+        throughout (size and mtime before and after, the whole hashing to `blob_id`), else
+        (CHANGED or UNAVAILABLE, None)."""
+        area, path, size, mtime_ns = found
+        try:
+            fd = open_below(area.path, path)
+        except OSError:
+            return fetch_status.CHANGED, None
+        try:
+            before = os.fstat(fd)
+            whole, read, result = compute(fd)
+            after = os.fstat(fd)
+        except OSError as e:
+            log.warning("cannot read %s/%s for a peer: %s", area.name, path, e)
+            return fetch_status.UNAVAILABLE, None
+        finally:
+            os.close(fd)
+        unchanged = all(st.st_size == size and st.st_mtime_ns == mtime_ns for st in (before, after))
+        if not unchanged or read != size or whole != blob_id:
+            self._changed(peer, blob_id, area, path, what)
+            return fetch_status.CHANGED, None
+        return fetch_status.OK, result
 
     def _remember_cuts(self, key: tuple[bytes, int, int], packed: bytes) -> bytes:
         """Keep the packed cuts of a content (bounded: `_CUT_BYTES` in all)."""

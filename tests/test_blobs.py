@@ -775,10 +775,48 @@ FILL_CHILD = textwrap.dedent(
         blobs.put_chunk(blob_id, index, data[index * cs : (index + 1) * cs])
     if flush:
         blobs._fills.flush()
-    print(blob_id.hex(), flush=True)
+    shared = "-"
+    if len(sys.argv) > 4:  # then what needs those chunks durable: an ingest, or a pin
+        if sys.argv[4] == "ingest":
+            shared = blobs.ingest(data[: 4 * cs], pin="keep", chunk_size=cs).hex()
+        else:
+            blobs.pin(blob_id, "keep")
+    print(blob_id.hex(), shared, flush=True)
     sys.stdin.read()
     """
 )
+
+
+@pytest.mark.parametrize("then", ["ingest", "pin"])
+def test_chunks_a_fill_left_unflushed_are_made_durable_when_an_ingest_or_a_pin_needs_them(
+    tmp_path: Path, then: str
+) -> None:
+    """An unpinned fill writes its chunks without the WAL. An ingest of the same content
+    (which finds the chunks stored) or a pin of the blob is promised durable: SIGKILL before
+    any flush must leave those chunks readable (found by the SIGKILL rounds)."""
+    path = tmp_path / "db"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", FILL_CHILD, str(path), "no", "-", then],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    filled, shared = line.decode().split()
+    data = content_of_fill()
+    store = Store(path)
+    try:
+        blobs = blobs_of(store)
+        kept = bytes.fromhex(shared if then == "ingest" else filled)
+        for index in range(4):
+            assert blobs.read_chunk(kept, index) == data[index * CS : (index + 1) * CS], index
+        assert blobs.fsck().ok
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(
@@ -806,7 +844,7 @@ def test_a_crash_before_a_fill_is_flushed_drops_its_records(
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert line, "the child did not fill the blob"
-    blob_id = bytes.fromhex(line.decode().strip())
+    blob_id = bytes.fromhex(line.decode().split()[0])
     store = Store(path)
     try:
         blobs = blobs_of(store)

@@ -230,6 +230,7 @@ class Ingest:
         info = txn.info(chunk)
         if info is None or not info.present:
             return False
+        self.state.make_durable(txn, chunk)  # a fill's unlogged bytes: this ingest needs them
         if info.stamp < start:  # else already protected by this ingest
             self.state.restamp(txn, chunk, info)
             self.state.stats.deduped_chunks += 1

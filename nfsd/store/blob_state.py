@@ -293,6 +293,20 @@ class BlobState:
         txn.account(area, cached=length, pinned=length if info.pins else 0, chunks=1)
         txn.set_info(chunk, info)
 
+    def make_durable(self, txn: Txn, chunk: ChunkHash) -> None:
+        """A chunk a fill wrote without the WAL, now needed by something promised durable
+        (an ingest that found it stored, a pinned blob): its bytes go through the WAL in
+        `txn` and its marker goes, or a crash before the next flush would drop it from under
+        that promise (under `lock`)."""
+        if chunk not in self.unflushed:
+            return
+        data = self.chunks.get(chunk, None, self.chunk_reads)
+        if data is None:
+            return  # not readable: the crash recovery treats it as lost, as before
+        txn.batch.put("chunks", chunk, data)
+        txn.batch.delete("meta", unflushed_key(chunk))
+        self.unflushed_bytes -= self.unflushed.pop(chunk)[1]
+
     def flushed(self, below: int) -> None:
         """A flush of the chunk family that began after fill `below - 1` has ended: the
         chunks filled before it are durable; their markers go (under `lock`)."""

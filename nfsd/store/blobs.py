@@ -520,8 +520,13 @@ class BlobStore:
                 log.warning("chunk %s of blob %s had no record", expected.hex(), blob_id.hex())
                 info = ChunkInfo(refs=1, pins=1 if m.pinned else 0)
             if info.present:
+                changed = m.pinned and expected in self._state.unflushed
+                if changed:  # promised offline: a fill's unlogged bytes go through the WAL
+                    self._state.make_durable(txn, expected)
                 if self._state.clock - info.stamp > self.touch_window:
                     self._state.restamp(txn, expected, info)
+                    changed = True
+                if changed:
                     txn.commit()
             else:
                 self._eviction.make_room(txn, m.area, len(data))
@@ -599,6 +604,7 @@ class BlobStore:
             if not m.pinned:
                 for chunk, count in self._state.slot_counts(blob_id):
                     self._state.repin(txn, chunk, count)
+                    self._state.make_durable(txn, chunk)  # pinned: through the WAL now
             m.pins = tuple(sorted({*m.pins, reason}))
             txn.batch.put("blobs", blob_id, m.pack())
             txn.commit()

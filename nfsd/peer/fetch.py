@@ -36,6 +36,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import blake3
@@ -228,14 +229,7 @@ class ChunkServer:
             with self._listing_lock:
                 packed = self._cut_lists.get(key)
                 if packed is None:
-
-                    def read(offset: int, length: int) -> bytes:
-                        length = min(length, manifest.size - offset)
-                        if length <= 0:
-                            return b""
-                        return b"".join(self.blobs.read_pieces(blob_id, offset, length))
-
-                    found, whole, size = cuts.cuts(read)
+                    found, whole, size = cuts.cuts(partial(self.blobs.read, blob_id))
                     if whole != blob_id or size != manifest.size:
                         return fetch_status.UNAVAILABLE, manifest.size, None
                     packed = self._remember_cuts(key, cuts.pack(found))

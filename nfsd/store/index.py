@@ -147,6 +147,15 @@ class AreaIndex:
                 if entry.kind == Kind.DIR:
                     pending.append(path)
 
+    def at_and_below(self, area: int, path: bytes) -> Iterator[tuple[bytes, Entry]]:
+        """(path, entry) of `path` itself (none for the area root) and, when it is a
+        directory (or the root, or not in the index), of everything below it."""
+        top = self.get(area, path) if path else None
+        if top is not None:
+            yield path, top
+        if top is None or top.kind == Kind.DIR:
+            yield from self.walk(area, path)
+
     def move(self, batch: Batch, area: int, old: bytes, new: bytes) -> None:
         """Re-key `old` (and, for a directory, everything below it) as `new`."""
         entry = self.get(area, old)
@@ -184,6 +193,16 @@ class AreaIndex:
             if not key.startswith(prefix):
                 break
             yield bytes(key[len(prefix) :]), Mark(raw[0])
+
+    def files_marked(self, area: int, marks: set[Mark], layer: Layer) -> Iterator[bytes]:
+        """Every file of `layer` (hashed) whose mark in force is one of `marks`."""
+        for top, mark in list(self.marked(area)):
+            if mark not in marks:
+                continue
+            for path, entry in self.at_and_below(area, top):
+                found = entry.kind == Kind.FILE and entry.layer == layer and entry.blob
+                if found and self.marked_at(area, path)[1] == top:  # not a nested mark's
+                    yield path
 
     def mark(self, area: int, path: bytes, default: Mark = Mark.REAL) -> Mark:
         """The mark in force for `path`: its own, else the nearest marked parent's."""

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import trio
 
 from nfsd.store.blobs import BlobError
-from nfsd.store.index import Kind, Layer, Mark
+from nfsd.store.index import Layer, Mark
 from nfsd.vfs.errors import FsError
 from nfsd.vfs.marks import Action, Job, Marks
 
@@ -40,7 +40,7 @@ QUEUE_MAX = 10_000
 RETRY_FIRST = 5.0
 RETRY_MAX = 300.0
 _BROUGHT = (Action.REALIZE, Action.FETCH_AND_KEEP)
-_BRINGING = (Mark.REAL, Mark.KEEP)
+_BRINGING = {Mark.REAL, Mark.KEEP}
 
 
 class Arrivals:
@@ -90,7 +90,8 @@ class Arrivals:
     async def run(self) -> None:
         """Bring arriving files to their marks for as long as the server runs."""
         self._token = trio.lowlevel.current_trio_token()
-        self.whole |= {area for area in self.marks.tree.areas if self._bringing_marks(area)}
+        self.whole |= {area for area in self.marks.tree.areas
+                       if any(m in _BRINGING for _, m in self.index.marked(area))}  # fmt: skip
         while True:
             await self._work()
             with trio.move_on_after(self._pause if self.failed else float("inf")):
@@ -112,28 +113,12 @@ class Arrivals:
                 await self._bring(area, path)
                 continue
             area = self.whole.pop()
-            for path in self._due(area):
+            for path in self.index.files_marked(area, _BRINGING, Layer.UNREAL):
                 if len(self.waiting) >= QUEUE_MAX:
                     self.whole.add(area)  # the rest on the next look over
                     break
                 self.waiting[(area, path)] = None
             await trio.sleep(0)
-
-    def _bringing_marks(self, area: int) -> list[bytes]:
-        return [path for path, mark in self.index.marked(area) if mark in _BRINGING]
-
-    def _due(self, area: int) -> Iterator[bytes]:
-        """Every Unreal file of the area whose mark in force is `real` or `keep`."""
-        for top in self._bringing_marks(area):
-            entry = self.index.get(area, top) if top else None
-            items = [(top, entry)] if entry is not None else []
-            if entry is None or entry.kind == Kind.DIR:
-                items = self.index.walk(area, top)  # type: ignore[assignment]
-            for path, below in items:
-                if below.kind != Kind.FILE or below.layer != Layer.UNREAL:
-                    continue
-                if self.index.marked_at(area, path)[1] == top:  # not a nested mark's
-                    yield path
 
     async def _bring(self, area: int, path: bytes) -> None:
         """The file at `path` brought to its mark in force, as `realize mark` would."""

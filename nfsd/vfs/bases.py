@@ -24,6 +24,7 @@ import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 from nfsd.store.blobs import BlobError, BlobStore
@@ -115,15 +116,7 @@ class Bases:
         manifest = self.blobs.manifest(blob)
         if manifest is None:
             raise BlobError(f"no base {blob.hex()[:16]}")
-        size = manifest.size
-
-        def read(offset: int, length: int) -> bytes:
-            length = min(length, size - offset)
-            if length <= 0:
-                return b""
-            return b"".join(self.blobs.read_pieces(blob, offset, length))
-
-        yield size, read
+        yield manifest.size, partial(self.blobs.read, blob)
 
     def done(self, new: bytes) -> None:
         """The new version is built (or will not be from its base): forget the base, and drop

@@ -205,17 +205,10 @@ class Marks:
 
     def plan(self, area: int, rel: bytes) -> list[tuple[bytes, Entry, Action]]:
         """What must happen to each file below (or at) the path for its mark in force."""
-        if rel:
-            top = self.index.get(area, rel)
-            items = [(rel, top)] if top is not None else []
-            if top is None or top.kind == Kind.DIR:
-                items += list(self.index.walk(area, rel))
-        else:
-            items = list(self.index.walk(area))
         blobs = self.tree.blobs
         work = []
-        for path, entry in items:
-            if entry is None or entry.kind != Kind.FILE:
+        for path, entry in list(self.index.at_and_below(area, rel)):
+            if entry.kind != Kind.FILE:
                 continue
             mark, _ = self.index.marked_at(area, path)
             action = None

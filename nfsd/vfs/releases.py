@@ -19,7 +19,6 @@ under `unreal` marks instead, so the wait survives a restart and memory stays bo
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import trio
 
@@ -74,24 +73,11 @@ class Releases:
         while self.whole and len(self.waiting) < QUEUE_MAX:
             area = self.whole.pop()
             first = trio.current_time() + FIRST_LOOK
-            for path in self._real_under_unreal(area):
+            for path in self.index.files_marked(area, {Mark.UNREAL}, Layer.REAL):
                 if len(self.waiting) >= QUEUE_MAX:
                     self.whole.add(area)
                     break
                 self.waiting.setdefault((area, path), (first, FIRST_LOOK))
-
-    def _real_under_unreal(self, area: int) -> Iterator[bytes]:
-        for top, mark in list(self.index.marked(area)):
-            if mark != Mark.UNREAL:
-                continue
-            entry = self.index.get(area, top) if top else None
-            items = [(top, entry)] if entry is not None else []
-            if entry is None or entry.kind == Kind.DIR:
-                items = self.index.walk(area, top)  # type: ignore[assignment]
-            for path, below in items:
-                real = below.kind == Kind.FILE and below.layer == Layer.REAL and below.blob
-                if real and self.index.marked_at(area, path)[1] == top:
-                    yield path
 
     async def _try(self, area: int, path: bytes) -> None:
         """Move the file into the cache if another holds its content; else look later."""

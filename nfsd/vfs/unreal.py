@@ -212,7 +212,8 @@ class UnrealLayer:
         is here is first built from it as far as it goes (`_patch`)."""
         if self.bases is not None and blob in self.bases.noted:
             await self._patched(blob, wait)
-            indexes = [i for i in indexes if i in set(self.blobs.missing(blob))]
+            still = set(self.blobs.missing(blob))
+            indexes = [i for i in indexes if i in still]
         events = [(i, self._start_fetch(blob, i)) for i in indexes]
         if not _BACKGROUND.get():
             self._urgent.update((blob, i) for i in indexes if (blob, i) in self._fetching)

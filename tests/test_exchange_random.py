@@ -8,6 +8,7 @@ few times."""
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,3 +220,92 @@ def test_resolving_a_conflict_does_not_restate_the_winner_as_an_edit_that_can_lo
     views = [side.view() for side in three]
     assert views[0] == views[1] == views[2]
     assert views[0] == {b"w.txt": (24, blob(b"a's edit of c's version\n"))}, views[0]
+
+
+def _held_somewhere(three: list[Side]) -> set[bytes]:
+    """Every blob some peer holds whole: a Real file (its bytes checked) or cached."""
+    held = set()
+    for side in three:
+        for path, entry in side.tree.index.walk(side.area):
+            if entry.blob and entry.layer.name == "REAL":
+                if blob((side.dir / path.decode()).read_bytes()) == entry.blob:
+                    held.add(entry.blob)
+            elif entry.blob and side.tree.blobs is not None:
+                manifest = side.tree.blobs.manifest(entry.blob)
+                if manifest is not None and not side.tree.blobs.missing(entry.blob):
+                    held.add(entry.blob)
+    return held
+
+
+@pytest.mark.parametrize("paired", [True, False], ids=["renamed", "deleted-and-created"])
+def test_a_copy_its_author_moved_away_is_not_made_a_file_by_a_peer_that_still_showed_it(
+    three: list[Side], paired: bool
+) -> None:
+    """Found by the randomized household run: c, not yet knowing its version of p.txt lost,
+    moves its file to q.txt (a rename, or a delete and a create where the watcher cannot pair
+    them) while b, which shows c's version as a copy, renames p.txt; b's change makes the copy
+    a file. c then overwrites q.txt, so the copy's bytes are nowhere: after the heal no file
+    may show them."""
+    a, b, c = three
+    a.write("p.txt", b"first\n", mtime_s=1_000_000)
+    a.publish()
+    _heal(three)
+    b.write("p.txt", b"b's edit, later\n", mtime_s=1_000_200)
+    c.write("p.txt", b"c's edit\n", mtime_s=1_000_100)
+    b.publish()
+    c.publish()
+    b.pull(c)
+    [name] = [p for p in b.view() if b"conflict" in p]
+    if paired:
+        _rename(c, b"p.txt", b"q.txt")
+    else:
+        _remove(c, b"p.txt")
+        c.exchange.stamp_pending(c.area)
+        c.write("q.txt", b"c's edit\n", mtime_s=1_000_100)
+        c.publish()
+    c.exchange.stamp_pending(c.area)
+    _rename(b, b"p.txt", b"r.txt")
+    b.exchange.stamp_pending(b.area)
+    c.write("q.txt", b"c's overwrite of q\n", mtime_s=1_000_300)
+    c.publish()
+    _heal(three)
+    views = [side.view() for side in three]
+    assert views[0] == views[1] == views[2]
+    held = _held_somewhere(three)
+    assert {p for p, (_, blob_id) in views[0].items() if blob_id and blob_id not in held} == set()
+    assert name not in views[0]
+    assert views[0][b"r.txt"] == (16, blob(b"b's edit, later\n"))
+    assert views[0][b"q.txt"] == (19, blob(b"c's overwrite of q\n"))
+
+
+def test_a_rename_onto_a_file_held_on_its_base_supersedes_only_what_its_user_saw(
+    three: list[Side],
+) -> None:
+    """Found by the randomized household run: b, cut off, renames f0 over its own d.txt;
+    before the watcher reports the rename, a page from a lands a later edit of d.txt, so
+    d.txt (its file not what the index holds) is held Real on its base. The rename then
+    replaced what b's user saw (b's own version), not a's: b's old version must not come
+    back as a conflict copy of content no peer holds any more."""
+    a, b, c = three
+    a.write("d.txt", b"first\n", mtime_s=1_000_000)
+    a.publish()
+    _heal(three)
+    b.write("d.txt", b"b's edit\n", mtime_s=1_000_100)
+    b.write("f0", b"b's other file\n", mtime_s=1_000_150)
+    b.publish()
+    c.pull(b)
+    a.write("d.txt", b"a's edit, later\n", mtime_s=1_000_200)
+    a.publish()
+    os.rename(b.dir / "f0", b.dir / "d.txt")  # on b's disk; the watcher has not told yet
+    b.pull(a)
+    b.tree.journal.renamed(b.area, b"f0", b"d.txt")  # what the watcher then reports
+    b.exchange.stamp_pending(b.area)
+    _heal(three)
+    views = [side.view() for side in three]
+    assert views[0] == views[1] == views[2]
+    held = _held_somewhere(three)
+    assert {p for p, (_, blob_id) in views[0].items() if blob_id and blob_id not in held} == set()
+    assert blob(b"b's edit\n") not in {blob_id for _, blob_id in views[0].values()}
+    assert sorted(views[0].values()) == sorted(
+        [(16, blob(b"a's edit, later\n")), (15, blob(b"b's other file\n"))]
+    )

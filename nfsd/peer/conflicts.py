@@ -289,6 +289,39 @@ def _leveled_name(path: bytes, v: Version, index: int, level: int) -> bytes:
     return conflict_name(path, v, _HASH_LEVELS[-1], f"-{index}-{level}".encode())
 
 
+def copy_origin(name: bytes, v: Version) -> bytes | None:
+    """The path `name` is `v`'s conflict copy of (`conflict_name` at any hash length), or
+    None: not such a name, or one whose stem was shortened (the path cannot be told)."""
+    parent, slash, leaf = name.rpartition(b"/")
+    peer = v.author.split("-")[0][:_PEER_SHOWN].encode()
+    tag = CONFLICT_TAG + peer + b"-" + _content_hash(v)[:HASH_SHOWN].encode()
+    at = leaf.rfind(tag)
+    if at <= 0:
+        return None
+    _, extension = _split_extension(leaf)
+    path = parent + slash + leaf[:at] + extension
+    if any(conflict_name(path, v, digits) == name for digits in _HASH_LEVELS):
+        return path
+    return None
+
+
+def revived_copy(name: bytes, v: Version, origin: PathState, author: PeerId) -> bool:
+    """Whether `v`, arriving at `name`, is a copy of `author`'s own version that a peer made
+    an ordinary file while `author` had already moved past it at the copy's path (deleted,
+    renamed away or edited it there): the author then dismisses it (`dismissal_tombstone`),
+    as if its user had deleted the copy, for its bytes may be held nowhere any more. Only
+    the author knows it moved past its own version; the peer that made the copy a file
+    superseded it too, by moving it, and must not count."""
+    return (
+        v.author == author
+        and v.kind is Kind.FILE
+        and any(
+            w.author == author and w.vector.compare(v.vector) is Order.NEWER
+            for w in origin.versions
+        )
+    )
+
+
 # --- Local changes ---
 
 Entry = tuple[bytes, Version]

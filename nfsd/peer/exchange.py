@@ -108,6 +108,7 @@ from nfsd.peer.conflicts import (
     PathState,
     Rename,
     Resolution,
+    copy_origin,
     decide,
     dismissal_of_copy,
     dismissal_tombstone,
@@ -115,10 +116,11 @@ from nfsd.peer.conflicts import (
     make_rename,
     plan_rename,
     resolve,
+    revived_copy,
 )
 from nfsd.peer.landing import Act, Landing, What
 from nfsd.peer.versions import Kind as VKind
-from nfsd.peer.versions import PeerId, Version, VersionError
+from nfsd.peer.versions import PeerId, Version, VersionError, next_version
 from nfsd.store.areas import AreaTable
 from nfsd.store.blobs import BlobError
 from nfsd.store.db import Batch, Store
@@ -573,8 +575,9 @@ class Exchange:
             bases[path] = PathState.decode(bytes(raw))
             return bases[path]
 
-        def copies(path: bytes) -> dict[bytes, PathState]:
-            return {c.name: state(c.name) for c in resolve(path, state(path)).copies}
+        def copies(path: bytes, of: PathState | None = None) -> dict[bytes, PathState]:
+            of = state(path) if of is None else of
+            return {c.name: state(c.name) for c in resolve(path, of).copies}
 
         clock = change.time_ns // 1_000_000_000
         path, op = change.path, change.op
@@ -609,7 +612,7 @@ class Exchange:
                 mtime_ns=mtime, clock=clock,
             )  # fmt: skip
         elif op is Op.RENAME:
-            return self._rename_versions(area, change, state, copies, clock)
+            return self._rename_versions(area, change, state, base, copies, clock)
         else:
             return []  # SETATTR: a mode is not a version
         return [(p, mode, v) for p, v in made]
@@ -653,17 +656,22 @@ class Exchange:
         area: int,
         change: Change,
         state: Callable[[bytes], PathState],
-        copies: Callable[[bytes], dict[bytes, PathState]],
+        base: Callable[[bytes], PathState],
+        copies: Callable[..., dict[bytes, PathState]],
         clock: int,
     ) -> list[tuple[bytes, int, Version]]:
+        """A rename supersedes what its user saw at either path: a path held Real on a base
+        (a peer's version landed while the watcher had not told of the rename yet) only that
+        base, so what the peer's version made of it (a copy of the old file) is not kept."""
         source, target = change.path, change.new_path
         entry = self.index.get(area, target)
         mode = entry.mode if entry is not None else change.mode & 0o7777
+        seen_source, seen_target = base(source), base(target)
         try:
             rename, made = make_rename(
-                source, target, state(source), state(target), self.me,
+                source, target, seen_source, seen_target, self.me,
                 mtime_ns=change.time_ns, clock=clock,
-                copy_states={**copies(source), **copies(target)},
+                copy_states={**copies(source, seen_source), **copies(target, seen_target)},
             )  # fmt: skip
         except VersionError:
             # The source was never announced (or is a conflict copy, dismissed by moving it
@@ -900,12 +908,34 @@ class Exchange:
             result.merged += 1
         else:
             result.conflicts += 1
-        page.touch(path, entry.mode & 0o777, state, decision.state)
-        if entry.sequence and decision.action is Action.APPLY:
+        after = decision.state
+        dismissal = self._revived(area, path, version, page)
+        if dismissal is not None:
+            after = decide(after, dismissal).state
+        page.touch(path, entry.mode & 0o777, state, after)
+        if entry.sequence and decision.action is Action.APPLY and dismissal is None:
             page.applied.setdefault(entry.sequence, []).append((path, version))
-        self._put_state(batch, area, path, decision.state)
+        self._put_state(batch, area, path, after)
         relayed = _stamp([(path, entry.mode, version.encode())])
         self.history.append(batch, area, Change(_op_of(version), path, stamp=relayed))
+        if dismissal is not None:
+            mine = _stamp([(path, entry.mode, dismissal.encode())])
+            self.history.append(batch, area, Change(Op.DELETE, path, stamp=mine))
+
+    def _revived(self, area: int, path: bytes, version: Version, page: _Page) -> Version | None:
+        """The tombstone this peer publishes at once for a copy of its own version that a
+        peer made a file after this peer had moved past it (conflicts.py `revived_copy`):
+        what its user would do, seeing a copy of what they had deleted."""
+        if version.author != self.me:
+            return None
+        origin = copy_origin(path, version)
+        if origin is None:
+            return None
+        state = page.states[origin] if origin in page.states else self.state(area, origin)
+        if not revived_copy(path, version, state, self.me):
+            return None
+        log.info("%s: a copy of a version superseded here made a file: dismissed", shown(path))
+        return next_version([version], self.me, VKind.DELETED, clock=int(time.time()))
 
     def _land(self, batch: Batch, area: int, page: _Page) -> Landed:
         """Show every path the page changed (children before parents, so a directory a

@@ -529,10 +529,15 @@ class Exchange:
         landed = Landed()
         released = 0
         assert self.landing is not None
+        pending: set[bytes] | None = None
         for key, raw in self.meta.items(from_key=prefix):
             if not key.startswith(prefix):
                 break
             path = bytes(key[len(prefix) :])
+            if pending is None:
+                pending = self._unstamped_paths(area)
+            if path in pending:
+                continue  # a change of it waits (a delete in its grace): stamped on this base
             base = PathState.decode(bytes(raw))
             current = self.index.get(area, path)
             if (current is None or current.layer != Layer.REAL) and self._unindexed(
@@ -551,6 +556,13 @@ class Exchange:
         if released:
             batch.commit(sync=bool(landed.acts))
             self._finish(area, landed)
+
+    def _unstamped_paths(self, area: int) -> set[bytes]:
+        paths = set()
+        for _sequence, change in self.history.since(area, self.stamped(area)):
+            if not change.stamp:
+                paths |= {change.path, change.new_path}
+        return paths
 
     def _versions_of(
         self,
@@ -1301,7 +1313,9 @@ class Exchange:
         """After the batch that planned them is committed: the disk changes, the pins, and
         the paths shown told to `arrived` (their marks may ask for their content)."""
         if self.landing is not None and landed.acts:
-            self.landing.keep_dirs(self.landing.carry_out(landed.acts))
+            failed = self.landing.carry_out(landed.acts)
+            self.landing.keep_dirs([a for a in failed if a.what is What.REMOVE])
+            self._unmoved(area, [a for a in failed if a.what is What.MOVE])
         if self.replaced is not None:
             for new, old in landed.replaced:
                 self.replaced(new, old)
@@ -1315,6 +1329,31 @@ class Exchange:
         for blob, reason in landed.pins:
             with contextlib.suppress(BlobError):  # not cached yet: `pin_copies` pins it later
                 blobs.pin(blob, reason)
+
+    def _unmoved(self, area: int, acts: list[Act]) -> None:
+        """Losing local files that could not be moved aside to their conflict names: their
+        user changed, moved or removed them on the disk after the batch that planned the
+        move. The index shows each at its path again, Real, held on its own version: what
+        the watcher then reports is a change of that version, made by its user, not of the
+        winner the index showed meanwhile, and it supersedes only the loser."""
+        if not acts:
+            return
+        batch = self.store.batch()
+        for act in acts:
+            moved = self.index.get(area, act.target)
+            if moved is None or moved.layer != Layer.REAL:
+                continue
+            log.warning("%s changed on the disk as it lost a conflict: kept as its change",
+                        shown(act.path))  # fmt: skip
+            self.index.delete(batch, area, act.target)
+            self.index.put(batch, area, act.path, moved)
+            state = self.state(area, act.path)
+            own = [v for v in state.versions if v.identity == _identity(moved)]
+            if own:
+                batch.put("meta", _BASE + _AREA.pack(area) + act.path, PathState.of(own).encode())
+        batch.commit()
+        if self.landing is not None:
+            self.landing.tree.index_changed()
 
     def pin_copies(self, area: int) -> int:
         """Pin the blob of every conflict copy shown whose blob the cache knows now; how

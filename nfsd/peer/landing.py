@@ -205,7 +205,8 @@ class Landing:
 
     def carry_out(self, acts: list[Act]) -> list[Act]:
         """Do the planned acts (their batch committed, synced), sync their directories, then
-        drop their intents; the directory removals that could not be done (not empty)."""
+        drop their intents; the acts that could not be done: directory removals (not empty)
+        and moves whose file was changed, moved or removed meanwhile (`_moved_already`)."""
         if not acts:
             return []
         failed: list[Act] = []
@@ -214,7 +215,10 @@ class Landing:
         order = sorted(acts, key=lambda a: (a.what is not What.MOVE, -a.path.count(b"/")))
         try:
             for act in order:
-                if not self._do(act, touched) and act.what is What.REMOVE and act.is_dir:
+                if self._do(act, touched):
+                    continue
+                kept_dir = act.what is What.REMOVE and act.is_dir
+                if kept_dir or (act.what is What.MOVE and not self._moved_already(act, touched)):
                     failed.append(act)
             for fd in touched.values():
                 held = open_listable(fd)
@@ -238,6 +242,15 @@ class Landing:
         if fd is None:
             fd = touched[(area, rel)] = self.tree.roots.dir_relative(area, rel)
         return fd
+
+    def _moved_already(self, act: Act, touched: dict[tuple[int, bytes], int]) -> bool:
+        """Whether a move's file is at its target (moved before a crash)."""
+        parent, name = split(act.target)
+        try:
+            st = os.stat(name, dir_fd=self._dir(touched, act.area, parent), follow_symlinks=False)
+        except (OSError, FsError):
+            return False
+        return (st.st_dev, st.st_ino) == (act.dev, act.ino)
 
     def _do(self, act: Act, touched: dict[tuple[int, bytes], int]) -> bool:
         """One act, if the object at its path is still the inode planned; whether done."""
@@ -277,7 +290,8 @@ class Landing:
             acts.append(Act.unpack(bytes(key), bytes(raw)))
         failed = self.carry_out([a for a in acts if a.area in self.tree.areas])
         for act in failed:  # a directory that is not empty stays, as the index then says
-            self._keep_dir(act)
+            if act.what is What.REMOVE:
+                self._keep_dir(act)
         if acts:
             log.info("carried out %d changes a peer asked for before the last stop", len(acts))
         return len(acts)

@@ -277,7 +277,10 @@ class Household:
             changed = sum(self.sync(name) for name in self.peers)
             views = {name: self.kept(self.view(name)) for name in self.peers}
             first = views[NAMES[0]]
-            hashed = all(blob for _p, kind, _s, blob in first if kind == "file")
+            hashed = all(blob for _p, kind, _s, blob in first if kind == "file") and all(
+                self.on_disk(name) <= {p for p, kind, _s, _b in views[name] if kind == "file"}
+                for name in self.peers
+            )
             if not changed and hashed and all(v == first for v in views.values()):
                 return first
             if time.monotonic() > deadline:
@@ -286,6 +289,18 @@ class Household:
                     f"(path, kind, size, blob: the peers showing it):\n{differences(views)}"
                 )
             time.sleep(0.1)
+
+    def on_disk(self, name: str) -> set[str]:
+        """The area paths of the regular files on the peer's disk (but quarantined ones): a
+        file written there last is not in the view until it rests and is hashed."""
+        area = self.peers[name].area
+        found = set()
+        for directory, _dirs, names in os.walk(area):
+            for leaf in names:
+                full = os.path.join(directory, leaf)
+                if os.path.isfile(full) and not os.path.islink(full):
+                    found.add(os.path.relpath(full, area))
+        return {p for p in found if not p.startswith(tuple(self.quarantined))}
 
     def kept(self, view: View) -> View:
         return [row for row in view if not row[0].startswith(tuple(self.quarantined))]

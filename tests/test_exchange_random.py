@@ -320,7 +320,7 @@ def test_a_losing_file_its_user_changes_before_it_is_moved_aside_keeps_the_chang
     user deletes (or renames) f0 on the disk before the move is made. What the user did is
     a change of c's version, not of a's: a's edit stays at f0, the renamed file at its new
     name, and no copy of c's version is left that no peer holds."""
-    a, b, c = three
+    a, _b, c = three
     a.write("f0", b"first\n", mtime_s=1_000_000)
     a.publish()
     _heal(three)

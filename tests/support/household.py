@@ -278,7 +278,8 @@ class Household:
             views = {name: self.kept(self.view(name)) for name in self.peers}
             first = views[NAMES[0]]
             hashed = all(blob for _p, kind, _s, blob in first if kind == "file") and all(
-                self.on_disk(name) <= {p for p, kind, _s, _b in views[name] if kind == "file"}
+                self.on_disk(name).items()
+                <= {(p, b) for p, kind, _s, b in views[name] if kind == "file"}
                 for name in self.peers
             )
             if not changed and hashed and all(v == first for v in views.values()):
@@ -290,17 +291,23 @@ class Household:
                 )
             time.sleep(0.1)
 
-    def on_disk(self, name: str) -> set[str]:
-        """The area paths of the regular files on the peer's disk (but quarantined ones): a
-        file written there last is not in the view until it rests and is hashed."""
+    def on_disk(self, name: str) -> dict[str, str]:
+        """Area path → BLAKE3 hex of each regular file on the peer's disk (but quarantined
+        ones): a file written there last is in the view as what it holds only once it has
+        rested and is hashed."""
+        import blake3
+
         area = self.peers[name].area
-        found = set()
+        found = {}
         for directory, _dirs, names in os.walk(area):
             for leaf in names:
                 full = os.path.join(directory, leaf)
-                if os.path.isfile(full) and not os.path.islink(full):
-                    found.add(os.path.relpath(full, area))
-        return {p for p in found if not p.startswith(tuple(self.quarantined))}
+                path = os.path.relpath(full, area)
+                if path.startswith(tuple(self.quarantined)) or os.path.islink(full):
+                    continue
+                with suppress(OSError), open(full, "rb") as file:  # gone: the next round sees
+                    found[path] = blake3.blake3(file.read()).hexdigest()
+        return found
 
     def kept(self, view: View) -> View:
         return [row for row in view if not row[0].startswith(tuple(self.quarantined))]

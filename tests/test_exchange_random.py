@@ -356,3 +356,107 @@ def test_a_losing_file_its_user_changes_before_it_is_moved_aside_keeps_the_chang
     assert views[0] == expected
     held = _held_somewhere(three)
     assert all(blob_id in held for _, blob_id in views[0].values())
+
+
+@pytest.mark.parametrize("what", ["deleted", "renamed"])
+def test_a_file_its_user_moved_away_before_a_page_lands_is_still_the_users_change(
+    three: list[Side], what: str
+) -> None:
+    """Found by the randomized household run: c's user deletes (or renames) c's own f0 on
+    the disk, and a page with a's concurrent edit of f0 lands before the watcher tells the
+    journal. The index must keep f0 Real until the journal hears (it reconciles Real
+    entries only): then the delete is c's, of c's version, and a's edit stays."""
+    a, _b, c = three
+    a.write("f0", b"first\n", mtime_s=1_000_000)
+    a.publish()
+    _heal(three)
+    c.write("f0", b"c's edit\n", mtime_s=1_000_100)
+    c.publish()
+    a.write("f0", b"a's edit, later\n", mtime_s=1_000_200)
+    a.publish()
+    if what == "deleted":
+        (c.dir / "f0").unlink()
+    else:
+        (c.dir / "f0").rename(c.dir / "g")
+    c.pull(a)
+    c.publish()  # the watcher's reconcile: what the disk holds now
+    c.exchange.stamp_pending(c.area)
+    _heal(three)
+    views = [side.view() for side in three]
+    assert views[0] == views[1] == views[2]
+    expected = {b"f0": (16, blob(b"a's edit, later\n"))}
+    if what == "renamed":
+        expected[b"g"] = (9, blob(b"c's edit\n"))
+    assert views[0] == expected
+    held = _held_somewhere(three)
+    assert all(blob_id in held for _, blob_id in views[0].values())
+
+
+def _file_view(side: Side) -> dict[bytes, tuple[int, bytes]]:
+    return {p: v for p, v in side.view().items() if v[1]}
+
+
+def test_a_losing_copy_that_wins_its_path_back_keeps_its_bytes(three: list[Side]) -> None:
+    """Found by the randomized household run: a's edit loses to b's and moves aside, Real,
+    to its conflict name; then b deletes the path without having seen a's edit, so a's
+    version wins the path back (in a directory no NFS client ever looked up). a's file
+    must move back to the path, not be removed as a resolved copy while the path shows its
+    content Unreal, held by no peer."""
+    a, b, _c = three
+    a.write("sub/f2", b"first\n", mtime_s=1_000_000)
+    a.publish()
+    _heal(three)
+    a.write("sub/f2", b"a's edit\n", mtime_s=1_000_100)
+    a.publish()
+    b.write("sub/f2", b"b's edit, later\n", mtime_s=1_000_200)
+    b.publish()
+    a.pull(b)
+    [name] = [p for p in a.view() if b"conflict" in p]
+    assert a.layer(name) == Layer.REAL
+    _remove(b, b"sub/f2")
+    b.exchange.stamp_pending(b.area)
+    a.pull(b)
+    assert _file_view(a) == {b"sub/f2": (9, blob(b"a's edit\n"))}
+    assert a.layer(b"sub/f2") == Layer.REAL
+    assert (a.dir / "sub/f2").read_bytes() == b"a's edit\n"
+    _heal(three)
+    views = [side.view() for side in three]
+    assert views[0] == views[1] == views[2]
+    assert _file_view(a) == {b"sub/f2": (9, blob(b"a's edit\n"))}
+
+
+def test_a_file_whose_version_a_peer_made_a_copy_file_moves_to_the_copy(
+    three: list[Side],
+) -> None:
+    """Found by the randomized household run: a's version holds f2 on a (Real), while c,
+    which still shows it as a conflict copy, writes f2 and so makes the copy a file under
+    the copy's name. On a, f2 then shows c's version: a's file must move to the copy's name,
+    not be dropped, for a is the only peer holding those bytes."""
+    a, b, c = three
+    a.write("f2", b"first\n", mtime_s=1_000_000)
+    a.publish()
+    _heal(three)
+    a.write("f2", b"a's edit\n", mtime_s=1_000_100)
+    a.publish()
+    b.write("f2", b"b's edit, later\n", mtime_s=1_000_200)
+    b.publish()
+    c.pull(a)
+    c.pull(b)
+    [name] = [p for p in c.view() if b"conflict" in p]
+    a.pull(b)
+    _remove(b, b"f2")  # b, not having seen a's edit, deletes only its own
+    b.exchange.stamp_pending(b.area)
+    a.pull(b)
+    assert a.view() == {b"f2": (9, blob(b"a's edit\n"))}
+    assert a.layer(b"f2") == Layer.REAL
+    c.write("f2", b"c's edit\n", mtime_s=1_000_300)  # c still shows a's edit as a copy
+    c.publish()
+    a.pull(c)
+    assert a.view() == {b"f2": (9, blob(b"c's edit\n")), name: (9, blob(b"a's edit\n"))}
+    assert a.layer(name) == Layer.REAL
+    assert (a.dir / name.decode()).read_bytes() == b"a's edit\n"
+    _heal(three)
+    views = [side.view() for side in three]
+    assert views[0] == views[1] == views[2]
+    held = _held_somewhere(three)
+    assert all(blob_id in held for _, blob_id in views[0].values())

@@ -546,10 +546,11 @@ class Exchange:
                 continue  # still not indexed: the journal publishes it, on this base
             if current is not None and current.layer == Layer.REAL:
                 real = self.landing.inspect(area, path, current)
-                if real is not None:
-                    held = resolve(path, base).shown
-                    if not real.clean or held is None or held.identity != _identity(current):
-                        continue  # a change of its own, to be published (and stamped)
+                if real is None:
+                    continue  # gone from the disk: the journal's delete comes, on this base
+                held = resolve(path, base).shown
+                if not real.clean or held is None or held.identity != _identity(current):
+                    continue  # a change of its own, to be published (and stamped)
             batch.delete("meta", bytes(key))
             self.show(batch, area, path, 0, base, self.state(area, path), landed)
             released += 1
@@ -1053,7 +1054,8 @@ class Exchange:
         real = self.landing.inspect(area, source, current)
         if real is None or not real.clean or self.tree_look(area, target):
             return set()
-        if self.landing.disk_parent_fid(area, target) is None:
+        beside = split(source)[0] == split(target)[0]  # its directory is the source's
+        if not beside and self.landing.disk_parent_fid(area, target) is None:
             return set()  # its directory is not on this disk: fetched there on demand
         st = real.st
         act = Act(What.MOVE, area, source, st.st_dev, st.st_ino, current.kind == Kind.DIR, target)
@@ -1066,32 +1068,38 @@ class Exchange:
 
     def _pair_by_content(self, batch: Batch, area: int, page: _Page, landed: Landed,
                          moved: set[bytes]) -> None:  # fmt: skip
-        """A file deleted here that another path of the page now shows (a rename met as a
-        delete and a create: in a catch-up, or where its preconditions failed): its clean
-        bytes move there instead of being removed and fetched again."""
-        gone: list[bytes] = []
+        """A file deleted or replaced here whose content another path of the page now shows
+        (a rename met as a delete and a create: in a catch-up, or where its preconditions
+        failed; a conflict copy made a file by a peer that changed the path): its clean bytes
+        move there instead of being removed and fetched again, or held by no peer."""
+        winners: dict[bytes, Version | None] = {}
         shows: dict[bytes, bytes] = {}
         for path, state in page.states.items():
             if path in moved:
                 continue
-            winner = resolve(path, state).shown
-            if winner is None or winner.deleted:
-                gone.append(path)
-            elif winner.kind is VKind.FILE:
+            winner = winners[path] = resolve(path, state).shown
+            if winner is not None and not winner.deleted and winner.kind is VKind.FILE:
                 shows.setdefault(winner.content, path)
-        if not gone or not shows:
+        if not shows:
             return
-        for source in sorted(gone):
+        for source, winner in sorted(winners.items()):
             current = self.index.get(area, source)
             if current is None or current.kind != Kind.FILE or current.layer != Layer.REAL:
                 continue
+            if winner is not None and winner.identity == _identity(current):
+                continue  # it shows these bytes still
             target = shows.get(current.blob)
-            if target is None or target in moved:
+            if target is None or target == source or target in moved:
                 continue
             done = self._move_real(batch, area, source, target, landed)
-            if done:
-                moved |= done
-                del shows[current.blob]
+            if not done:
+                continue
+            moved |= done
+            del shows[current.blob]
+            if winner is not None and not winner.deleted:  # replaced: it shows the new one
+                shown_now = resolve(source, page.states[source])
+                self._show_unreal(batch, area, source, page.modes[source], None, shown_now,
+                                  landed)  # fmt: skip
 
     # ---- what the index (and the disk, for paths held Real) shows ----
 
@@ -1201,10 +1209,10 @@ class Exchange:
     ) -> None:  # fmt: skip
         assert self.landing is not None
         real = self.landing.inspect(area, path, current)
-        if real is None:  # gone from the disk: the journal will hear; show what is decided
-            self._show_unreal(batch, area, path, mode, current, resolution, landed)
-            return
-        if not real.clean:
+        if real is None or not real.clean:
+            # Gone from the disk (deleted or moved by its user, the journal not told yet: it
+            # reconciles Real entries only), or holding a change not published: held as it
+            # is, so that what the journal records supersedes only what its user saw.
             self._hold(batch, area, path, before, held_base)
             return
         local = _identity(current)
@@ -1292,6 +1300,15 @@ class Exchange:
             there = self.index.get(area, copy.name)
             if there is None or _identity(there) != copy.version.identity:
                 continue
+            winner = after.shown
+            if (
+                there.layer == Layer.REAL
+                and winner is not None
+                and winner.identity == copy.version.identity
+                and self.landing is not None
+                and self._move_real(batch, area, copy.name, path, landed)
+            ):
+                continue  # the copy's version won the path back: its bytes go back there
             if there.layer == Layer.UNREAL:
                 self.index.delete(batch, area, copy.name)
                 landed.gone(copy.name)

@@ -312,14 +312,17 @@ def test_a_rename_onto_a_file_held_on_its_base_supersedes_only_what_its_user_saw
 
 
 @pytest.mark.parametrize("what", ["deleted", "renamed"])
-def test_a_losing_file_its_user_changes_before_it_is_moved_aside_keeps_the_change(
-    three: list[Side], what: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("when", ["before-the-page", "before-the-move"])
+def test_a_losing_file_its_user_changes_meanwhile_keeps_the_change_as_the_users(
+    three: list[Side], what: str, when: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Found by the randomized household run: c's own f0 loses to a's later edit, and the
-    batch that shows a's version plans to move c's file aside to its conflict name; c's
-    user deletes (or renames) f0 on the disk before the move is made. What the user did is
-    a change of c's version, not of a's: a's edit stays at f0, the renamed file at its new
-    name, and no copy of c's version is left that no peer holds."""
+    """Found by the randomized household run: c's own f0 loses to a's later edit, and c's
+    user deletes (or renames) f0 on the disk before the watcher tells the journal: before
+    the page with a's edit lands, or after, before the move of c's file aside to its
+    conflict name is made. What the user did is a change of c's version, not of a's: a's
+    edit stays at f0, the renamed file at its new name, and no copy of c's version is left
+    that no peer holds. (The index keeps f0 Real until the journal hears: it reconciles
+    Real entries only.)"""
     a, _b, c = three
     a.write("f0", b"first\n", mtime_s=1_000_000)
     a.publish()
@@ -328,58 +331,33 @@ def test_a_losing_file_its_user_changes_before_it_is_moved_aside_keeps_the_chang
     c.publish()
     a.write("f0", b"a's edit, later\n", mtime_s=1_000_200)
     a.publish()
-    landing = c.exchange.landing
-    assert landing is not None
-    carry_out = landing.carry_out
 
-    def user_first(acts: list) -> list:  # the user's change lands before the planned move
+    def user_acts() -> None:
         if what == "deleted":
             (c.dir / "f0").unlink()
         else:
             (c.dir / "f0").rename(c.dir / "g")
-        return carry_out(acts)
 
-    monkeypatch.setattr(landing, "carry_out", user_first)
-    c.pull(a)
-    monkeypatch.setattr(landing, "carry_out", carry_out)
-    if what == "deleted":  # what the watcher then reports
-        c.tree.journal.removed(c.area, b"f0")
+    if when == "before-the-page":
+        user_acts()
+        c.pull(a)
+        c.publish()  # the watcher's reconcile: what the disk holds now
     else:
-        c.tree.journal.renamed(c.area, b"f0", b"g")
-    c.exchange.stamp_pending(c.area)
-    _heal(three)
-    views = [side.view() for side in three]
-    assert views[0] == views[1] == views[2]
-    expected = {b"f0": (16, blob(b"a's edit, later\n"))}
-    if what == "renamed":
-        expected[b"g"] = (9, blob(b"c's edit\n"))
-    assert views[0] == expected
-    held = _held_somewhere(three)
-    assert all(blob_id in held for _, blob_id in views[0].values())
+        landing = c.exchange.landing
+        assert landing is not None
+        carry_out = landing.carry_out
 
+        def user_first(acts: list) -> list:  # the user's change lands before the move
+            user_acts()
+            return carry_out(acts)
 
-@pytest.mark.parametrize("what", ["deleted", "renamed"])
-def test_a_file_its_user_moved_away_before_a_page_lands_is_still_the_users_change(
-    three: list[Side], what: str
-) -> None:
-    """Found by the randomized household run: c's user deletes (or renames) c's own f0 on
-    the disk, and a page with a's concurrent edit of f0 lands before the watcher tells the
-    journal. The index must keep f0 Real until the journal hears (it reconciles Real
-    entries only): then the delete is c's, of c's version, and a's edit stays."""
-    a, _b, c = three
-    a.write("f0", b"first\n", mtime_s=1_000_000)
-    a.publish()
-    _heal(three)
-    c.write("f0", b"c's edit\n", mtime_s=1_000_100)
-    c.publish()
-    a.write("f0", b"a's edit, later\n", mtime_s=1_000_200)
-    a.publish()
-    if what == "deleted":
-        (c.dir / "f0").unlink()
-    else:
-        (c.dir / "f0").rename(c.dir / "g")
-    c.pull(a)
-    c.publish()  # the watcher's reconcile: what the disk holds now
+        monkeypatch.setattr(landing, "carry_out", user_first)
+        c.pull(a)
+        monkeypatch.setattr(landing, "carry_out", carry_out)
+        if what == "deleted":  # what the watcher then reports
+            c.tree.journal.removed(c.area, b"f0")
+        else:
+            c.tree.journal.renamed(c.area, b"f0", b"g")
     c.exchange.stamp_pending(c.area)
     _heal(three)
     views = [side.view() for side in three]

@@ -410,3 +410,36 @@ def test_a_file_whose_version_a_peer_made_a_copy_file_moves_to_the_copy(
     assert views[0] == views[1] == views[2]
     held = _held_somewhere(three)
     assert all(blob_id in held for _, blob_id in views[0].values() if blob_id)
+
+
+def test_a_copy_made_a_file_while_another_peer_edited_its_version_goes(
+    three: list[Side],
+) -> None:
+    """Found by the long randomized household run: c's edit of p.txt loses to b's; a, which
+    has only c's, edits it; b deletes p.txt, which makes c's losing version a file under
+    its copy's name. c had dropped its copy once a's edit replaced it: the copy must not
+    stay, held by no peer. a, whose edit supersedes that version, dismisses it."""
+    a, b, c = three
+    a.write("p.txt", b"first\n", mtime_s=1_000_000)
+    a.publish()
+    _heal(three)
+    c.write("p.txt", b"c's edit\n", mtime_s=1_000_100)
+    c.publish()
+    a.pull(c)
+    b.write("p.txt", b"b's edit, later\n", mtime_s=1_000_200)
+    b.publish()
+    c.pull(b)
+    b.pull(c)
+    [name] = [p for p in b.view() if b"conflict" in p]
+    a.write("p.txt", b"a's edit of c's edit\n", mtime_s=1_000_300)
+    a.publish()
+    c.pull(a)  # a's edit replaces c's version: c drops its copy
+    _remove(b, b"p.txt")  # b's delete of its own makes c's copy a file
+    b.exchange.stamp_pending(b.area)
+    _heal(three)
+    views = [side.view() for side in three]
+    assert views[0] == views[1] == views[2]
+    held = _held_somewhere(three)
+    assert all(blob_id in held for _, blob_id in views[0].values() if blob_id)
+    assert name not in views[0]
+    assert views[0][b"p.txt"] == (21, blob(b"a's edit of c's edit\n"))

@@ -21,6 +21,7 @@ from nfsd.peer import exchange as xchg
 from nfsd.peer.conflicts import CONFLICT_TAG
 from nfsd.peer.exchange import Exchange
 from nfsd.peer.landing import Landing
+from nfsd.peer.versions import Version
 from nfsd.store.index import Layer
 from nfsd.vfs.errors import FsError
 from tests.support.inproc import InProcessServer, make_dispatcher
@@ -539,3 +540,73 @@ def test_a_directory_listing_files_of_other_peers_is_not_empty_on_this_disks_wor
     assert trio.run(refused) == [nfsstat3.NFS3ERR_NOTEMPTY, nfsstat3.NFS3ERR_NOTEMPTY]
     converge(a, b)
     assert a.view() == b.view() and b"d/theirs.txt" in a.view()
+
+
+def test_a_history_entry_names_the_content_its_edit_started_from(
+    tmp_path: Path,
+) -> None:
+    """An edit's entry names its base (the blob it replaced where it was made), an editor's
+    unlink and re-create too, a relay passes it on, and a catch-up names none. The receiver
+    offers that base to its bases first (nfsd/vfs/bases.py), before the old content of the
+    path here, which may be another version."""
+    a, b, c = (Side(tmp_path / name) for name in "abc")
+    try:
+        old, edited, saved = b"first draft\n", b"second draft\n", b"third draft, saved anew\n"
+        a.write("r.txt", old)
+        a.publish()
+        b.pull(a)
+        c.pull(b)
+        a.write("r.txt", edited)
+        a.publish()
+        (a.dir / "r.txt").unlink()  # an editor's save: unlink, write anew, in the grace
+        a.publish()
+        a.write("r.txt", saved)
+        a.publish()
+        a.exchange.stamp_pending(a.area)
+
+        def served(by: Side, to: Side) -> list[tuple[bytes, bytes, bytes]]:
+            res = by.exchange.serve(to.id, to.exchange.request(by.id, AREA, 1000))
+            return [(e.path, bytes(e.base), Version.decode(e.version).content)
+                    for e in res.entries]  # fmt: skip
+
+        assert served(a, b) == [(b"r.txt", blob(old), blob(edited)),
+                                (b"r.txt", blob(edited), blob(saved))]  # fmt: skip
+        noted: list[tuple[bytes, bytes]] = []
+        b.exchange.replaced = lambda new, base: noted.append((new, base))
+        b.pull(a)
+        assert noted[0] == (blob(saved), blob(edited)), "the named base comes first"
+        assert (blob(saved), blob(old)) in noted  # and then what b showed there
+        assert [base for _, base, _ in served(b, c)] == [blob(old), blob(edited)]
+        fresh = Side(tmp_path / "fresh")
+        try:
+            assert [base for _, base, _ in served(a, fresh)] == [b""]  # a catch-up
+        finally:
+            fresh.close()
+    finally:
+        for side in (a, b, c):
+            side.close()
+
+
+def test_a_file_written_over_an_unreal_entry_is_not_indexed_with_the_peers_blob(
+    sides: tuple[Side, Side],
+) -> None:
+    """Found by the randomized household run: b's user writes a file of other bytes where b
+    shows a's file Unreal, then renames it before it is hashed. The reconcile must not keep
+    a's blob for those bytes (the rename would publish a's content under the new name, and
+    the index would never hash the file again): until hashed, the entry names no blob."""
+    a, b = sides
+    a.write("f0", b"a's file\n")
+    a.publish()
+    b.pull(a)
+    assert b.layer(b"f0") == Layer.UNREAL
+    b.write("f0", b"b's other bytes, longer\n")
+
+    async def reconcile() -> None:
+        await b.tree.journal.scan(b.area, b.tree.hidden)
+
+    trio.run(reconcile)
+    entry = b.tree.index.get(b.area, b"f0")
+    assert entry is not None and entry.layer == Layer.REAL
+    assert entry.blob == b"", "the peer's blob kept for other bytes"
+    trio.run(b.tree.journal.settle, [(b.area, b"f0")])  # hashed once it rests
+    assert b.view()[b"f0"] == (24, blob(b"b's other bytes, longer\n"))

@@ -76,12 +76,29 @@ class history_args:
     catchup_cursor: bytes = xf(Opaque(CURSOR_MAX))
 
 
+BASE_SIZE = 32  # a BLAKE3 blob id, as BLOB_ID_SIZE below
+
+
 @xdr_struct
 class history_entry:
     sequence: int = xf(uint64)  # 0 in a catch-up
     path: bytes = xf(Opaque(MAX_PATH))
     mode: int = xf(uint32)
     version: bytes = xf(Opaque(VERSION_MAX))  # a path_version, decoded by the receiver
+    # The blob this version's content was made from where it was made (the file's content
+    # its edit replaced): a peer holding it builds the new blob from it and fetches only
+    # what changed. Empty: made from nothing, or not known (a catch-up names none).
+    base: bytes = xf(Opaque(BASE_SIZE), default=b"")
+
+
+@xdr_struct
+class stamp_entry_v0:
+    """A history entry as the first stamps kept it (nfsd/peer/exchange.py still reads them)."""
+
+    sequence: int = xf(uint64)
+    path: bytes = xf(Opaque(MAX_PATH))
+    mode: int = xf(uint32)
+    version: bytes = xf(Opaque(VERSION_MAX))
 
 
 @xdr_struct
@@ -109,7 +126,7 @@ class ack_args:
 # shares with the caller: from its blob cache, or from a Real file whose content, unchanged
 # since it was hashed, has that id. The caller verifies the chunk against its hash.
 
-BLOB_ID_SIZE = 32  # BLAKE3
+BLOB_ID_SIZE = BASE_SIZE  # BLAKE3
 FETCH_CHUNK_SIZE = 256 * 1024  # the blob store's chunk size: chunk i starts at i * this
 
 

@@ -305,20 +305,16 @@ def copy_origin(name: bytes, v: Version) -> bytes | None:
     return None
 
 
-def revived_copy(name: bytes, v: Version, origin: PathState, author: PeerId) -> bool:
-    """Whether `v`, arriving at `name`, is a copy of `author`'s own version that a peer made
-    an ordinary file while `author` had already moved past it at the copy's path (deleted,
-    renamed away or edited it there): the author then dismisses it (`dismissal_tombstone`),
-    as if its user had deleted the copy, for its bytes may be held nowhere any more. Only
-    the author knows it moved past its own version; the peer that made the copy a file
-    superseded it too, by moving it, and must not count."""
-    return (
-        v.author == author
-        and v.kind is Kind.FILE
-        and any(
-            w.author == author and w.vector.compare(v.vector) is Order.NEWER
-            for w in origin.versions
-        )
+def revived_copy(name: bytes, v: Version, origin: PathState, me: PeerId) -> bool:
+    """Whether `v`, arriving at `name` (its conflict copy's name), is a copy a peer made an
+    ordinary file while this peer had already moved past `v` at the copy's path: deleted,
+    renamed away or edited it there as the path's content (a version of its own at the path
+    supersedes `v`). This peer then dismisses it (`dismissal_tombstone`), as if its user had
+    deleted the copy: an old version coming back beside what replaced it, whose bytes may
+    be held nowhere any more. A peer that made the copy a file itself superseded `v` at the
+    path too, but holds `v` at the name already: this never arrives there as new."""
+    return v.kind is Kind.FILE and any(
+        w.author == me and w.vector.compare(v.vector) is Order.NEWER for w in origin.versions
     )
 
 

@@ -103,6 +103,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from nfsd.peer.conflicts import (
+    CONFLICT_TAG,
     EMPTY,
     Action,
     PathState,
@@ -159,7 +160,7 @@ _SEQ = struct.Struct(">Q")
 _ACK_VALUE = struct.Struct(">Qd")
 _SEEN_HEAD = struct.Struct(">16sQ?Q")  # uuid, last seen, catching up, catch-up upto
 
-_stamp_type = Array(wire.history_entry, _STAMPED_MAX)  # the first stamps' form, still read
+_stamp_type = Array(wire.stamp_entry_v0, _STAMPED_MAX)  # the first stamps' form, still read
 _STAMP_FORM = b"\x01"  # leads a stamp in the form of xdr/versions.py `published`
 
 
@@ -272,6 +273,15 @@ def _entry_kind(v: Version) -> Kind:
     return _ENTRY_KINDS[v.kind]
 
 
+def _base_of(change: Change, path: bytes) -> bytes:
+    """The base a history entry names: for the version a create or an edit gives its own
+    path (relayed ones included), the content it replaced there; none for the rest (the
+    conflict copies it makes files, renames: the receiver holds their content already)."""
+    if change.op in (Op.CREATE, Op.CHANGE) and path == change.path:
+        return change.old_blob if len(change.old_blob) == wire.BASE_SIZE else b""
+    return b""
+
+
 def _op_of(v: Version) -> Op:
     return _OPS[v.kind]
 
@@ -316,6 +326,7 @@ class Landed:
     made: set[bytes] = field(default_factory=set)  # paths this batch shows, dirs found there
     listed: dict[bytes, set[bytes] | None] = field(default_factory=dict)  # names on disk
     replaced: list[tuple[bytes, bytes]] = field(default_factory=list)  # (new blob, old blob)
+    named: list[tuple[bytes, bytes]] = field(default_factory=list)  # (new blob, its base)
 
     # A path's latest fate in the batch wins: one deleted after it was shown or had a file
     # moved to it no longer holds its directory (`Exchange._holds`), and the other way round.
@@ -370,6 +381,8 @@ class _Page:
     renames: dict[bytes, tuple[tuple[bytes, Version], tuple[bytes, Version]]] = field(
         default_factory=dict
     )
+
+    bases: dict[bytes, tuple[bytes, bytes]] = field(default_factory=dict)  # (blob, its base)
 
     def touch(self, path: bytes, mode: int, before: PathState, after: PathState) -> None:
         self.before.setdefault(path, before)
@@ -488,6 +501,14 @@ class Exchange:
             count, last = count + 1, sequence
             if change.stamp:
                 continue  # relayed from a peer: its versions are the peer's
+            if change.op is Op.CREATE and not change.old_blob:
+                # Made again in its delete's grace (an editor's save): what it replaced is
+                # its base as much as an edit's old content is (`_base_of`).
+                was = resolve(
+                    change.path, overlay.get(change.path) or self.state(area, change.path)
+                )
+                if was.shown is not None and was.shown.kind is VKind.FILE:
+                    change.old_blob = was.shown.content
             made = self._versions_of(area, change, overlay, bases)
             for path, _mode, version in made:
                 base = overlay.get(path) or self.state(area, path)
@@ -743,8 +764,9 @@ class Exchange:
                 more = True
                 break
             for path, mode, version in _stamped(change.stamp):
-                entries.append(wire.history_entry(sequence, path, mode, version))
-                size += len(path) + len(version) + 16
+                base = _base_of(change, path)
+                entries.append(wire.history_entry(sequence, path, mode, version, base))
+                size += len(path) + len(version) + len(base) + 16
             upto = sequence
         return wire.history_res(wire.history_status.OK, uuid, False, upto, b"", more, entries)
 
@@ -930,16 +952,22 @@ class Exchange:
             page.applied.setdefault(entry.sequence, []).append((path, version))
         self._put_state(batch, area, path, after)
         relayed = _stamp([(path, entry.mode, version.encode())])
-        self.history.append(batch, area, Change(_op_of(version), path, stamp=relayed))
+        base = bytes(entry.base) if len(entry.base) == wire.BASE_SIZE else b""  # else none
+        if base and version.kind is VKind.FILE and base != version.content:
+            page.bases[path] = (version.content, base)
+        else:
+            base = b""
+        change = Change(_op_of(version), path, old_blob=base, stamp=relayed)
+        self.history.append(batch, area, change)
         if dismissal is not None:
             mine = _stamp([(path, entry.mode, dismissal.encode())])
             self.history.append(batch, area, Change(Op.DELETE, path, stamp=mine))
 
     def _revived(self, area: int, path: bytes, version: Version, page: _Page) -> Version | None:
-        """The tombstone this peer publishes at once for a copy of its own version that a
-        peer made a file after this peer had moved past it (conflicts.py `revived_copy`):
-        what its user would do, seeing a copy of what they had deleted."""
-        if version.author != self.me:
+        """The tombstone this peer publishes at once for a copy that a peer made a file after
+        this peer had moved past its version (conflicts.py `revived_copy`): what its user
+        would do, seeing a copy of what they had deleted or replaced."""
+        if CONFLICT_TAG not in path:
             return None
         origin = copy_origin(path, version)
         if origin is None:
@@ -983,6 +1011,10 @@ class Exchange:
             self.show(batch, area, path, page.modes[path], before, page.states[path], landed,
                       page.states)  # fmt: skip
         self._prune(batch, area, page, landed)
+        for path, (blob, base) in page.bases.items():
+            shown_now = resolve(path, page.states[path]).shown
+            if shown_now is not None and shown_now.content == blob:
+                landed.named.append((blob, base))
         return landed
 
     def _prune(self, batch: Batch, area: int, page: _Page, landed: Landed) -> None:
@@ -1333,8 +1365,8 @@ class Exchange:
             failed = self.landing.carry_out(landed.acts)
             self.landing.keep_dirs([a for a in failed if a.what is What.REMOVE])
             self._unmoved(area, [a for a in failed if a.what is What.MOVE])
-        if self.replaced is not None:
-            for new, old in landed.replaced:
+        if self.replaced is not None:  # the base its entry names first: what its author edited
+            for new, old in [*landed.named, *landed.replaced]:
                 self.replaced(new, old)
         if self.arrived is not None and landed.made:
             self.arrived(area, sorted(landed.made))

@@ -2,7 +2,8 @@
 is built from it and only what changed is fetched (nfsd/store/cuts.py, nfsd/vfs/unreal.py).
 
 When a peer's version replaces a file's content here, the exchange says which blob the new
-version replaces (`note(new, old)`). The old content is found
+version replaces (`note(new, old)`), and which blob its history entry names as its base (the
+content its author edited, `note` too, first). Each is a candidate; the first found is used:
 
 - in the blob cache, when all of it is there (an Unreal file read or kept before), or
 - in `bases/` of the state directory: a Real file the new version drops is hard-linked there
@@ -44,15 +45,18 @@ class Bases:
         self.dir = Path(state_dir) / BASES_DIR
         shutil.rmtree(self.dir, ignore_errors=True)  # what named them is gone with the last run
         self.dir.mkdir(mode=0o700, exist_ok=True)
-        self.noted: OrderedDict[bytes, bytes] = OrderedDict()  # new blob -> its base's
+        self.noted: OrderedDict[bytes, list[bytes]] = OrderedDict()  # new -> candidates
         self.files: OrderedDict[bytes, float] = OrderedDict()  # kept base -> when
         self.clock = time.monotonic
 
     def note(self, new: bytes, old: bytes) -> None:
-        """A peer's version with content `new` replaced content `old` here."""
+        """Content `old` may be a base of `new`: a peer's version with content `new` replaced
+        it here, or names it as its base. Candidates are tried in the order noted."""
         if not new or not old or new == old:
             return
-        self.noted[new] = old
+        candidates = self.noted.setdefault(new, [])
+        if old not in candidates:
+            candidates.append(old)
         self.noted.move_to_end(new)
         while len(self.noted) > NOTED_MAX:
             self.noted.popitem(last=False)
@@ -87,13 +91,14 @@ class Bases:
                 self._drop_file(blob)
 
     def base_of(self, new: bytes) -> bytes | None:
-        """The blob `new` replaced, when its content is here to read (`reader`)."""
-        old = self.noted.get(new)
-        if old is None:
+        """The first of `new`'s bases whose content is here to read (`reader`)."""
+        candidates = self.noted.get(new)
+        if not candidates:
             return None
         self._expire()
-        if old in self.files or self._cached_whole(old):
-            return old
+        for old in candidates:
+            if old in self.files or self._cached_whole(old):
+                return old
         return None
 
     def _cached_whole(self, blob: bytes) -> bool:
@@ -121,6 +126,8 @@ class Bases:
     def done(self, new: bytes) -> None:
         """The new version is built (or will not be from its base): forget the base, and drop
         its kept file unless another new version still names it."""
-        old = self.noted.pop(new, None)
-        if old is not None and old in self.files and old not in self.noted.values():
-            self._drop_file(old)
+        candidates = self.noted.pop(new, [])
+        still = {old for others in self.noted.values() for old in others}
+        for old in candidates:
+            if old in self.files and old not in still:
+                self._drop_file(old)

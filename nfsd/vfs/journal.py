@@ -87,6 +87,9 @@ class Journal:
         self.index = AreaIndex(store)
         self.history = History(store)
         self.dirty: dict[tuple[int, bytes], float] = {}
+        # Files written over an Unreal entry, waiting to be hashed: the blob they replaced
+        # (their entry names none until hashed; their change still says what it replaced).
+        self.replacing: dict[tuple[int, bytes], bytes] = {}
         self.clock: Callable[[], float] = time.monotonic
         self.started_ns = time.time_ns()
         # Told each file whose new content was recorded (nfsd/vfs/releases.py).
@@ -143,6 +146,7 @@ class Journal:
     def removed(self, area: int, path: bytes) -> None:
         entry = self.index.get(area, path)
         self.dirty.pop((area, path), None)
+        self.replacing.pop((area, path), None)
         if entry is None:
             return
         batch = self.store.batch()
@@ -185,6 +189,8 @@ class Journal:
             k for k in self.dirty if k[0] == area and (k[1] == old or k[1].startswith(prefix))
         ]:
             self.dirty[(area, new + key[1][len(old) :])] = self.dirty.pop(key)
+            if key in self.replacing:
+                self.replacing[(area, new + key[1][len(old) :])] = self.replacing.pop(key)
 
     def attributes(self, area: int, path: bytes, st: os.stat_result) -> None:
         entry = self.index.get(area, path)
@@ -224,6 +230,7 @@ class Journal:
                 fd = self.disk.open_relative(area, path)
             except (OSError, FsError):
                 self.dirty.pop((area, path), None)  # gone or not a file: its removal reports
+                self.replacing.pop((area, path), None)
                 continue
             try:
                 # The event loop reads at most _INLINE_HASH + 1 bytes, whatever size the file
@@ -249,14 +256,14 @@ class Journal:
     def _settled(self, area: int, path: bytes, blob: bytes, st: os.stat_result) -> None:
         old = self.index.get(area, path)
         new = entry_of(st, blob)
+        replaced = self.replacing.pop((area, path), b"")
         if old is not None and old.blob == blob:
             if _attributes(old) != _attributes(new):
                 self._record(area, put=(path, new))
             return
-        op = Op.CHANGE if old is not None and old.blob else Op.CREATE
-        change = Change(
-            op, path, old_blob=old.blob if old else b"", new_blob=blob, mode=new.mode, size=new.size
-        )
+        old_blob = (old.blob if old else b"") or replaced
+        op = Op.CHANGE if old_blob else Op.CREATE
+        change = Change(op, path, old_blob=old_blob, new_blob=blob, mode=new.mode, size=new.size)
         self._record(area, put=(path, new), change=change)
         if self.on_content is not None:
             self.on_content(area, path)
@@ -360,8 +367,14 @@ class Journal:
                 elif entry.layer != Layer.REAL:
                     # A Real file where the index has an Unreal one (an unrealize interrupted
                     # before the unlink, or a copy put there): the disk wins; the blob stays
-                    # until hashing says whether the content is the same.
-                    self._record(area, put=(path, entry_of(st, entry.blob)))
+                    # until hashing says whether the content is the same, but only where the
+                    # size and mtime are the Unreal entry's. Other bytes (a file written over
+                    # it) are not hashed yet: with the old blob, a rename of the file before
+                    # it is hashed would carry that blob on as its content.
+                    same = (entry.size, entry.mtime_ns) == (st.st_size, st.st_mtime_ns)
+                    if not same and entry.blob:
+                        self.replacing[(area, path)] = entry.blob
+                    self._record(area, put=(path, entry_of(st, entry.blob if same else b"")))
                 if (
                     entry is None
                     or not entry.blob

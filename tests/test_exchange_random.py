@@ -443,3 +443,35 @@ def test_a_copy_made_a_file_while_another_peer_edited_its_version_goes(
     assert all(blob_id in held for _, blob_id in views[0].values() if blob_id)
     assert name not in views[0]
     assert views[0][b"p.txt"] == (21, blob(b"a's edit of c's edit\n"))
+
+
+def test_a_copy_deleted_here_while_a_peer_makes_it_a_file_stays_deleted(
+    three: list[Side],
+) -> None:
+    """Found by the long randomized household run: b's losing version is kept Real under its
+    copy's name; b's user deletes that file, and before the watcher tells the journal, a
+    page lands in which a (editing the path) made the copy a file. The delete b's journal
+    then records must supersede that copy's version: the copy goes everywhere, rather than
+    stay, held by no peer."""
+    a, b, _c = three
+    a.write("p.txt", b"first\n", mtime_s=1_000_000)
+    a.publish()
+    _heal(three)
+    b.write("p.txt", b"b's edit\n", mtime_s=1_000_100)
+    b.publish()
+    a.write("p.txt", b"a's edit, later\n", mtime_s=1_000_200)
+    a.publish()
+    b.pull(a)
+    a.pull(b)
+    [name] = [p for p in b.view() if b"conflict" in p]
+    assert b.layer(name) == Layer.REAL
+    a.write("p.txt", b"a's second edit\n", mtime_s=1_000_300)  # makes b's copy a file
+    a.publish()
+    (b.dir / name.decode()).unlink()  # b's user; the watcher has not told yet
+    b.pull(a)
+    b.tree.journal.removed(b.area, name)  # what the watcher then reports
+    b.exchange.stamp_pending(b.area)
+    _heal(three)
+    views = [side.view() for side in three]
+    assert views[0] == views[1] == views[2]
+    assert views[0] == {b"p.txt": (16, blob(b"a's second edit\n"))}

@@ -1167,6 +1167,18 @@ class Exchange:
         self._show_copies(batch, area, path, mode, resolve(path, before), shown_after, landed,
                           states or {})  # fmt: skip
 
+    def _seen(self, area: int, path: bytes, before: PathState, current: Entry) -> PathState:
+        """What the user of the Real file at `path` saw there: its state `before`, or, for a
+        losing version kept Real under its conflict copy's name (a name with no state of its
+        own), that copy's version."""
+        if before.versions:
+            return before
+        origin = self.copy_of(area, path)
+        if origin is None:
+            return before
+        own = [v for v in self.state(area, origin).versions if v.identity == _identity(current)]
+        return PathState.of(own) if own else before
+
     def _hold(
         self, batch: Batch, area: int, path: bytes, before: PathState, held_base: PathState | None
     ) -> None:
@@ -1245,7 +1257,7 @@ class Exchange:
             # Gone from the disk (deleted or moved by its user, the journal not told yet: it
             # reconciles Real entries only), or holding a change not published: held as it
             # is, so that what the journal records supersedes only what its user saw.
-            self._hold(batch, area, path, before, held_base)
+            self._hold(batch, area, path, self._seen(area, path, before, current), held_base)
             return
         local = _identity(current)
         winner = resolution.shown

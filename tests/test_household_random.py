@@ -133,7 +133,23 @@ def run_seed(home: Household, seed: int, steps: int = STEPS) -> None:
 # peer held, files changed on the disk while a page landed, a rename over a file held on
 # its base, a file written over an Unreal entry indexed with the peer's blob); 7417, 7418
 # and 47670 are seeds the long run failed on before.
-@pytest.mark.parametrize("seed", SEEDS)
+# Failing seeds the long run found and this code does not fix yet, kept as regression cases
+# (the run depends on timing, so expected to fail, not required to). 13665: a conflict copy
+# of a version its author renamed away twice (f2 -> f1 -> d/g0) is made a file by another
+# peer's delete of the path, and shows with no holder after the heal.
+STILL_DIVERGING = {13665: "a copy of a version renamed away twice shows with no holder"}
+
+
+@pytest.mark.parametrize(
+    "seed",
+    [
+        *SEEDS,
+        *(
+            pytest.param(seed, marks=pytest.mark.xfail(strict=False, reason=reason))
+            for seed, reason in sorted(STILL_DIVERGING.items())
+        ),
+    ],
+)
 def test_random_changes_and_cuts_on_three_peers_converge(home: Household, seed: int) -> None:
     run_seed(home, seed)
 

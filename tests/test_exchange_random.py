@@ -237,6 +237,17 @@ def _held_somewhere(three: list[Side]) -> set[bytes]:
     return held
 
 
+def _concurrent_edits(three: list[Side], name: str, *edits: tuple[Side, bytes, int]) -> None:
+    """`name` made by the first peer and known to all; then each (side, content, mtime)
+    written and published, none of those peers having seen the others' edits."""
+    three[0].write(name, b"first\n", mtime_s=1_000_000)
+    three[0].publish()
+    _heal(three)
+    for side, content, mtime in edits:
+        side.write(name, content, mtime_s=mtime)
+        side.publish()
+
+
 @pytest.mark.parametrize("paired", [True, False], ids=["renamed", "deleted-and-created"])
 def test_a_copy_its_author_moved_away_is_not_made_a_file_by_a_peer_that_still_showed_it(
     three: list[Side], paired: bool
@@ -246,14 +257,9 @@ def test_a_copy_its_author_moved_away_is_not_made_a_file_by_a_peer_that_still_sh
     them) while b, which shows c's version as a copy, renames p.txt; b's change makes the copy
     a file. c then overwrites q.txt, so the copy's bytes are nowhere: after the heal no file
     may show them."""
-    a, b, c = three
-    a.write("p.txt", b"first\n", mtime_s=1_000_000)
-    a.publish()
-    _heal(three)
-    b.write("p.txt", b"b's edit, later\n", mtime_s=1_000_200)
-    c.write("p.txt", b"c's edit\n", mtime_s=1_000_100)
-    b.publish()
-    c.publish()
+    _a, b, c = three
+    _concurrent_edits(three, "p.txt", (b, b"b's edit, later\n", 1_000_200),
+                      (c, b"c's edit\n", 1_000_100))  # fmt: skip
     b.pull(c)
     [name] = [p for p in b.view() if b"conflict" in p]
     if paired:
@@ -324,13 +330,8 @@ def test_a_losing_file_its_user_changes_meanwhile_keeps_the_change_as_the_users(
     that no peer holds. (The index keeps f0 Real until the journal hears: it reconciles
     Real entries only.)"""
     a, _b, c = three
-    a.write("f0", b"first\n", mtime_s=1_000_000)
-    a.publish()
-    _heal(three)
-    c.write("f0", b"c's edit\n", mtime_s=1_000_100)
-    c.publish()
-    a.write("f0", b"a's edit, later\n", mtime_s=1_000_200)
-    a.publish()
+    _concurrent_edits(three, "f0", (c, b"c's edit\n", 1_000_100),
+                      (a, b"a's edit, later\n", 1_000_200))  # fmt: skip
 
     def user_acts() -> None:
         if what == "deleted":
@@ -380,13 +381,8 @@ def test_a_file_whose_version_a_peer_made_a_copy_file_moves_to_the_copy(
     a's version as a copy, writes the path and so makes the copy a file under its name: a's
     file must move to that name, not be dropped, for a is the only peer holding its bytes."""
     a, b, c = three
-    a.write("sub/f2", b"first\n", mtime_s=1_000_000)
-    a.publish()
-    _heal(three)
-    a.write("sub/f2", b"a's edit\n", mtime_s=1_000_100)
-    a.publish()
-    b.write("sub/f2", b"b's edit, later\n", mtime_s=1_000_200)
-    b.publish()
+    _concurrent_edits(three, "sub/f2", (a, b"a's edit\n", 1_000_100),
+                      (b, b"b's edit, later\n", 1_000_200))  # fmt: skip
     c.pull(a)
     c.pull(b)
     [name] = [p for p in c.view() if b"conflict" in p]
@@ -454,13 +450,8 @@ def test_a_copy_deleted_here_while_a_peer_makes_it_a_file_stays_deleted(
     then records must supersede that copy's version: the copy goes everywhere, rather than
     stay, held by no peer."""
     a, b, _c = three
-    a.write("p.txt", b"first\n", mtime_s=1_000_000)
-    a.publish()
-    _heal(three)
-    b.write("p.txt", b"b's edit\n", mtime_s=1_000_100)
-    b.publish()
-    a.write("p.txt", b"a's edit, later\n", mtime_s=1_000_200)
-    a.publish()
+    _concurrent_edits(three, "p.txt", (b, b"b's edit\n", 1_000_100),
+                      (a, b"a's edit, later\n", 1_000_200))  # fmt: skip
     b.pull(a)
     a.pull(b)
     [name] = [p for p in b.view() if b"conflict" in p]

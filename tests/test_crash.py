@@ -48,7 +48,7 @@ import random
 import signal
 import subprocess
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -85,6 +85,7 @@ pytestmark = pytest.mark.slow
 
 SLOW = os.environ.get("REALIZE_SLOW_TESTS") == "1"
 ROUNDS = int(os.environ.get("REALIZE_CRASH_ROUNDS") or (300 if SLOW else 50))
+STORY_LINES = 200
 FSCK_EVERY = 10
 IMPORT_CHANCE = 0.1  # rounds that stop the server and import while it is stopped
 KILL_IMPORT_CHANCE = 0.6  # of those, rounds that SIGKILL the import itself
@@ -202,6 +203,21 @@ class AreaModel:
     pending: Pending | None = None
     maybe: dict[str, FileModel] = field(default_factory=dict)  # an import killed half-way
     serial: int = 0  # for new names, unique across rounds
+    root: Path | None = None  # its directory, to tell a lost file from a listing that hid it
+    # The last namespace changes and marks, answered or not, for a failure to explain itself.
+    story: deque[str] = field(default_factory=lambda: deque(maxlen=STORY_LINES))
+
+    def told(self, line: str) -> None:
+        self.story.append(line)
+
+    def about(self, names: set[bytes]) -> list[str]:
+        """The lines of the story that name one of `names` (base names)."""
+        wanted = {os.fsdecode(n) for n in names}
+        return [
+            s
+            for s in self.story
+            if s.startswith("round ") or wanted & {w.rsplit("/", 1)[-1] for w in s.split()}
+        ]
 
     def new_name(self, directory: str) -> str:
         self.serial += 1
@@ -405,6 +421,7 @@ async def act_create(ctx: Ctx) -> None:
     path = ctx.model.new_name(directory)
     model = FileModel.of(b"")
     ctx.model.pending = Pending("create", path, model=model)
+    ctx.model.told(f"create {path}")
     how = Arm(createmode3.GUARDED, sattr3(mode=0o644))
     args = CREATE3args(diropargs3(ctx.dirs[directory], base(path)), how)
     res = require(await ctx.nfs.call(NFSPROC3.CREATE, args), f"CREATE {path}")
@@ -412,6 +429,7 @@ async def act_create(ctx: Ctx) -> None:
     model.fh, model.fileid = res.obj, res.obj_attributes.fileid
     ctx.model.files[path] = model
     ctx.model.pending = None
+    ctx.model.told(f"created {path} fileid {model.fileid}")
     payload = ctx.rng.randbytes(ctx.rng.randint(0, 2 * WRITE_MAX))
     if payload:
         await write(ctx, model, path, 0, payload, stable_how.FILE_SYNC)
@@ -424,10 +442,12 @@ async def act_remove(ctx: Ctx) -> None:
         return
     path, _ = picked
     ctx.model.pending = Pending("remove", path)
+    ctx.model.told(f"remove {path}")
     args = REMOVE3args(diropargs3(ctx.dirs[parent(path)], base(path)))
     require(await ctx.nfs.call(NFSPROC3.REMOVE, args), f"REMOVE {path}")
     del ctx.model.files[path]
     ctx.model.pending = None
+    ctx.model.told(f"removed {path}")
 
 
 async def act_rename(ctx: Ctx) -> None:
@@ -443,11 +463,13 @@ async def act_rename(ctx: Ctx) -> None:
     else:
         target = ctx.model.new_name(directory)
     ctx.model.pending = Pending("rename", path, target)
+    ctx.model.told(f"rename {path} -> {target}")
     fh = ctx.dirs[directory]
     args = RENAME3args(diropargs3(fh, base(path)), diropargs3(fh, base(target)))
     require(await ctx.nfs.call(NFSPROC3.RENAME, args), f"RENAME {path} -> {target}")
     ctx.model.files[target] = ctx.model.files.pop(path)
     ctx.model.pending = None
+    ctx.model.told(f"renamed {path} -> {target}")
 
 
 async def control(ctx: Ctx, *args: str) -> subprocess.CompletedProcess:
@@ -474,6 +496,7 @@ async def act_import(ctx: Ctx) -> None:
         return
     ctx.world.imported = True  # once a round: it takes long, and the area waits for it
     ctx.model.maybe.update(absent)
+    ctx.model.told(f"import beside the server: {' '.join(sorted(absent))}")
     done = await control(ctx, "import", ctx.model.name, str(ctx.world.source_dir))
     out = done.stdout.decode()
     assert done.returncode == 0, f"import failed ({done.returncode}):\n{out}{done.stderr!r}"
@@ -508,7 +531,9 @@ async def act_mark(ctx: Ctx) -> None:
     mark = ctx.rng.choice(marks)
     wait = ctx.rng.random() < 0.3
     args = ["mark", mark, f"{ctx.model.name}/{path}"] + ([] if wait else ["--no-wait"])
+    ctx.model.told(f"mark {mark} {path}{'' if wait else ' --no-wait'}")
     done = await control(ctx, *args)
+    ctx.model.told(f"marked {mark} {path}: exit {done.returncode}")
     if done.returncode == 0:
         return
     pending = ctx.model.pending
@@ -636,6 +661,7 @@ async def resolve(nfs: Nfs, model: AreaModel, dirs: dict[str, nfs_fh3]) -> None:
 
     pending, model.pending = model.pending, None
     if pending is not None:
+        model.told(f"unanswered {pending.op} {pending.path} {pending.new_path}".rstrip())
         if pending.op == "create" and await exists(pending.path):
             assert pending.model is not None
             model.files[pending.path] = pending.model
@@ -647,6 +673,15 @@ async def resolve(nfs: Nfs, model: AreaModel, dirs: dict[str, nfs_fh3]) -> None:
     for path, file in maybe.items():
         if await exists(path):
             model.files[path] = file
+
+
+async def explain(nfs: Nfs, model: AreaModel, dir_fh: nfs_fh3, names: set[bytes]) -> str:
+    """What LOOKUP says of `names` (of the directory `dir_fh`), and the story told of them."""
+    found = {os.fsdecode(n): await lookup(nfs, dir_fh, n) is not None for n in sorted(names)}
+    root = model.root
+    disk = sorted(os.fsdecode(n) for n in names if root and any(root.rglob(os.fsdecode(n))))
+    story = "\n".join(model.about(names))
+    return f"LOOKUP finds {found}; on the disk (anywhere): {disk}; what happened:\n{story}"
 
 
 async def check_area(nfs: Nfs, model: AreaModel) -> None:
@@ -668,7 +703,8 @@ async def check_area(nfs: Nfs, model: AreaModel) -> None:
         names = await nfs.names(dirs[directory])
         assert names == expected, (
             f"{model.name}/{directory}: listed {sorted(names - expected)} unknown, "
-            f"{sorted(expected - names)} missing"
+            f"{sorted(expected - names)} missing; "
+            + await explain(nfs, model, dirs[directory], names ^ expected)
         )
     for path, file in sorted(model.files.items()):
         what = f"{model.name}/{path}"
@@ -748,6 +784,7 @@ def run_import(world: World, kill: bool) -> bool:
     """`realize import area SOURCE` on the stopped server's state; True when it completed.
     With `kill`, SIGKILL it at a random moment of its usual run time."""
     absent = absent_source_files(world.area)
+    world.area.told(f"import while stopped: {' '.join(sorted(absent))}")
     command = realize_command(world.state_dir, "import", "area", str(world.source_dir))
     began = time.monotonic()
     child = subprocess.Popen(
@@ -787,6 +824,8 @@ def fsck(state_dir: Path) -> str:
 def one_round(n: int, world: World, servers: Servers) -> None:
     """Start, check, (import while stopped), work, SIGKILL, (fsck)."""
     rng = world.rng
+    for model in (world.real, world.area):
+        model.told(f"round {n}")
     with world.timed("start"):
         server = servers.start()
     servers.check_log()
@@ -857,8 +896,8 @@ def test_sigkill_rounds_lose_nothing_acknowledged(
         state_dir,
         source_dir,
         random.Random(seed),
-        AreaModel("real", ("",)),
-        AreaModel("area", ("", "d")),
+        AreaModel("real", ("",), root=areas["real"]),
+        AreaModel("area", ("", "d"), root=areas["area"]),
     )
     # The first import (of everything) writes the config and the area's fileids: run a server
     # once, then import with it stopped.

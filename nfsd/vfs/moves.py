@@ -26,6 +26,7 @@ from xdr.nfs3 import nfsstat3
 log = logging.getLogger("realize.tree")
 
 _OWN_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+REALIZE_ATTEMPTS = 3  # a file moved or changed while realized is realized again, this often
 
 
 class LayerMoves:
@@ -80,31 +81,63 @@ class LayerMoves:
         if entry.kind != Kind.FILE or self.unreal is None:
             raise FsError(nfsstat3.NFS3ERR_NOTSUPP, "cannot change this Unreal object")
         about_to_wait()  # realizing fetches and writes the whole file
-        self._materialize_dir(node.parent)
         done = self._realizing[fid] = trio.Event()
+        try:
+            # A rename, a remove or a new version may come while the content is fetched: the
+            # file is then realized again where it went (its chunks are cached by then).
+            for _ in range(REALIZE_ATTEMPTS):
+                if await self._realize_once(fid, progress):
+                    return
+            raise FsError(nfsstat3.NFS3ERR_JUKEBOX, "it kept changing while it was realized")
+        finally:
+            del self._realizing[fid]
+            done.set()
+
+    async def _realize_once(self, fid: int, progress: Progress | None) -> bool:
+        """Write the Unreal file `fid` as a Real one where it is now; False when it moved or
+        changed before its content could take its place (nothing is left on the disk)."""
+        assert self.unreal is not None
+        node = self._node(fid)
+        entry = self._unreal_entry(node)
+        if entry is None or entry.kind != Kind.FILE:
+            return True  # realized meanwhile, or replaced: nothing left to realize
+        self._materialize_dir(node.parent)
+        area, rel = self.area_path(fid)
+
+        def still_wanted() -> bool:  # checked with nothing awaited before the file is placed
+            now = self.inodes.node(fid)
+            if now is None or (now.parent, now.name, now.unreal) != (node.parent, node.name, True):
+                return False
+            current = self.journal.index.get(area, rel)
+            return current is not None and (current.layer, current.blob) == (
+                Layer.UNREAL,
+                entry.blob,
+            )
+
         dir_fd = self.local.dup_dir_fd(node.parent)
         try:
-            area = self.areas.get(node.area)
-            await self.unreal.realize(
+            owner = self.areas.get(node.area)
+            placed = await self.unreal.realize(
                 entry,
                 dir_fd,
                 node.name,
                 self._area_owner(node.area),
                 progress,
-                area.name if area else "",
+                owner.name if owner else "",
+                still_wanted,
             )
+            if not placed:
+                return False
             st = os.stat(node.name, dir_fd=dir_fd, follow_symlinks=False)
         except OSError as e:
             raise from_os_error(e) from None
         finally:
             os.close(dir_fd)
-            del self._realizing[fid]
-            done.set()
-        area, rel = self.area_path(fid)
         batch = self.store.batch()
         self.inodes.put_node(batch, Node(fid, node.parent, area, st.st_dev, st.st_ino, node.name))
         self.journal.index.put(batch, area, rel, entry_of(st, entry.blob))
         batch.commit()
+        return True
 
     async def unrealize(self, fid: int, pin: str | None) -> int:
         """Move a Real file's content into the blob cache (verified, pinned for `pin`) and

@@ -441,12 +441,17 @@ class UnrealLayer:
         area_owner: tuple[int, int],
         progress: Progress | None = None,
         area: str = "",
-    ) -> None:
+        still_wanted: Callable[[], bool] = lambda: True,
+    ) -> bool:
         """Write the entry's whole content as the Real file `name` of the directory `dir_fd`
         (atomically: a temporary file beside it, synced, then renamed), with the owner and
         mode `ownership` gives it (`area_owner`: the area root's uid and gid). Streams chunk
         by chunk, fetching what is missing as it goes, so a file larger than the cache
-        realizes too. `dir_fd` stays the caller's and open throughout."""
+        realizes too. `dir_fd` stays the caller's and open throughout.
+
+        `still_wanted` is asked last, with nothing awaited between it and the rename: when
+        the entry moved or changed while its content was written, the temporary file goes
+        and the answer is False."""
         await self.describe(entry, wait=_LONG_WAIT, area=area)
         manifest = self.blobs.manifest(entry.blob)
         if manifest is None:
@@ -465,7 +470,11 @@ class UnrealLayer:
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
             os.close(fd)
             fd = -1
+            if not still_wanted():
+                os.unlink(temp, dir_fd=dir_fd)
+                return False
             os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            return True
         except BaseException:
             if fd >= 0:
                 os.close(fd)

@@ -466,3 +466,45 @@ def test_a_copy_deleted_here_while_a_peer_makes_it_a_file_stays_deleted(
     views = [side.view() for side in three]
     assert views[0] == views[1] == views[2]
     assert views[0] == {b"p.txt": (16, blob(b"a's second edit\n"))}
+
+
+@pytest.mark.parametrize("when", ["before-the-page", "before-the-move"])
+def test_a_copy_deleted_here_as_its_version_wins_the_path_back_goes(
+    three: list[Side], when: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the randomized household run (seed 7418): b's losing version is kept Real
+    under its copy's name; b's user deletes that file, and before the watcher tells the
+    journal, a page lands in which c deleted the path (only its own version), so b's version
+    wins the path back: the user deletes before the page lands, or after, before the file is
+    moved back. The delete b's journal then records is of the version its user saw under
+    the copy's name: that version must go from the path too, rather than come back there,
+    held by no peer."""
+    _a, b, c = three
+    _concurrent_edits(three, "p.txt", (b, b"b's edit\n", 1_000_100),
+                      (c, b"c's edit, later\n", 1_000_200))  # fmt: skip
+    b.pull(c)
+    [name] = [p for p in b.view() if b"conflict" in p]
+    assert b.layer(name) == Layer.REAL
+    _remove(c, b"p.txt")  # c, not having seen b's edit, deletes only its own
+    c.exchange.stamp_pending(c.area)
+    if when == "before-the-page":
+        (b.dir / name.decode()).unlink()  # b's user; the watcher has not told yet
+        b.pull(c)
+    else:
+        landing = b.exchange.landing
+        assert landing is not None
+        carry_out = landing.carry_out
+
+        def user_first(acts: list) -> list:
+            (b.dir / name.decode()).unlink()
+            return carry_out(acts)
+
+        monkeypatch.setattr(landing, "carry_out", user_first)
+        b.pull(c)
+        monkeypatch.setattr(landing, "carry_out", carry_out)
+    b.tree.journal.removed(b.area, name)  # what the watcher then reports
+    b.exchange.stamp_pending(b.area)
+    _heal(three)
+    views = [side.view() for side in three]
+    assert views[0] == views[1] == views[2]
+    assert views[0] == {}

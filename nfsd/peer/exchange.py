@@ -106,6 +106,7 @@ from nfsd.peer.conflicts import (
     CONFLICT_TAG,
     EMPTY,
     Action,
+    Copy,
     PathState,
     Rename,
     Resolution,
@@ -633,7 +634,7 @@ class Exchange:
             if op is Op.DELETE and entry is not None and entry.layer == Layer.REAL:
                 return []  # made again since (`_held`): its create will supersede the old
             if not state(path):
-                return self._dismissal(area, path, state, copies, clock)
+                return self._dismissal(area, path, state, base, copies, clock)
             made = local_change(
                 path, base(path), self.me, VKind.DELETED,
                 mtime_ns=change.time_ns, clock=clock, copy_states=copies(path),
@@ -656,19 +657,29 @@ class Exchange:
         area: int,
         name: bytes,
         state: Callable[[bytes], PathState],
+        base: Callable[[bytes], PathState],
         copies: Callable[[bytes], dict[bytes, PathState]],
         clock: int,
     ) -> list[tuple[bytes, int, Version]]:
         """A conflict copy deleted (or renamed away) here: a change of the path it is a copy
         of, keeping what the path shows and dismissing the copy (conflicts.py
         `local_change`), so every peer sees it resolved; and a tombstone at the copy's name
-        (`dismissal_tombstone`), for a peer that made it a file meanwhile."""
+        (`dismissal_tombstone`), for a peer that made it a file meanwhile.
+
+        A copy whose version won its path back before the watcher told of the delete (its
+        name is held on that version, `base`) was still what the user deleted: the version
+        goes from the path too, or it would come back there with its bytes held nowhere."""
         original = self.copy_of(area, name)
+        seen = resolve(name, base(name)).shown
+        if original is None and seen is not None and seen.kind is VKind.FILE:
+            original = copy_origin(name, seen)
         if original is None:
             return []  # never announced: nothing for a peer to delete
         shown_now = resolve(original, state(original))
         winner = shown_now.shown
         copy = next((c for c in shown_now.copies if c.name == name), None)
+        if copy is None and winner is not None and seen is not None and winner.same_content(seen):
+            copy = Copy(name, winner)
         if winner is None or copy is None:
             return []
         entry = self.index.get(area, original)
@@ -676,6 +687,11 @@ class Exchange:
         alone = dismissal_of_copy(state(original), copy, self.me, clock=clock)
         if alone is not None:
             made = [(original, alone)]
+        elif copy.version is winner:  # nothing supersedes it alone: delete what showed it
+            group = PathState.of(v for v in state(original).versions if v.same_content(winner))
+            made = local_change(
+                original, group, self.me, VKind.DELETED, mtime_ns=winner.mtime_ns, clock=clock
+            )
         else:  # no vector supersedes the copy alone: restate the winner, dismissing the copy
             made = local_change(
                 original, state(original), self.me, winner.kind, winner.content,
@@ -710,7 +726,7 @@ class Exchange:
         except VersionError:
             # The source was never announced (or is a conflict copy, dismissed by moving it
             # away): the target is a plain create.
-            dismissed = self._dismissal(area, source, state, copies, clock)
+            dismissed = self._dismissal(area, source, state, base, copies, clock)
             if entry is None or entry.kind != Kind.FILE or not entry.blob:
                 return dismissed
             # The create supersedes what the dismissal made at the target (a copy renamed
@@ -1364,6 +1380,11 @@ class Exchange:
                     landed.gone(copy.name)
                     self.landing.plan(batch, act, real.fid)
                     landed.acts.append(act)
+                elif real is None:
+                    # Its user removed the file, the watcher has not told yet: the delete it
+                    # will tell of is of the copy's version (`_dismissal`), where it shows now.
+                    held = PathState((copy.version,)).encode()
+                    batch.put("meta", _BASE + _AREA.pack(area) + copy.name, held)
 
     def copy_of(self, area: int, name: bytes) -> bytes | None:
         """The path whose conflict copy `name` is, while it is shown as one."""
@@ -1392,9 +1413,10 @@ class Exchange:
                 blobs.pin(blob, reason)
 
     def _unmoved(self, area: int, acts: list[Act]) -> None:
-        """Losing local files that could not be moved aside to their conflict names: their
-        user changed, moved or removed them on the disk after the batch that planned the
-        move. The index shows each at its path again, Real, held on its own version: what
+        """Local files that could not be moved aside to their conflict names (or back from
+        them): their user changed, moved or removed them on the disk after the batch that
+        planned the move. The index shows each at its path again, Real, held on its own
+        version: what
         the watcher then reports is a change of that version, made by its user, not of the
         winner the index showed meanwhile, and it supersedes only the loser."""
         if not acts:
@@ -1408,8 +1430,13 @@ class Exchange:
                         shown(act.path))  # fmt: skip
             self.index.delete(batch, area, act.target)
             self.index.put(batch, area, act.path, moved)
-            state = self.state(area, act.path)
-            own = [v for v in state.versions if v.identity == _identity(moved)]
+            # A copy moving back to its path has no versions of its own: they are the path's.
+            own = [
+                v
+                for at in (act.path, act.target)
+                for v in self.state(area, at).versions
+                if v.identity == _identity(moved)
+            ]
             if own:
                 batch.put("meta", _BASE + _AREA.pack(area) + act.path, PathState.of(own).encode())
         batch.commit()

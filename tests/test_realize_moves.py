@@ -1,8 +1,12 @@
-"""A file realized (its content fetched from a peer and written as a Real file) while a
-client renames or removes it, or while a peer's newer version arrives for it, in-process
-(two servers' own assemblies, tests/test_exchange_real.py `Side`). The realization follows
-the file where it went, takes the newer version, or ends leaving nothing on the disk: the
-disk, the index and the fileid table keep saying the same thing."""
+"""Files moving between the layers while clients act, in-process (two servers' own
+assemblies, tests/test_exchange_real.py `Side`):
+
+- a file realized (its content fetched from a peer and written as a Real file) while a
+  client renames or removes it, or while a peer's newer version arrives for it: the
+  realization follows the file where it went, takes the newer version, or ends leaving
+  nothing on the disk; the disk, the index and the fileid table keep saying the same thing;
+- a directory listing served while a file of it is realized or moved into the cache (a
+  READDIR lets other calls in between its entries): the file is listed, with its fileid."""
 
 from __future__ import annotations
 
@@ -159,3 +163,28 @@ def test_a_newer_version_arriving_while_a_file_is_realized_is_the_one_realized(p
     assert disk(b) == {"f": NEW}
     entry = b.tree.index.get(b.area, b"f")
     assert entry is not None and (entry.layer, entry.blob) == (Layer.REAL, blob(NEW))
+
+
+@pytest.mark.parametrize("move", ["realized", "moved into the cache"])
+def test_a_listing_served_while_a_file_changes_layer_lists_it(peers, move: str) -> None:
+    _a, b, source = peers
+    source.gate.set()
+    root = b.tree.area_root(b.area)
+    fid, _ = b.tree.lookup(root, b"f")
+
+    async def body() -> list[tuple[bytes, int]]:
+        if move == "moved into the cache":
+            await b.tree.prepare_change(fid)  # Real first
+            assert b.layer(b"f") == Layer.REAL
+        listed = b.tree.readdirplus(root, 0)
+        seen = [next(listed)[0]]  # ".": the listing is taken
+        if move == "realized":
+            await b.tree.prepare_change(fid)
+            assert b.layer(b"f") == Layer.REAL
+        else:
+            await b.tree.unrealize(fid, "test")
+            assert b.layer(b"f") == Layer.UNREAL
+        seen += [entry for entry, _attr in listed]
+        return [(e.name, e.fileid) for e in seen]
+
+    assert (b"f", fid) in trio.run(body)

@@ -561,27 +561,36 @@ class MergedTree(LayerMoves, NamespaceChanges, Tree):
         hidden_inodes = {ino for _, ino in hidden}
         names, inodes, fids, cookies = listing.names, listing.inodes, listing.fids, listing.cookies
         try:
+            # The listing may be older than the names (the loop lets other calls in): a file
+            # that moved between the layers since (realized, or moved into the cache) or was
+            # replaced is listed as what the name holds now, never left out.
             for i in range(listing.after(cookie), len(names)):
                 name, ino = names[i], inodes[i]
-                if ino == 0:  # Unreal
+                unreal = ino == 0
+                if unreal:
                     fid = fids[i] or self._unreal_child(dir_fid, name)
-                    if fid is None:
+                    if fid is not None:
+                        fids[i] = fid
+                        attr = self._attr_or_none(fid) if with_attrs else None
+                        yield DirEntry(name, fid, cookies[i]), attr
                         continue
-                    fids[i] = fid
-                    attr = self._attr_or_none(fid) if with_attrs else None
-                    yield DirEntry(name, fid, cookies[i]), attr
-                    continue
+                    if dir_fd < 0:
+                        continue  # an Unreal directory: nothing on the disk to look at
                 fid = fids[i]
                 st = None
                 if with_attrs or not fid:
                     try:
                         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                     except OSError:
-                        continue  # gone since the listing was taken
-                    if st.st_ino != ino:
-                        continue  # replaced: the directory's next listing has it
+                        fid = None if unreal else self._unreal_child(dir_fid, name)
+                        if fid is not None:  # its content moved into the cache meanwhile
+                            attr = self._attr_or_none(fid) if with_attrs else None
+                            yield DirEntry(name, fid, cookies[i]), attr
+                        continue
                     if st.st_ino in hidden_inodes and (st.st_dev, st.st_ino) in hidden:
                         continue
+                    if st.st_ino != ino:  # realized or replaced since the listing
+                        inodes[i], fid = st.st_ino, 0
                     if not fid:
                         fid = fids[i] = self._register(dir_fid, name, st)
                 yield DirEntry(name, fid, cookies[i]), (attr_from_stat(st, fid) if st else None)

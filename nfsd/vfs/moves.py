@@ -177,9 +177,11 @@ class LayerMoves:
             after = self.local.child_stat(node.parent, node.name)
         except FsError:
             after = None
-        unchanged = after is not None and (
-            (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns)
+        unchanged = (
+            after is not None
+            and (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns)
             == (before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns)
+            and self.area_path(fid) == (area, rel)  # not renamed within one clock tick
         )
         if not unchanged or self.fds.busy(fid) or self.journal.is_dirty(area, rel):
             if pin is not None:

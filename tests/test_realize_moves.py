@@ -10,6 +10,7 @@ assemblies, tests/test_exchange_real.py `Side`):
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -188,3 +189,30 @@ def test_a_listing_served_while_a_file_changes_layer_lists_it(peers, move: str) 
         return [(e.name, e.fileid) for e in seen]
 
     assert (b"f", fid) in trio.run(body)
+
+
+@pytest.mark.parametrize("first", ["READDIRPLUS", "LOOKUP"])
+def test_a_file_an_unrealize_left_on_the_disk_keeps_its_fileid(peers, first: str) -> None:
+    """A crash between the index recording a file as Unreal and the unlink leaves its bytes
+    on the disk: the old handle must keep working and the file keep its fileid, whichever
+    call meets the name first."""
+    _a, b, source = peers
+    source.gate.set()
+    root = b.tree.area_root(b.area)
+    fid, _ = b.tree.lookup(root, b"f")
+
+    async def body() -> int:
+        await b.tree.prepare_change(fid)
+        kept = (b.dir / "f").read_bytes(), os.stat(b.dir / "f")
+        await b.tree.unrealize(fid, "test")
+        data, st = kept  # what the unlink would have removed, had it run
+        (b.dir / "f").write_bytes(data)
+        os.utime(b.dir / "f", ns=(st.st_atime_ns, st.st_mtime_ns))
+        if first == "READDIRPLUS":
+            [found] = [e.fileid for e, _ in b.tree.readdirplus(root, 0) if e.name == b"f"]
+        else:
+            found, _ = b.tree.lookup(root, b"f")
+        assert b.tree.getattr(fid).fileid == fid
+        return found
+
+    assert trio.run(body) == fid

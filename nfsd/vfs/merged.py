@@ -230,6 +230,16 @@ class MergedTree(LayerMoves, NamespaceChanges, Tree):
         )
         batch.commit()
 
+    def _indexed_as(self, node: Node, st: os.stat_result) -> bool:
+        """Whether the index entry of `node`'s path is a file of `st`'s size and mtime."""
+        entry = self.journal.index.get(*self.area_path(node.fid))
+        return (
+            entry is not None
+            and entry.kind == Kind.FILE
+            and stat.S_ISREG(st.st_mode)
+            and (entry.size, entry.mtime_ns) == (st.st_size, st.st_mtime_ns)
+        )
+
     def _real_node(self, fid: int) -> tuple[Node, os.stat_result]:
         """A Real node and its lstat, checked to be the very inode recorded."""
         node = self._node(fid)
@@ -274,6 +284,11 @@ class MergedTree(LayerMoves, NamespaceChanges, Tree):
                 and (node.dev, node.ino) == (st.st_dev, st.st_ino)
                 and not self._another_file(node, current, dir_fid, name)
             ):
+                return fid
+            if node is not None and node.unreal and self._indexed_as(node, st):
+                # An Unreal file whose bytes are on the disk (an unrealize cut short before
+                # its unlink, which the start-up scan takes back as Real): it keeps its fid.
+                self._adopt(node, node.area)
                 return fid
         area = self._node(dir_fid).area
         batch = self.store.batch()

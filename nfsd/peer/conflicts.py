@@ -305,6 +305,15 @@ def copy_origin(name: bytes, v: Version) -> bytes | None:
     return None
 
 
+def dismissed_at_name(copy: Copy, name_state: PathState) -> bool:
+    """Whether the copy's version was superseded under the copy's own name: a peer made the
+    copy an ordinary file there (`_materialize` places the copy's version itself) and it was
+    then deleted, renamed away or edited, or the copy was deleted (`dismissal_tombstone`).
+    The copy is resolved then, though the path it is a copy of still holds its version."""
+    v = copy.version.vector
+    return any(w.vector.compare(v) in (Order.NEWER, Order.EQUAL) for w in name_state.versions)
+
+
 def revived_copy(name: bytes, v: Version, origin: PathState, me: PeerId) -> bool:
     """Whether `v`, arriving at `name` (its conflict copy's name), is a copy a peer made an
     ordinary file while this peer had already moved past `v` at the copy's path: deleted,
@@ -499,8 +508,14 @@ def make_rename(
     removed = next_version(
         source_state.base(), author, Kind.DELETED, mtime_ns=mtime_ns, clock=clock
     )
+    bases = list(target_state.base())
+    if copy_origin(target_path, source) is not None:
+        # A conflict copy moved to a copy name of its own version (its directory renamed with
+        # the path it is a copy of): it stays that version there, as `_materialize` places
+        # it, so that a later delete or move of it dismisses the version.
+        bases.append(source)
     created = next_version(
-        target_state.base(),
+        bases,
         author,
         source.kind,
         source.content,
@@ -563,7 +578,8 @@ def plan_rename(rename: Rename, source_state: PathState, target_state: PathState
 
 def tree(states: Mapping[bytes, PathState]) -> dict[bytes, Version]:
     """Every area path shown, with what it shows: each existing path's winner, and each
-    conflict copy not shadowed by a path of the same name that exists."""
+    conflict copy not shadowed by a path of the same name that exists, nor dismissed
+    there (`dismissed_at_name`)."""
     shown: dict[bytes, Version] = {}
     copies: dict[bytes, Version] = {}
     for path, state in sorted(states.items()):  # sorted: a shared copy name is decided alike
@@ -571,7 +587,8 @@ def tree(states: Mapping[bytes, PathState]) -> dict[bytes, Version]:
         if r.exists and r.shown is not None:
             shown[path] = r.shown
         for c in r.copies:
-            copies.setdefault(c.name, c.version)
+            if not dismissed_at_name(c, states.get(c.name, EMPTY)):
+                copies.setdefault(c.name, c.version)
     for name, v in copies.items():
         shown.setdefault(name, v)
     return shown

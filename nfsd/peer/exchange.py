@@ -114,6 +114,7 @@ from nfsd.peer.conflicts import (
     decide,
     dismissal_of_copy,
     dismissal_tombstone,
+    dismissed_at_name,
     local_change,
     make_rename,
     plan_rename,
@@ -1329,12 +1330,15 @@ class Exchange:
             return
         prefix = _COPY + _AREA.pack(area)
 
-        def own(name: bytes) -> bool:  # a path of that name exists in its own right
-            state = states[name] if name in states else self.state(area, name)
-            return resolve(name, state).exists
+        def state_of(name: bytes) -> PathState:
+            return states[name] if name in states else self.state(area, name)
 
-        kept = {c.name for c in after.copies}
-        for copy in after.copies:
+        def own(name: bytes) -> bool:  # a path of that name exists in its own right
+            return resolve(name, state_of(name)).exists
+
+        shown_copies = [c for c in after.copies if not dismissed_at_name(c, state_of(c.name))]
+        kept = {c.name for c in shown_copies}
+        for copy in shown_copies:
             if own(copy.name):
                 continue
             batch.put("meta", prefix + copy.name, path)

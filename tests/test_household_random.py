@@ -12,7 +12,7 @@ each seed it runs; a seed that fails joins `SEEDS`.
 
 Operations are file operations made as users make them on a peer's disk (its area
 directory): directory renames are left to the in-process randomized run
-(tests/test_exchange_random.py), where two seeds still diverge.
+(tests/test_exchange_random.py).
 """
 
 from __future__ import annotations

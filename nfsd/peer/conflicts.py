@@ -305,6 +305,17 @@ def copy_origin(name: bytes, v: Version) -> bytes | None:
     return None
 
 
+def origin_of_name(name: bytes) -> bytes | None:
+    """The path `name` would be a conflict copy of, if it is one (`copy_origin` tells for
+    a given version); None for a name without the conflict tag."""
+    parent, slash, leaf = name.rpartition(b"/")
+    at = leaf.rfind(CONFLICT_TAG)
+    if at <= 0:
+        return None
+    _, extension = _split_extension(leaf)
+    return parent + slash + leaf[:at] + extension
+
+
 def dismissed_at_name(copy: Copy, name_state: PathState) -> bool:
     """Whether the copy's version was superseded under the copy's own name: a peer made the
     copy an ordinary file there (`_materialize` places the copy's version itself) and it was

@@ -117,6 +117,7 @@ from nfsd.peer.conflicts import (
     dismissed_at_name,
     local_change,
     make_rename,
+    origin_of_name,
     plan_rename,
     resolve,
     revived_copy,
@@ -1175,14 +1176,41 @@ class Exchange:
             if self.landing is not None:
                 self._land_real(batch, area, path, mode, current, before, shown_after, landed,
                                 held_base)  # fmt: skip
+            free = path in landed.deleted  # its file moved on or went
         elif self._unindexed(area, path, landed):
             # On the disk, not yet indexed as Real (made outside NFS, not reconciled yet): a
             # change not published, held on its base like a Real file that is not clean.
             self._hold(batch, area, path, before, held_base)
+            free = False
         else:
             self._show_unreal(batch, area, path, mode, current, shown_after, landed)
+            free = True
+        if free and not shown_after.exists and (copy := self._copy_at(area, path, after, states)):
+            # A conflict copy shown here again: the path of its name, which shadowed it or held
+            # its file, is gone.
+            self._show_unreal(batch, area, path, mode, None, Resolution(path, copy.version),
+                              landed)  # fmt: skip
+            origin = origin_of_name(path)
+            assert origin is not None
+            batch.put("meta", _COPY + _AREA.pack(area) + path, origin)
+            if copy.version.kind is VKind.FILE:
+                landed.pins.append((copy.version.content, _pin_reason(area, path)))
         self._show_copies(batch, area, path, mode, resolve(path, before), shown_after, landed,
                           states or {})  # fmt: skip
+
+    def _copy_at(
+        self, area: int, name: bytes, own: PathState, states: dict[bytes, PathState] | None
+    ) -> Copy | None:
+        """The conflict copy `name` shows (its own state `own` showing nothing), if any: one
+        the path it is a copy of resolves to and that is not dismissed at `name`."""
+        origin = origin_of_name(name)
+        if origin is None:
+            return None
+        state = (states or {}).get(origin) or self.state(area, origin)
+        for copy in resolve(origin, state).copies:
+            if copy.name == name and not dismissed_at_name(copy, own):
+                return copy
+        return None
 
     def _seen(self, area: int, path: bytes, before: PathState, current: Entry) -> PathState:
         """What the user of the Real file at `path` saw there: its state `before`, or, for a

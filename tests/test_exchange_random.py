@@ -512,3 +512,44 @@ def test_a_copy_deleted_here_as_its_version_wins_the_path_back_goes(
     views = [side.view() for side in three]
     assert views[0] == views[1] == views[2]
     assert views[0] == {}
+
+
+def test_a_file_renamed_as_a_page_moves_it_to_its_copy_leaves_nothing_held_by_no_one(
+    three: list[Side], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Probably seed 19166 of the long randomized household run: c and a create p.txt
+    apart; a, which shows c's version as a copy, deletes p.txt, which makes the copy a file.
+    c, the copy's only holder, lands that page (its file is to move to the copy's name) as
+    its user renames p.txt to q.txt, and then overwrites q.txt. No path may then show c's
+    first version: its bytes are nowhere."""
+    a, _b, c = three
+    c.write("p.txt", b"c's file\n", mtime_s=1_000_100)
+    c.publish()
+    a.write("p.txt", b"a's file, later\n", mtime_s=1_000_200)
+    a.publish()
+    a.pull(c)
+    assert [p for p in a.view() if b"conflict" in p]
+    _remove(a, b"p.txt")  # makes c's version, shown as a copy, a file under the copy's name
+    a.exchange.stamp_pending(a.area)
+    landing = c.exchange.landing
+    assert landing is not None
+    carry_out = landing.carry_out
+
+    def user_first(acts: list) -> list:
+        if (c.dir / "p.txt").exists():
+            os.rename(c.dir / "p.txt", c.dir / "q.txt")
+        return carry_out(acts)
+
+    monkeypatch.setattr(landing, "carry_out", user_first)
+    c.pull(a)
+    monkeypatch.setattr(landing, "carry_out", carry_out)
+    c.tree.journal.renamed(c.area, b"p.txt", b"q.txt")  # what the watcher then reports
+    c.exchange.stamp_pending(c.area)
+    c.write("q.txt", b"c's overwrite\n", mtime_s=1_000_300)
+    c.publish()
+    _heal(three)
+    views = [side.view() for side in three]
+    assert views[0] == views[1] == views[2]
+    held = _held_somewhere(three)
+    assert all(blob_id in held for _, blob_id in views[0].values() if blob_id), views[0]
+    assert views[0][b"q.txt"] == (14, blob(b"c's overwrite\n"))

@@ -1445,15 +1445,20 @@ class Exchange:
                 blobs.pin(blob, reason)
 
     def _unmoved(self, area: int, acts: list[Act]) -> None:
-        """Local files that could not be moved aside to their conflict names (or back from
-        them): their user changed, moved or removed them on the disk after the batch that
-        planned the move. The index shows each at its path again, Real, held on its own
-        version: what
-        the watcher then reports is a change of that version, made by its user, not of the
-        winner the index showed meanwhile, and it supersedes only the loser."""
+        """Local files that could not be moved aside to their conflict names, back from
+        them, or to where a page shows their content: their user changed, moved or removed
+        them on the disk after the batch that planned the move. The index shows each at its
+        path again, Real, held on its own version: what the watcher then reports is a change
+        of that version, made by its user, not of the winner the index showed meanwhile, and
+        it supersedes only the loser.
+
+        A target that shows the file's version in its own right (a conflict copy a peer made
+        a file) loses its only bytes here with the move undone: this peer dismisses it there,
+        as its user would on finding a copy of what they had just moved on or replaced."""
         if not acts:
             return
         batch = self.store.batch()
+        clock = int(time.time())
         for act in acts:
             moved = self.index.get(area, act.target)
             if moved is None or moved.layer != Layer.REAL:
@@ -1471,6 +1476,16 @@ class Exchange:
             ]
             if own:
                 batch.put("meta", _BASE + _AREA.pack(area) + act.path, PathState.of(own).encode())
+            there = self.state(area, act.target)
+            if there and all(v.identity == _identity(moved) for v in there.versions):
+                name, tombstone = dismissal_tombstone(
+                    act.target, there.versions[0], there, self.me, clock=clock
+                )
+                log.info("%s: its only bytes stayed where its user moved them: dismissed",
+                         shown(name))  # fmt: skip
+                self._put_state(batch, area, name, decide(there, tombstone).state)
+                mine = _stamp([(name, moved.mode, tombstone.encode())])
+                self.history.append(batch, area, Change(Op.DELETE, name, stamp=mine))
         batch.commit()
         if self.landing is not None:
             self.landing.tree.index_changed()

@@ -322,17 +322,17 @@ def test_a_rename_onto_a_file_held_on_its_base_supersedes_only_what_its_user_saw
 
 
 @pytest.mark.parametrize("what", ["deleted", "renamed"])
-@pytest.mark.parametrize("when", ["before-the-page", "before-the-move"])
+@pytest.mark.parametrize("when", ["before-the-page", "before-the-move", "told-before-the-move"])
 def test_a_losing_file_its_user_changes_meanwhile_keeps_the_change_as_the_users(
     three: list[Side], what: str, when: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Found by the randomized household run: c's own f0 loses to a's later edit, and c's
     user deletes (or renames) f0 on the disk before the watcher tells the journal: before
     the page with a's edit lands, or after, before the move of c's file aside to its
-    conflict name is made. What the user did is a change of c's version, not of a's: a's
-    edit stays at f0, the renamed file at its new name, and no copy of c's version is left
-    that no peer holds. (The index keeps f0 Real until the journal hears: it reconciles
-    Real entries only.)"""
+    conflict name is made (the watcher telling after the move, or before it). What the user
+    did is a change of c's version, not of a's: a's edit stays at f0, the renamed file at
+    its new name, and no copy of c's version is left that no peer holds. (The index keeps
+    f0 Real until the journal hears: it reconciles Real entries only.)"""
     a, _b, c = three
     _concurrent_edits(three, "f0", (c, b"c's edit\n", 1_000_100),
                       (a, b"a's edit, later\n", 1_000_200))  # fmt: skip
@@ -352,18 +352,28 @@ def test_a_losing_file_its_user_changes_meanwhile_keeps_the_change_as_the_users(
         assert landing is not None
         carry_out = landing.carry_out
 
+        def watcher_tells() -> None:
+            if what == "deleted":
+                c.tree.journal.removed(c.area, b"f0")
+            else:
+                c.tree.journal.renamed(c.area, b"f0", b"g")
+
         def user_first(acts: list) -> list:  # the user's change lands before the move
             user_acts()
+            if when == "told-before-the-move":
+                watcher_tells()
             return carry_out(acts)
 
         monkeypatch.setattr(landing, "carry_out", user_first)
         c.pull(a)
         monkeypatch.setattr(landing, "carry_out", carry_out)
-        if what == "deleted":  # what the watcher then reports
-            c.tree.journal.removed(c.area, b"f0")
-        else:
-            c.tree.journal.renamed(c.area, b"f0", b"g")
+        if when == "before-the-move":
+            watcher_tells()
     c.exchange.stamp_pending(c.area)
+    # Before any rescan: no file the index holds Real is missing from the disk (the
+    # watcher tells of a change once).
+    real = [p for p, e in c.tree.index.walk(c.area) if e.layer == Layer.REAL and e.blob]
+    assert [p for p in real if not (c.dir / p.decode()).exists()] == []
     _heal(three)
     views = [side.view() for side in three]
     assert views[0] == views[1] == views[2]

@@ -1459,10 +1459,12 @@ class Exchange:
             return
         batch = self.store.batch()
         clock = int(time.time())
+        restored = []
         for act in acts:
             moved = self.index.get(area, act.target)
             if moved is None or moved.layer != Layer.REAL:
                 continue
+            restored.append(act.path)
             log.warning("%s changed on the disk as it lost a conflict: kept as its change",
                         shown(act.path))  # fmt: skip
             self.index.delete(batch, area, act.target)
@@ -1489,6 +1491,13 @@ class Exchange:
         batch.commit()
         if self.landing is not None:
             self.landing.tree.index_changed()
+            # The watcher may have told of the change already, while the entry stood at the
+            # target: it tells once. A file gone from its path is recorded as gone now (a
+            # rename of it is then a delete and a create).
+            journal = self.landing.tree.journal
+            for path in restored:
+                if journal.disk.look(area, path) is None:
+                    journal.removed(area, path)
 
     def pin_copies(self, area: int) -> int:
         """Pin the blob of every conflict copy shown whose blob the cache knows now; how

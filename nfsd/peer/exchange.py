@@ -1206,7 +1206,7 @@ class Exchange:
         origin = origin_of_name(name)
         if origin is None:
             return None
-        state = (states or {}).get(origin) or self.state(area, origin)
+        state = states[origin] if states and origin in states else self.state(area, origin)
         for copy in resolve(origin, state).copies:
             if copy.name == name and not dismissed_at_name(copy, own):
                 return copy

@@ -232,16 +232,31 @@ class Household:
 
     def view(self, name: str) -> View:
         """Sorted (path, kind, size, blob id) of every entry of the peer's area index."""
+        return self._index_rows(name)[0]
+
+    def real_files(self, name: str) -> dict[str, str]:
+        """Area path → blob id of each file the peer's index holds Real (but quarantined
+        ones): its disk must hold the same once the peer is quiet."""
+        return {p: b for p, b in self._index_rows(name)[1].items() if not p.startswith(self._out)}
+
+    @property
+    def _out(self) -> tuple[str, ...]:
+        return tuple(self.quarantined)
+
+    def _index_rows(self, name: str) -> tuple[View, dict[str, str]]:
         from nfsd.store.areas import AreaTable
         from nfsd.store.db import Store
-        from nfsd.store.index import AreaIndex, Kind
+        from nfsd.store.index import AreaIndex, Kind, Layer
 
         store = Store(self.peers[name].state / "db", read_only=True)
         try:
             record = AreaTable(store).get(AREA)
             assert record is not None
             rows = []
+            real = {}
             for path, entry in AreaIndex(store).walk(record.id):
+                if entry.kind == Kind.FILE and entry.layer == Layer.REAL:
+                    real[os.fsdecode(path)] = entry.blob.hex()
                 shown = os.fsdecode(path)
                 if entry.kind == Kind.FILE:
                     rows.append((shown, "file", entry.size, entry.blob.hex()))
@@ -249,7 +264,7 @@ class Household:
                     rows.append((shown, "dir", 0, ""))
                 else:
                     rows.append((shown, "symlink", 0, os.fsdecode(entry.target)))
-            return sorted(rows)
+            return sorted(rows), real
         finally:
             store.close()
 
@@ -270,17 +285,16 @@ class Household:
 
     def converge(self, timeout: float = 60) -> View:
         """Sync every peer in rounds until a round changes nothing, every file is hashed,
-        and all views are equal (leaving out the paths under `quarantined` prefixes); that
-        view."""
+        each peer's index holds Real exactly the files on its disk (what its watcher has
+        not told yet included), and all views are equal (leaving out the paths under
+        `quarantined` prefixes); that view."""
         deadline = time.monotonic() + timeout
         while True:
             changed = sum(self.sync(name) for name in self.peers)
             views = {name: self.kept(self.view(name)) for name in self.peers}
             first = views[NAMES[0]]
             hashed = all(blob for _p, kind, _s, blob in first if kind == "file") and all(
-                self.on_disk(name).items()
-                <= {(p, b) for p, kind, _s, b in views[name] if kind == "file"}
-                for name in self.peers
+                self.on_disk(name) == self.real_files(name) for name in self.peers
             )
             if not changed and hashed and all(v == first for v in views.values()):
                 return first
@@ -303,14 +317,14 @@ class Household:
             for leaf in names:
                 full = os.path.join(directory, leaf)
                 path = os.path.relpath(full, area)
-                if path.startswith(tuple(self.quarantined)) or os.path.islink(full):
+                if path.startswith(self._out) or os.path.islink(full):
                     continue
                 with suppress(OSError), open(full, "rb") as file:  # gone: the next round sees
                     found[path] = blake3.blake3(file.read()).hexdigest()
         return found
 
     def kept(self, view: View) -> View:
-        return [row for row in view if not row[0].startswith(tuple(self.quarantined))]
+        return [row for row in view if not row[0].startswith(self._out)]
 
     # ---- NFS, from inside a peer's namespace ----
 

@@ -241,6 +241,17 @@ def _held_somewhere(three: list[Side]) -> set[bytes]:
     return held
 
 
+def _healed(three: list[Side]) -> dict[bytes, tuple[int, bytes]]:
+    """Heal; every peer's view must then be equal, with every blob it shows held by some
+    peer. That view."""
+    _heal(three)
+    views = [side.view() for side in three]
+    assert views[0] == views[1] == views[2]
+    held = _held_somewhere(three)
+    assert {p for p, (_, blob_id) in views[0].items() if blob_id and blob_id not in held} == set()
+    return views[0]
+
+
 def _concurrent_edits(three: list[Side], name: str, *edits: tuple[Side, bytes, int]) -> None:
     """`name` made by the first peer and known to all; then each (side, content, mtime)
     written and published, none of those peers having seen the others' edits."""
@@ -278,14 +289,10 @@ def test_a_copy_its_author_moved_away_is_not_made_a_file_by_a_peer_that_still_sh
     b.exchange.stamp_pending(b.area)
     c.write("q.txt", b"c's overwrite of q\n", mtime_s=1_000_300)
     c.publish()
-    _heal(three)
-    views = [side.view() for side in three]
-    assert views[0] == views[1] == views[2]
-    held = _held_somewhere(three)
-    assert {p for p, (_, blob_id) in views[0].items() if blob_id and blob_id not in held} == set()
-    assert name not in views[0]
-    assert views[0][b"r.txt"] == (16, blob(b"b's edit, later\n"))
-    assert views[0][b"q.txt"] == (19, blob(b"c's overwrite of q\n"))
+    view = _healed(three)
+    assert name not in view
+    assert view[b"r.txt"] == (16, blob(b"b's edit, later\n"))
+    assert view[b"q.txt"] == (19, blob(b"c's overwrite of q\n"))
 
 
 def test_a_rename_onto_a_file_held_on_its_base_supersedes_only_what_its_user_saw(
@@ -557,9 +564,4 @@ def test_a_file_renamed_as_a_page_moves_it_to_its_copy_leaves_nothing_held_by_no
     c.exchange.stamp_pending(c.area)
     c.write("q.txt", b"c's overwrite\n", mtime_s=1_000_300)
     c.publish()
-    _heal(three)
-    views = [side.view() for side in three]
-    assert views[0] == views[1] == views[2]
-    held = _held_somewhere(three)
-    assert all(blob_id in held for _, blob_id in views[0].values() if blob_id), views[0]
-    assert views[0][b"q.txt"] == (14, blob(b"c's overwrite\n"))
+    assert _healed(three)[b"q.txt"] == (14, blob(b"c's overwrite\n"))

@@ -1185,13 +1185,12 @@ class Exchange:
         else:
             self._show_unreal(batch, area, path, mode, current, shown_after, landed)
             free = True
-        if free and not shown_after.exists and (copy := self._copy_at(area, path, after, states)):
+        if free and not shown_after.exists and (found := self._copy_at(area, path, after, states)):
             # A conflict copy shown here again: the path of its name, which shadowed it or held
             # its file, is gone.
+            origin, copy = found
             self._show_unreal(batch, area, path, mode, None, Resolution(path, copy.version),
                               landed)  # fmt: skip
-            origin = origin_of_name(path)
-            assert origin is not None
             batch.put("meta", _COPY + _AREA.pack(area) + path, origin)
             if copy.version.kind is VKind.FILE:
                 landed.pins.append((copy.version.content, _pin_reason(area, path)))
@@ -1200,16 +1199,17 @@ class Exchange:
 
     def _copy_at(
         self, area: int, name: bytes, own: PathState, states: dict[bytes, PathState] | None
-    ) -> Copy | None:
-        """The conflict copy `name` shows (its own state `own` showing nothing), if any: one
-        the path it is a copy of resolves to and that is not dismissed at `name`."""
+    ) -> tuple[bytes, Copy] | None:
+        """(its path, the copy) of the conflict copy `name` shows (its own state `own`
+        showing nothing), if any: one the path it is a copy of resolves to and that is not
+        dismissed at `name`."""
         origin = origin_of_name(name)
         if origin is None:
             return None
         state = states[origin] if states and origin in states else self.state(area, origin)
         for copy in resolve(origin, state).copies:
             if copy.name == name and not dismissed_at_name(copy, own):
-                return copy
+                return origin, copy
         return None
 
     def _seen(self, area: int, path: bytes, before: PathState, current: Entry) -> PathState:
@@ -1470,16 +1470,13 @@ class Exchange:
             self.index.delete(batch, area, act.target)
             self.index.put(batch, area, act.path, moved)
             # A copy moving back to its path has no versions of its own: they are the path's.
-            own = [
-                v
-                for at in (act.path, act.target)
-                for v in self.state(area, at).versions
-                if v.identity == _identity(moved)
-            ]
+            held = _identity(moved)
+            there = self.state(area, act.target)
+            own = [v for v in (*self.state(area, act.path).versions, *there.versions)
+                   if v.identity == held]  # fmt: skip
             if own:
                 batch.put("meta", _BASE + _AREA.pack(area) + act.path, PathState.of(own).encode())
-            there = self.state(area, act.target)
-            if there and all(v.identity == _identity(moved) for v in there.versions):
+            if there and all(v.identity == held for v in there.versions):
                 name, tombstone = dismissal_tombstone(
                     act.target, there.versions[0], there, self.me, clock=clock
                 )

@@ -234,10 +234,10 @@ class Household:
         """Sorted (path, kind, size, blob id) of every entry of the peer's area index."""
         return self._index_rows(name)[0]
 
-    def real_files(self, name: str) -> dict[str, str]:
-        """Area path → blob id of each file the peer's index holds Real (but quarantined
-        ones): its disk must hold the same once the peer is quiet."""
-        return {p: b for p, b in self._index_rows(name)[1].items() if not p.startswith(self._out)}
+    def _kept_files(self, real: dict[str, str]) -> dict[str, str]:
+        """The files of `_index_rows` held Real, but quarantined ones: the peer's disk must
+        hold the same once the peer is quiet."""
+        return {p: b for p, b in real.items() if not p.startswith(self._out)}
 
     @property
     def _out(self) -> tuple[str, ...]:
@@ -291,10 +291,11 @@ class Household:
         deadline = time.monotonic() + timeout
         while True:
             changed = sum(self.sync(name) for name in self.peers)
-            views = {name: self.kept(self.view(name)) for name in self.peers}
+            rows = {name: self._index_rows(name) for name in self.peers}  # one read each
+            views = {name: self.kept(view) for name, (view, _real) in rows.items()}
             first = views[NAMES[0]]
             hashed = all(blob for _p, kind, _s, blob in first if kind == "file") and all(
-                self.on_disk(name) == self.real_files(name) for name in self.peers
+                self.on_disk(name) == self._kept_files(real) for name, (_v, real) in rows.items()
             )
             if not changed and hashed and all(v == first for v in views.values()):
                 return first

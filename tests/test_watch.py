@@ -185,6 +185,31 @@ def test_a_file_written_through_nfs_keeps_resting_from_its_last_write(tmp_path):
 
 
 @pytest.mark.inproc
+def test_a_write_the_journal_was_not_told_of_yet_rests_before_it_is_hashed(tmp_path):
+    """A file marked long ago and written again just now, its event still on its way (a busy
+    watcher): the settle that comes first hashes nothing; the file is recorded once it has
+    rested after that write, with what that write left."""
+    area, store, journal = journal_for(tmp_path, rest=0.5)
+    path = area / "growing.bin"
+    path.write_bytes(b"first piece")
+    journal.created(AREA, b"growing.bin", os.lstat(path))
+    journal.dirty[(AREA, b"growing.bin")] -= 10  # the mark rested long ago
+
+    async def body() -> None:
+        with open(path, "ab") as f:
+            f.write(b", second piece")
+        assert await journal.settle() == 0
+        assert rows_of(store) == []
+        await trio.sleep(0.6)
+        assert await journal.settle() == 1
+        entry = AreaIndex(store).get(AREA, b"growing.bin")
+        assert entry is not None and entry.blob == blake3.blake3(path.read_bytes()).digest()
+
+    run(body)
+    store.close()
+
+
+@pytest.mark.inproc
 def test_the_start_scan_recovers_from_an_interrupted_unrealize_and_realize(tmp_path):
     """A crash between recording a file as Unreal and unlinking it leaves both: the file on
     the disk wins. A crash while realizing leaves a temporary file: removed at the next start,

@@ -218,7 +218,8 @@ class Journal:
         return [key for key, when in self.dirty.items() if now - when >= self.rest]
 
     async def settle(self, keys: list[tuple[int, bytes]] | None = None) -> int:
-        """Hash the rested files (or `keys`) and record their CREATE/CHANGE; how many."""
+        """Hash the rested files (or `keys`, rested or not) and record their CREATE/CHANGE;
+        how many."""
         done = 0
         pause = Pause()
         for area, path in self.rested() if keys is None else keys:
@@ -248,6 +249,13 @@ class Journal:
                 os.close(fd)
             if self.dirty.get((area, path)) != when:
                 continue  # written again while hashing: wait for the next rest
+            # Its last change may be younger than the mark: a write whose event is still on
+            # its way. The ctime says when it was written, and it rests from then (a ctime
+            # ahead of the clock, the clock set back, is not waited for).
+            age = (time.time_ns() - st.st_ctime_ns) / 1e9
+            if keys is None and 0 <= age < self.rest:
+                self.dirty[(area, path)] = self.clock() - age
+                continue
             self._settled(area, path, blob, st)  # if this fails, the file stays to hash again
             del self.dirty[(area, path)]
             done += 1

@@ -65,9 +65,8 @@ class Side:
         """What the journal does at start and once files rest: scan, hash, record."""
 
         async def scan() -> None:
-            journal = self.tree.journal
-            await journal.scan(self.area, self.tree.hidden)
-            await journal.settle(list(journal.dirty))  # as if written long ago
+            await self.tree.journal.scan(self.area, self.tree.hidden)
+            await self.tree.journal.settle()
 
         trio.run(scan)
 

@@ -87,6 +87,9 @@ class Journal:
         self.index = AreaIndex(store)
         self.history = History(store)
         self.dirty: dict[tuple[int, bytes], float] = {}
+        # Files the start scan found changed while nobody looked: hashed at once, the only
+        # ones not left to rest from their ctime.
+        self.at_once: set[tuple[int, bytes]] = set()
         # Files written over an Unreal entry, waiting to be hashed: the blob they replaced
         # (their entry names none until hashed; their change still says what it replaced).
         self.replacing: dict[tuple[int, bytes], bytes] = {}
@@ -117,6 +120,7 @@ class Journal:
     def written(self, area: int, path: bytes) -> None:
         """Content changed (create, write, truncate): hash it once it rests."""
         self.dirty[(area, path)] = self.clock()
+        self.at_once.discard((area, path))
 
     def is_dirty(self, area: int, path: bytes) -> bool:
         """Whether the file was written and not yet hashed since."""
@@ -146,6 +150,7 @@ class Journal:
     def removed(self, area: int, path: bytes) -> None:
         entry = self.index.get(area, path)
         self.dirty.pop((area, path), None)
+        self.at_once.discard((area, path))
         self.replacing.pop((area, path), None)
         if entry is None:
             return
@@ -189,6 +194,7 @@ class Journal:
             k for k in self.dirty if k[0] == area and (k[1] == old or k[1].startswith(prefix))
         ]:
             self.dirty[(area, new + key[1][len(old) :])] = self.dirty.pop(key)
+            self.at_once.discard(key)  # moved: it rests from the rename, its ctime
             if key in self.replacing:
                 self.replacing[(area, new + key[1][len(old) :])] = self.replacing.pop(key)
 
@@ -231,6 +237,7 @@ class Journal:
                 fd = self.disk.open_relative(area, path)
             except (OSError, FsError):
                 self.dirty.pop((area, path), None)  # gone or not a file: its removal reports
+                self.at_once.discard((area, path))
                 self.replacing.pop((area, path), None)
                 continue
             try:
@@ -244,6 +251,7 @@ class Journal:
                     blob, st = await trio.to_thread.run_sync(hash_fd, fd, first)
             except OSError:
                 self.dirty.pop((area, path), None)
+                self.at_once.discard((area, path))
                 continue
             finally:
                 os.close(fd)
@@ -253,11 +261,12 @@ class Journal:
             # its way. The ctime says when it was written, and it rests from then (a ctime
             # ahead of the clock, the clock set back, is not waited for).
             age = (time.time_ns() - st.st_ctime_ns) / 1e9
-            if keys is None and 0 <= age < self.rest:
+            if keys is None and (area, path) not in self.at_once and 0 <= age < self.rest:
                 self.dirty[(area, path)] = self.clock() - age
                 continue
             self._settled(area, path, blob, st)  # if this fails, the file stays to hash again
             del self.dirty[(area, path)]
+            self.at_once.discard((area, path))
             done += 1
         return done
 
@@ -408,12 +417,15 @@ class Journal:
         when = self.dirty.get(key)
         if when is None:
             self.dirty[key] = self.clock() - (self.rest if soon else 0.0)
+            if soon:
+                self.at_once.add(key)
             return
         # Already waiting: a file written through NFS rests from its last WRITE; one changed
         # since it was marked (its ctime is later, on the wall clock) rests from now.
         marked_ns = time.time_ns() - int((self.clock() - when) * 1e9)
         if st.st_ctime_ns > marked_ns:
             self.dirty[key] = self.clock()
+            self.at_once.discard(key)
 
     def _restat(self, area: int, path: bytes, entry: Entry, st: os.stat_result) -> None:
         """A directory, symlink or special file still there. A new mode is a SETATTR; a new

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from nfsd.store.index import Layer
 from nfsd.vfs.tree import Owner
-from tests.test_exchange_real import Side, blob
+from tests.test_exchange_real import Side, blob, converge, copies
 from xdr.nfs3 import stable_how
 
 pytestmark = pytest.mark.inproc
@@ -171,3 +172,31 @@ def test_a_peers_page_stamps_a_delete_still_in_its_grace_first(sides: tuple[Side
     after_the_grace()
     b.pull(a)
     assert a.view() == b.view() == {b"shared.txt": (10, blob(b"v2 from b\n"))}
+
+
+def test_a_copy_deleted_as_an_edit_of_its_path_makes_it_a_file_goes_everywhere(
+    sides: tuple[Side, Side],
+) -> None:
+    """b's losing file kept Real under its copy's name; b edits the path (which makes the
+    copy a file of its own) and deletes the copy before the edit is stamped. Stamping the
+    edit shows the copy's name, its file gone, as the copy's version, Unreal; the delete,
+    stamped once its grace is over, takes that away too: the copy is gone here as on a
+    (seed 47670 of the randomized household run)."""
+    a, b = sides
+    b.exchange.delete_grace = GRACE
+    a.write("c.txt", b"a's\n", mtime_s=3_000_100)  # a's wins: the later mtime
+    b.write("c.txt", b"b's\n", mtime_s=3_000_000)
+    a.publish()
+    b.publish()
+    converge(a, b)
+    (name,) = copies(b.view())
+    assert b.layer(name) == Layer.REAL
+    create(b, b"c.txt", b"b's edit of a's\n")
+    settle(b)  # the edit is in b's log, not stamped yet
+    remove(b, name)  # in its grace
+    b.exchange.stamp_some(b.area)  # the edit: the copy a file of its own, shown Unreal
+    after_the_grace()
+    b.exchange.stamp_some(b.area)
+    assert b.view() == {b"c.txt": (16, blob(b"b's edit of a's\n"))}
+    a.pull(b)
+    assert a.view() == b.view()

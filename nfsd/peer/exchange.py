@@ -528,6 +528,12 @@ class Exchange:
                     or resolve(path, base).copies
                 ):
                     reshow.add(path)
+            gone = change.op in (Op.DELETE, Op.RMDIR, Op.RENAME) and change.path in overlay
+            if gone and (there := self.index.get(area, change.path)) and there.layer != Layer.REAL:
+                # Shown again after its file went (a copy that an edit of its path made a
+                # file of its own while this delete waited its grace): the index follows the
+                # state the change leaves.
+                reshow.add(change.path)
             change.stamp = _stamp([(p, m, v.encode()) for p, m, v in made])
             self.history.rewrite(batch, area, sequence, change)
         if not count:

@@ -131,8 +131,9 @@ def run_seed(home: Household, seed: int, steps: int = STEPS) -> None:
 # Each way to a divergence this run found is fixed and kept as an in-process regression
 # test in tests/test_exchange_random.py or tests/test_exchange_real.py (conflict copies no
 # peer held, files changed on the disk while a page landed, a rename over a file held on
-# its base, a file written over an Unreal entry indexed with the peer's blob); 7417, 7418
-# and 47670 are seeds the long run failed on before.
+# its base, a file written over an Unreal entry indexed with the peer's blob, a copy shown
+# Unreal again where its peer's user had deleted it, tests/test_delete_grace.py); 7417, 7418
+# and 47670 are seeds the long run or CI failed on before.
 # Failing seeds the long run found and this code does not fix yet, kept as regression cases
 # (the run depends on timing, so expected to fail, not required to). 13665: a conflict copy
 # of a version its author renamed away twice (f2 -> f1 -> d/g0) is made a file by another

@@ -305,6 +305,12 @@ def copy_origin(name: bytes, v: Version) -> bytes | None:
     return None
 
 
+def copy_names(path: bytes, v: Version) -> list[bytes]:
+    """The names `v`'s conflict copy beside `path` may have (`conflict_name` at each hash
+    length; a copy pushed past them by clashing names is not among them)."""
+    return [conflict_name(path, v, digits) for digits in _HASH_LEVELS]
+
+
 def origin_of_name(name: bytes) -> bytes | None:
     """The path `name` would be a conflict copy of, if it is one (`copy_origin` tells for
     a given version); None for a name without the conflict tag."""

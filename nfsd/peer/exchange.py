@@ -110,6 +110,7 @@ from nfsd.peer.conflicts import (
     PathState,
     Rename,
     Resolution,
+    copy_names,
     copy_origin,
     decide,
     dismissal_of_copy,
@@ -638,6 +639,9 @@ class Exchange:
                 target, base(target), self.me, VKind.FILE, change.new_blob,
                 size=size, mtime_ns=mtime, clock=clock, copy_states=copies(target),
             )  # fmt: skip
+            if target in bases:
+                made += self._overwritten_copies(target, bases[target], change.new_blob,
+                                                 state, clock)  # fmt: skip
         elif op in (Op.DELETE, Op.RMDIR):
             if op is Op.DELETE and entry is not None and entry.layer == Layer.REAL:
                 return []  # made again since (`_held`): its create will supersede the old
@@ -659,6 +663,32 @@ class Exchange:
         else:
             return []  # SETATTR: a mode is not a version
         return [(p, mode, v) for p, v in made]
+
+    def _overwritten_copies(
+        self,
+        path: bytes,
+        held: PathState,
+        content: bytes,
+        state: Callable[[bytes], PathState],
+        clock: int,
+    ) -> list[tuple[bytes, Version]]:
+        """Tombstones for the copies made files of a version `held` here Real at `path` (its
+        file was being changed as it lost, so it was never moved aside) that the file's new
+        `content` overwrote: where the cache does not keep that version either, the file held
+        its only bytes here, and the copy, untouched since it was made a file, goes with
+        them, as when a move aside is undone (`_unmoved`)."""
+        blobs = self.landing.tree.blobs if self.landing is not None else None
+        made: list[tuple[bytes, Version]] = []
+        for v in held.versions:
+            if v.kind is not VKind.FILE or v.content == content:
+                continue
+            if blobs is not None and v.content in blobs and blobs.has_all(v.content):
+                continue  # kept in the cache: the copy stays readable
+            for name in copy_names(path, v):
+                there = state(name)
+                if there and all(w.identity == v.identity for w in there.versions):
+                    made.append(dismissal_tombstone(name, v, there, self.me, clock=clock))
+        return made
 
     def _dismissal(
         self,

@@ -146,11 +146,12 @@ def run_seed(home: Household, seed: int, steps: int = STEPS) -> None:
 # name; fixed, `Exchange._unmoved`), and a copy showed that no peer held (not traced).
 # 24589: a, cut off, renames its own losing file, kept under its copy's name, onto the path,
 # then another file over it; after the heal a alone still lists the copy, Unreal, though
-# every peer's state of that name is a tombstone (not traced). 29616 (read from the
-# histories): c's d/g0 loses; another peer's delete of the path makes c's version a file
-# under its copy's name; c's user then overwrites d/g0 in place, the only bytes of that
-# version, and the copy file shows with no holder. (A version shown at a second path whose
-# only bytes are a Real file at the first is not kept apart from that file.)
+# every peer's state of that name is a tombstone (not traced; the copy 47670 showed again
+# was of this kind). 29616: c's d/g0 loses while c's user writes it (held Real, never moved
+# aside); another peer's rename of the path makes c's version a file under its copy's name,
+# and c's edit left that copy showing with no holder. Fixed (the edit takes the copy with
+# it, tests/test_exchange_real.py), and passed every run since; kept here until more runs
+# say the seed has no other way to diverge. 13665 failed again once since, not traced.
 STILL_DIVERGING = {
     13665: "a copy of a version renamed away twice shows with no holder",
     19166: "a copy made a file while its author renamed the path away shows with no holder",

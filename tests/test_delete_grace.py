@@ -13,8 +13,9 @@ import pytest
 import trio
 
 from nfsd.store.index import Layer
+from nfsd.store.source import StateDirSource, import_area
 from nfsd.vfs.tree import Owner
-from tests.test_exchange_real import Side, blob, converge, copies
+from tests.test_exchange_real import AREA, Side, blob, converge, copies
 from xdr.nfs3 import stable_how
 
 pytestmark = pytest.mark.inproc
@@ -200,3 +201,35 @@ def test_a_copy_deleted_as_an_edit_of_its_path_makes_it_a_file_goes_everywhere(
     assert b.view() == {b"c.txt": (16, blob(b"b's edit of a's\n"))}
     a.pull(b)
     assert a.view() == b.view()
+
+
+def test_a_file_imported_again_in_its_deletes_grace_stays(
+    sides: tuple[Side, Side], tmp_path: Path
+) -> None:
+    """a deletes a file, then `realize import` brings the path back from a source as an
+    Unreal file before the delete is stamped. The delete still reaches b, but the stamp leaves
+    a's imported file alone: the history never showed it (found by the SIGKILL rounds of
+    test_crash.py, where a READ of such a file answered STALE)."""
+    a, b = sides
+    a.write("s.bin", b"a's own\n")
+    a.publish()
+    b.pull(a)
+    source = Side(tmp_path / "source")
+    source.write("s.bin", b"the source's\n")
+    source.publish()
+    source.close()
+    remove(a, b"s.bin")
+    opened = StateDirSource(tmp_path / "source" / "state")
+    try:
+        root = a.tree.areas[a.area].path
+        report = import_area(a.tree.store, a.tree.blobs, a.area, root, opened, AREA)
+    finally:
+        opened.close()
+    a.tree.index_changed()
+    assert report.files == 1
+    after_the_grace()
+    b.pull(a)
+    assert b.view() == {}
+    assert a.view() == {b"s.bin": (13, blob(b"the source's\n"))}
+    assert a.layer(b"s.bin") == Layer.UNREAL
+    a.tree.lookup(a.tree.area_root(a.area), b"s.bin")  # there: neither gone nor STALE

@@ -513,6 +513,7 @@ class Exchange:
                 )
                 if was.shown is not None and was.shown.kind is VKind.FILE:
                     change.old_blob = was.shown.content
+            prior = overlay.get(change.path) or self.state(area, change.path)
             made = self._versions_of(area, change, overlay, bases)
             for path, _mode, version in made:
                 base = overlay.get(path) or self.state(area, path)
@@ -530,10 +531,11 @@ class Exchange:
                 ):
                     reshow.add(path)
             gone = change.op in (Op.DELETE, Op.RMDIR, Op.RENAME) and change.path in overlay
-            if gone and (there := self.index.get(area, change.path)) and there.layer != Layer.REAL:
+            if gone and self._shown_from(area, change.path, prior):
                 # Shown again after its file went (a copy that an edit of its path made a
                 # file of its own while this delete waited its grace): the index follows the
-                # state the change leaves.
+                # state the change leaves. An entry the state never showed (one `realize
+                # import` brought back in the grace) is not the state's to take away.
                 reshow.add(change.path)
             change.stamp = _stamp([(p, m, v.encode()) for p, m, v in made])
             self.history.rewrite(batch, area, sequence, change)
@@ -551,6 +553,17 @@ class Exchange:
         batch.commit(sync=bool(landed.acts))
         self._finish(area, landed)
         return count
+
+    def _shown_from(self, area: int, path: bytes, state: PathState) -> bool:
+        """Whether the index shows at `path`, not Real, what `state` shows there."""
+        there = self.index.get(area, path)
+        shown = resolve(path, state).shown
+        return (
+            there is not None
+            and there.layer != Layer.REAL
+            and shown is not None
+            and shown.identity == _identity(there)
+        )
 
     def _release_held(self, area: int) -> None:
         """Paths held Real on a base (their file not clean when a peer's version came) whose

@@ -636,3 +636,28 @@ def test_a_losing_file_its_user_overwrote_takes_its_copy_made_a_file_with_it(
     b.publish()
     converge(a, b)
     assert a.view() == b.view() == {b"p.txt": (19, blob(b"b's user writes on\n"))}
+
+
+def test_a_losing_file_its_user_renamed_another_over_takes_its_copy_made_a_file_with_it(
+    sides: tuple[Side, Side],
+) -> None:
+    """As above, but b's user renames another file over the held one (seed 33572 of the
+    long randomized run): the rename is of the version the copy shows as well, and takes the
+    copy with it."""
+    a, b = sides
+    a.write("p.txt", b"a's version\n", mtime_s=4_000_100)  # a's wins: the later mtime
+    b.write("p.txt", b"b's version\n", mtime_s=4_000_000)
+    b.write("q.txt", b"b's other file\n")
+    a.publish()
+    b.publish()
+    b.write("p.txt", b"b's user writes on\n")  # not hashed yet
+    converge(a, b)
+    (name,) = copies(a.view())
+    (a.dir / "p.txt").unlink()
+    a.publish()  # a's delete: the copy a file of its own
+    converge(a, b)
+    assert name in a.view() and name in b.view()
+    rename(b, b"q.txt", b"p.txt")
+    b.publish()
+    converge(a, b)
+    assert a.view() == b.view() == {b"p.txt": (15, blob(b"b's other file\n"))}

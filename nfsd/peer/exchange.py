@@ -672,7 +672,14 @@ class Exchange:
                 mtime_ns=mtime, clock=clock,
             )  # fmt: skip
         elif op is Op.RENAME:
-            return self._rename_versions(area, change, state, base, copies, clock)
+            renamed = self._rename_versions(area, change, state, base, copies, clock)
+            target, moved = change.new_path, self.index.get(area, change.new_path)
+            if target in bases and moved is not None and moved.kind == Kind.FILE and moved.blob:
+                # Renamed over a file held on a base: its bytes are gone as by an edit.
+                dismissed = self._overwritten_copies(target, bases[target], moved.blob,
+                                                     state, clock)  # fmt: skip
+                renamed += [(p, moved.mode, v) for p, v in dismissed]
+            return renamed
         else:
             return []  # SETATTR: a mode is not a version
         return [(p, mode, v) for p, v in made]
@@ -689,7 +696,7 @@ class Exchange:
         file was being changed as it lost, so it was never moved aside) that the file's new
         `content` overwrote: where the cache does not keep that version either, the file held
         its only bytes here, and the copy, untouched since it was made a file, goes with
-        them, as when a move aside is undone (`_unmoved`)."""
+        them, as when a move aside is undone (`_unmoved`). A file renamed over it, too."""
         blobs = self.landing.tree.blobs if self.landing is not None else None
         made: list[tuple[bytes, Version]] = []
         for v in held.versions:

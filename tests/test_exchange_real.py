@@ -612,15 +612,10 @@ def test_a_file_written_over_an_unreal_entry_is_not_indexed_with_the_peers_blob(
     assert b.view()[b"f0"] == (24, blob(b"b's other bytes, longer\n"))
 
 
-def test_a_losing_file_its_user_overwrote_takes_its_copy_made_a_file_with_it(
-    sides: tuple[Side, Side],
-) -> None:
-    """Seed 29616 of the randomized household run: b's file loses to a's while b's user is
-    overwriting it (held Real, not moved aside: the bytes of b's version are gone); a then
-    deletes the path, which makes b's version a file under its copy's name. b's edit, once
-    published, is of the version that copy shows: it takes the copy with it, or the copy
-    would show on every peer with no one holding its bytes."""
-    a, b = sides
+def held_loser_made_a_copy(a: Side, b: Side) -> None:
+    """b's p.txt loses to a's while b's user is writing it (held Real, not moved aside: the
+    bytes of b's version are gone); a then deletes the path, which makes b's version a file
+    under its copy's name."""
     a.write("p.txt", b"a's version\n", mtime_s=4_000_100)  # a's wins: the later mtime
     b.write("p.txt", b"b's version\n", mtime_s=4_000_000)
     a.publish()
@@ -633,6 +628,18 @@ def test_a_losing_file_its_user_overwrote_takes_its_copy_made_a_file_with_it(
     a.publish()  # a's delete: the copy a file of its own
     converge(a, b)
     assert name in a.view() and name in b.view()
+
+
+def test_a_losing_file_its_user_overwrote_takes_its_copy_made_a_file_with_it(
+    sides: tuple[Side, Side],
+) -> None:
+    """Seed 29616 of the randomized household run: b's file loses to a's while b's user is
+    overwriting it (held Real, not moved aside: the bytes of b's version are gone); a then
+    deletes the path, which makes b's version a file under its copy's name. b's edit, once
+    published, is of the version that copy shows: it takes the copy with it, or the copy
+    would show on every peer with no one holding its bytes."""
+    a, b = sides
+    held_loser_made_a_copy(a, b)
     b.publish()
     converge(a, b)
     assert a.view() == b.view() == {b"p.txt": (19, blob(b"b's user writes on\n"))}
@@ -645,18 +652,9 @@ def test_a_losing_file_its_user_renamed_another_over_takes_its_copy_made_a_file_
     long randomized run): the rename is of the version the copy shows as well, and takes the
     copy with it."""
     a, b = sides
-    a.write("p.txt", b"a's version\n", mtime_s=4_000_100)  # a's wins: the later mtime
-    b.write("p.txt", b"b's version\n", mtime_s=4_000_000)
     b.write("q.txt", b"b's other file\n")
-    a.publish()
     b.publish()
-    b.write("p.txt", b"b's user writes on\n")  # not hashed yet
-    converge(a, b)
-    (name,) = copies(a.view())
-    (a.dir / "p.txt").unlink()
-    a.publish()  # a's delete: the copy a file of its own
-    converge(a, b)
-    assert name in a.view() and name in b.view()
+    held_loser_made_a_copy(a, b)
     rename(b, b"q.txt", b"p.txt")
     b.publish()
     converge(a, b)

@@ -513,7 +513,8 @@ class Exchange:
                 )
                 if was.shown is not None and was.shown.kind is VKind.FILE:
                     change.old_blob = was.shown.content
-            prior = overlay.get(change.path) or self.state(area, change.path)
+            goes = change.op in (Op.DELETE, Op.RMDIR, Op.RENAME)
+            prior = (overlay.get(change.path) or self.state(area, change.path)) if goes else None
             made = self._versions_of(area, change, overlay, bases)
             for path, _mode, version in made:
                 base = overlay.get(path) or self.state(area, path)
@@ -530,8 +531,11 @@ class Exchange:
                     or resolve(path, base).copies
                 ):
                     reshow.add(path)
-            gone = change.op in (Op.DELETE, Op.RMDIR, Op.RENAME) and change.path in overlay
-            if gone and self._shown_from(area, change.path, prior):
+            if (
+                prior is not None
+                and change.path in overlay
+                and self._shown_from(area, change.path, prior)
+            ):
                 # Shown again after its file went (a copy that an edit of its path made a
                 # file of its own while this delete waited its grace): the index follows the
                 # state the change leaves. An entry the state never showed (one `realize

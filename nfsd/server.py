@@ -29,7 +29,7 @@ from nfsd.nfs3.common import Nfs3State
 from nfsd.nfs3.program import nfs_program
 from nfsd.peer import identity as peer_identity
 from nfsd.peer.exchange import DELETE_GRACE, Exchange
-from nfsd.peer.fetch import ChunkServer
+from nfsd.peer.fetch import ChunkServer, OwnFiles
 from nfsd.peer.roster import DEFAULT_PEER_PORT, RosterError
 from nfsd.peer.service import PeerService
 from nfsd.peer.source import PeerSource
@@ -234,6 +234,7 @@ class Server:
             delete_grace=DELETE_GRACE, **forget,
         )  # fmt: skip
         exchange.recover()  # disk changes a crash interrupted, before the journal scans
+        chunks = ChunkServer(tree, self.blobs)
         try:
             self.peers = PeerService(
                 self.state_dir,
@@ -241,7 +242,7 @@ class Server:
                 config.peer_bind or config.bind,
                 DEFAULT_PEER_PORT if config.peer_port is None else config.peer_port,
                 port_required=config.peer_port is not None,
-                chunks=ChunkServer(tree, self.blobs),  # FETCH: content by blob id
+                chunks=chunks,  # FETCH: content by blob id
                 exchange=exchange,
                 areas=lambda: [area.name for area in tree.areas.values()],
                 on_synced=tree.index_changed,
@@ -258,8 +259,14 @@ class Server:
         tree.unreal.bases = Bases(self.state_dir, self.blobs)  # new versions built from old
         exchange.replaced = tree.unreal.bases.note
         assert tree.unreal is not None
-        # Missing chunks by FETCH; background transfers paced to --peer-rate.
-        tree.unreal.sources.append(PeerSource(self.peers, self.blobs, config.peer_rate))
+        # Missing chunks from a Real file here of the same content where one was found
+        # before, else by FETCH (background transfers paced to --peer-rate), else from one
+        # found by a scan of the index (a copy whose version only this peer holds).
+        tree.unreal.sources += [
+            OwnFiles(chunks, walk=False),
+            PeerSource(self.peers, self.blobs, config.peer_rate),
+            OwnFiles(chunks, walk=True),
+        ]
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         os.umask(0)  # the client already applied its umask to the modes it sends

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ log = logging.getLogger("realize.peer")
 _REMEMBERED = 1024  # blobs whose Real file location is remembered
 _LISTED_HASHES = 256 * 1024  # chunk hashes of Real files remembered (8 MiB: 64 GiB of files)
 _CUT_BYTES = 8 << 20  # packed cuts remembered (some 20 GiB of content)
+_WALK_AGAIN = 10.0  # seconds before the index is scanned again for a blob it did not hold
 
 
 @dataclass(frozen=True)
@@ -97,20 +99,27 @@ class ChunkServer:
         self._cut_bytes = 0
         self.chunks_served = 0
 
-    def shared(self, peer: Peer) -> list[Area]:
-        """The areas here that `peer` may read."""
+    def shared(self, peer: Peer | None) -> list[Area]:
+        """The areas here that `peer` may read (None: this peer itself, every area)."""
         areas = self.tree.areas.values()
-        if peer.areas is None:
+        if peer is None or peer.areas is None:
             return list(areas)
         return [a for a in areas if a.name in peer.areas]
 
     def fetch(
-        self, peer: Peer, blob_id: bytes, index: int, *, at_once: bool = False
+        self,
+        peer: Peer | None,
+        blob_id: bytes,
+        index: int,
+        *,
+        at_once: bool = False,
+        walk: bool = True,
     ) -> fetch_res | None:
-        """Chunk `index` of `blob_id` for `peer` (blocking: run it in a thread). `at_once`
-        (on the event loop): None instead of waiting for the disk, when the chunk is in the
-        cache (RocksDB reads it) or not all of it is in the page cache; then ask again in a
-        thread."""
+        """Chunk `index` of `blob_id` for `peer` (None: this peer's own Unreal layer;
+        blocking: run it in a thread). `at_once` (on the event loop): None instead of waiting
+        for the disk, when the chunk is in the cache (RocksDB reads it) or not all of it is in
+        the page cache; then ask again in a thread. Not `walk`: a Real file is looked for only
+        where the blob was found before (no scan of the index)."""
         areas = self.shared(peer)
         manifest = self.blobs.manifest(blob_id)
         if manifest is not None and (manifest.bad or manifest.chunk_size != FETCH_CHUNK_SIZE):
@@ -128,7 +137,7 @@ class ChunkServer:
             else:
                 self.chunks_served += 1
                 return fetch_res(fetch_status.OK, manifest.size, data)
-        found = self._real(peer, areas, blob_id, walk=not at_once)
+        found = self._real(peer, areas, blob_id, walk=walk and not at_once)
         if found is None:
             return None if at_once else fetch_res(fetch_status.NO_BLOB, 0, b"")
         area, path, size, mtime_ns = found
@@ -163,10 +172,10 @@ class ChunkServer:
         self.chunks_served += 1
         return fetch_res(fetch_status.OK, size, data)
 
-    def chunk_list(self, peer: Peer, blob_id: bytes, first: int, count: int) -> chunks_res:
+    def chunk_list(self, peer: Peer | None, blob_id: bytes, first: int, count: int) -> chunks_res:
         """Up to `count` chunk hashes of `blob_id` from chunk `first`, for `peer` (blocking:
         run it in a thread; computing a Real file's list reads all of it)."""
-        status, size, hashes = self._chunk_hashes(peer, blob_id)
+        status, size, hashes = self.hashes_of(peer, blob_id)
         if hashes is None:
             return chunks_res(status, size, b"")
         if first > len(hashes):
@@ -174,7 +183,11 @@ class ChunkServer:
         page = hashes[first : first + min(count, CHUNKS_PAGE)]
         return chunks_res(fetch_status.OK, size, b"".join(page))
 
-    def _chunk_hashes(self, peer: Peer, blob_id: bytes) -> tuple[fetch_status, int, list | None]:
+    def hashes_of(
+        self, peer: Peer | None, blob_id: bytes, *, walk: bool = True
+    ) -> tuple[fetch_status, int, list | None]:
+        """(status, size, the chunk hashes or None) of `blob_id` for `peer` (None: this peer
+        itself), from the cache's manifest or a Real file's content (not `walk`: `fetch`)."""
         areas = self.shared(peer)
         manifest = self.blobs.manifest(blob_id)
         if (
@@ -184,7 +197,7 @@ class ChunkServer:
             and manifest.area in {a.name for a in areas}
         ):
             return fetch_status.OK, manifest.size, list(self.blobs.chunk_hashes(blob_id))
-        found = self._real(peer, areas, blob_id)
+        found = self._real(peer, areas, blob_id, walk=walk)
         if found is None:
             return fetch_status.NO_BLOB, 0, None
         _, _, size, mtime_ns = found
@@ -214,7 +227,7 @@ class ChunkServer:
         page = packed[first * CUT_SIZE : (first + min(count, CUTS_PAGE)) * CUT_SIZE]
         return cuts_res(fetch_status.OK, size, total, page)
 
-    def _cuts(self, peer: Peer, blob_id: bytes) -> tuple[fetch_status, int, bytes | None]:
+    def _cuts(self, peer: Peer | None, blob_id: bytes) -> tuple[fetch_status, int, bytes | None]:
         areas = self.shared(peer)
         manifest = self.blobs.manifest(blob_id)
         cached = (
@@ -255,7 +268,7 @@ class ChunkServer:
 
     def _read_whole(
         self,
-        peer: Peer,
+        peer: Peer | None,
         blob_id: bytes,
         found: tuple[Area, bytes, int, int],
         compute: Callable[[int], tuple[bytes, int, Any]],
@@ -295,7 +308,7 @@ class ChunkServer:
                 self._cut_bytes -= len(dropped)
         return packed
 
-    def holds(self, peer: Peer, blob_ids: list[bytes]) -> bytes:
+    def holds(self, peer: Peer | None, blob_ids: list[bytes]) -> bytes:
         """HOLDS for `peer` (blocking: run it in a thread; it may scan the index once): a
         byte per id, 1 where this peer keeps the content whole in a shared area, as a Real
         file indexed with it or complete and pinned in the cache."""
@@ -325,12 +338,14 @@ class ChunkServer:
                         unknown.discard(entry.blob)
         return bytes(1 if blob_id in held else 0 for blob_id in blob_ids)
 
-    def _changed(self, peer: Peer, blob_id: bytes, area: Area, path: bytes, what: str) -> None:
+    def _changed(
+        self, peer: Peer | None, blob_id: bytes, area: Area, path: bytes, what: str
+    ) -> None:
         """A Real file is not the content it was indexed with: forget where the blob was, and
         have the journal hash the file again (its size and mtime may not have shown it)."""
         log.info("%s/%s changed since it was hashed: %s", area.name, path, what)
         with self._where_lock:
-            self._where.pop((blob_id, peer.name), None)
+            self._where.pop((blob_id, _name(peer)), None)
         try:
             trio.from_thread.run_sync(self.tree.journal.written, area.id, path)
         except RuntimeError:  # not called from a trio worker thread (a test's direct call)
@@ -361,15 +376,22 @@ class ChunkServer:
                 _, dropped = self._listed.popitem(last=False)
                 self._listed_hashes -= len(dropped.hashes)
 
+    def real_file(
+        self, peer: Peer | None, blob_id: bytes, *, walk: bool = True
+    ) -> tuple[Area, bytes, int, int] | None:
+        """(area, path, size, mtime_ns) of a Real file `peer` may read indexed with
+        `blob_id`, or None (`_real`)."""
+        return self._real(peer, self.shared(peer), blob_id, walk=walk)
+
     def _real(
-        self, peer: Peer, areas: list[Area], blob_id: bytes, *, walk: bool = True
+        self, peer: Peer | None, areas: list[Area], blob_id: bytes, *, walk: bool = True
     ) -> tuple[Area, bytes, int, int] | None:
         """(area, path, size, mtime_ns) of a Real file of a shared area indexed with
         `blob_id`, or None; not `walk`: only where it was found before (no scan of the
         index). The lock is held only to look up and to remember, never across the scan, so
         the event loop may take it."""
         by_id = {a.id: a for a in areas}
-        key = (blob_id, peer.name)
+        key = (blob_id, _name(peer))
         with self._where_lock:
             remembered = self._where.get(key)
             if remembered is not None:
@@ -392,6 +414,67 @@ class ChunkServer:
                             self._where.popitem(last=False)
                     return area, path, entry.size, entry.mtime_ns
         return None
+
+
+def _name(peer: Peer | None) -> str:
+    return "" if peer is None else peer.name  # no peer's name is empty (nfsd/peer/roster.py)
+
+
+class OwnFiles:
+    """This peer's own Real files as a source (nfsd/store/source.py `BlobSource`) for its
+    Unreal entries of the same content: a conflict copy whose version a Real file here
+    holds under another name, a file a peer copied to another path. Its chunks are read as
+    a peer's FETCH reads them, so the same checks hold (the file unchanged since it was
+    indexed, each chunk its listed hash).
+
+    Not `walk`: only where a blob was found before, at the cost of a lookup, so it can come
+    before the peers. `walk`: a scan of every area's index, for after the peers had none; a
+    scan that found nothing is not made again for that blob for `_WALK_AGAIN` seconds (the
+    readers of a blob nobody has would scan once per chunk)."""
+
+    def __init__(self, chunks: ChunkServer, *, walk: bool) -> None:
+        self.chunks = chunks
+        self.walk = walk
+        self.name = "this peer's Real files" + ("" if walk else " (found before)")
+        self._not_found: dict[bytes, float] = {}  # blob id -> when (worker threads share it)
+
+    def read_chunk(self, blob_id: bytes, offset: int, length: int) -> bytes | None:
+        index, within = divmod(offset, FETCH_CHUNK_SIZE)
+        if within or length > FETCH_CHUNK_SIZE:
+            return None  # not a chunk as FETCH cuts them
+        walks = self._walks(blob_id)
+        res = self.chunks.fetch(None, blob_id, index, walk=walks)
+        if walks and res is not None and res.status == fetch_status.NO_BLOB:
+            self._found_nothing(blob_id)
+        if res is None or res.status != fetch_status.OK or len(res.data) != length:
+            return None
+        return bytes(res.data)
+
+    def chunk_hashes(self, blob_id: bytes, size: int) -> list[bytes] | None:
+        walks = self._walks(blob_id)
+        status, found_size, hashes = self.chunks.hashes_of(None, blob_id, walk=walks)
+        if walks and status == fetch_status.NO_BLOB:
+            self._found_nothing(blob_id)
+        if status != fetch_status.OK or found_size != size:
+            return None
+        return hashes
+
+    def _walks(self, blob_id: bytes) -> bool:
+        if not self.walk:
+            return False
+        when = self._not_found.get(blob_id)
+        return when is None or time.monotonic() - when > _WALK_AGAIN
+
+    def _found_nothing(self, blob_id: bytes) -> None:
+        if len(self._not_found) >= _REMEMBERED:
+            self._not_found = {}  # bounded; forgetting costs one more scan at most
+        self._not_found[blob_id] = time.monotonic()
+
+    def has(self, blob_id: bytes) -> bool:
+        """Never: what asks (eviction, a release, nfsd/vfs/unreal.py `held_elsewhere`) asks
+        whether another peer keeps the content, and the Real file found here may be the very
+        one it weighs."""
+        return False
 
 
 def _read_chunk(fd: int, index: int, at_once: bool) -> bytearray | None:

@@ -1,0 +1,76 @@
+"""An Unreal entry whose content a Real file of this very peer holds under another name is read
+from that file (nfsd/peer/fetch.py `OwnFiles`), checked as a peer's FETCH is: a conflict
+copy of a version its own user has since renamed to another path, or a file a peer copied,
+reads with every other peer gone. In-process, two peers' assemblies (tests/test_exchange_real.py
+`Side`), no link between them."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import trio
+
+from nfsd.peer import source as peer_source
+from nfsd.store.index import Layer
+from nfsd.vfs.errors import FsError
+from tests.test_exchange_real import Side, blob, sides  # noqa: F401 (sides is a fixture)
+from xdr.nfs3 import nfsstat3
+from xdr.peer import FETCH_CHUNK_SIZE
+
+pytestmark = pytest.mark.inproc
+
+
+def read_whole(side: Side, name: bytes, size: int) -> bytes:
+    async def read() -> bytes:
+        got = await side.tree.read(side.tree.fid_of_path(side.area, name), 0, size + 1)
+        assert got.eof
+        return bytes(got.data)
+
+    return trio.run(read)
+
+
+@pytest.fixture(autouse=True)
+def no_peer_comes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peers' source gives up at once: no link will come up in these tests."""
+    monkeypatch.setattr(peer_source, "NO_PEER_GRACE", 0.0)
+
+
+def test_an_unreal_file_whose_content_a_real_file_here_holds_reads_with_no_peer(
+    sides: tuple[Side, Side],  # noqa: F811
+) -> None:
+    a, b = sides
+    data = os.urandom(3 * FETCH_CHUNK_SIZE + 1234)  # several chunks, a short last one
+    a.write("kept/orig.bin", data)
+    a.publish()
+    b.write("copy.bin", data)  # b's user made the same content under another name
+    b.publish()
+    a.pull(b)
+    assert a.layer(b"copy.bin") == Layer.UNREAL
+    assert a.layer(b"kept/orig.bin") == Layer.REAL
+
+    assert read_whole(a, b"copy.bin", len(data)) == data
+    assert a.tree.unreal is not None
+    assert not a.tree.unreal.blobs.missing(blob(data))  # in the cache now, verified
+    assert (a.dir / "kept" / "orig.bin").read_bytes() == data  # the Real file is untouched
+
+
+def test_a_real_file_changed_since_it_was_indexed_is_not_read_for_another_entry(
+    sides: tuple[Side, Side],  # noqa: F811
+) -> None:
+    a, b = sides
+    data = os.urandom(2 * FETCH_CHUNK_SIZE + 99)
+    a.write("orig.bin", data)
+    a.publish()
+    b.write("copy.bin", data)
+    b.publish()
+    a.pull(b)
+    # Changed on the disk, not indexed again yet: its bytes are not the blob's any more.
+    a.write("orig.bin", os.urandom(len(data)))
+
+    with pytest.raises(FsError) as failed:
+        read_whole(a, b"copy.bin", len(data))
+    assert failed.value.status == nfsstat3.NFS3ERR_IO
+    assert a.tree.unreal is not None
+    manifest = a.tree.unreal.blobs.manifest(blob(data))
+    assert manifest is None or a.tree.unreal.blobs.missing(blob(data))  # nothing wrong kept

@@ -219,9 +219,12 @@ class ControlService:
         if isinstance(source, ctlres):
             return failed(source.status, source.message.decode())
         try:
+            # Read and hashed in a thread; each entry written on the event loop, where the
+            # NFS calls that could take its name meanwhile run.
             report = await trio.to_thread.run_sync(
-                import_area, self.tree.store, self.blobs, area.id, area.path, source, name
-            )
+                import_area, self.tree.store, self.blobs, area.id, area.path, source, name,
+                trio.from_thread.run_sync,
+            )  # fmt: skip
         except KeyError as e:
             return failed(ctlstat.NOENT, str(e.args[0]))
         finally:

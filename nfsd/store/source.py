@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -38,7 +38,7 @@ import blake3
 from nfsd.store.areas import AreaTable
 from nfsd.store.blobs import DEFAULT_CHUNK_SIZE, BlobStore
 from nfsd.store.db import Store
-from nfsd.store.index import AreaIndex, Entry, Kind, Layer, join
+from nfsd.store.index import AreaIndex, Entry, Kind, Layer, join, split
 from nfsd.store.paths import path_problem, shown, target_problem
 from nfsd.vfs.osapi import DIR_FLAGS, open_dir, open_regular
 from xdr.control import IMPORT_REFUSALS
@@ -239,19 +239,34 @@ def import_area(
     area_root: bytes,
     source: StateDirSource,
     source_area: str,
+    place: Callable[[Callable[[], bool]], bool] = lambda put: put(),
 ) -> ImportReport:
     """Add the source's entries of `source_area` to our area as Unreal entries.
 
     Paths that exist here (in the Real directory or the index) are left alone; entries the
-    check refuses are counted and named in the report, and the others imported."""
+    check refuses are counted and named in the report, and the others imported. A file is
+    read and hashed first, then `place(put)` runs `put` where the tree's changes are
+    serialized (a running server's event loop): it looks again whether the path is free,
+    and only then registers the blob and writes the entry, so a client's CREATE or RENAME
+    of that name meanwhile is never written over."""
     index = AreaIndex(store)
     report = ImportReport()
+
+    def taken(path: bytes) -> bool:
+        """Whether the path is not ours to fill: something is there (or its parent is not a
+        directory of the index, as where the source's directory is a file here)."""
+        parent, _ = split(path)
+        above = index.get(area_id, parent) if parent else None
+        if parent and (above is None or above.kind != Kind.DIR):
+            return True
+        return index.get(area_id, path) is not None or os.path.lexists(join(area_root, path))
+
     for item in source.entries(source_area):
         if isinstance(item, Refused):
             report.refuse(item)
             continue
         path, entry = item.path, item.entry
-        if index.get(area_id, path) is not None or os.path.lexists(join(area_root, path)):
+        if taken(path):
             report.skipped += 1
             continue
         unreal = Entry(
@@ -263,6 +278,7 @@ def import_area(
             entry.blob,
             entry.target,
         )  # no owner: the source's is not taken at its word (see the module docstring)
+        hashes: list[bytes] = []
         if entry.kind == Kind.FILE:
             if not entry.blob or item.root is None:
                 report.skipped += 1
@@ -280,19 +296,29 @@ def import_area(
             if blob_id != entry.blob or size != entry.size:
                 report.skipped += 1  # changed since the source indexed it
                 continue
-            blobs.begin_blob(blob_id, size, hashes, area=source_area)
-            report.files += 1
-            report.bytes += size
-        elif entry.kind == Kind.DIR:
-            report.directories += 1
-        elif entry.kind == Kind.SYMLINK:
-            report.symlinks += 1
-        else:
+        elif entry.kind not in (Kind.DIR, Kind.SYMLINK):
             report.skipped += 1
             continue
-        batch = store.batch()
-        index.put(batch, area_id, path, unreal)
-        batch.commit()
+
+        def put(path: bytes = path, unreal: Entry = unreal, hashes: list[bytes] = hashes) -> bool:
+            if taken(path):
+                return False  # made here while the file was read
+            if unreal.kind == Kind.FILE:
+                blobs.begin_blob(unreal.blob, unreal.size, hashes, area=source_area)
+            batch = store.batch()
+            index.put(batch, area_id, path, unreal)
+            batch.commit()
+            return True
+
+        if not place(put):
+            report.skipped += 1
+        elif unreal.kind == Kind.FILE:
+            report.files += 1
+            report.bytes += unreal.size
+        elif unreal.kind == Kind.DIR:
+            report.directories += 1
+        else:
+            report.symlinks += 1
     if report.refused > REFUSALS_SHOWN:
         log.warning("refused %d entries from the source in all", report.refused)
     return report

@@ -659,3 +659,34 @@ def test_a_losing_file_its_user_renamed_another_over_takes_its_copy_made_a_file_
     b.publish()
     converge(a, b)
     assert a.view() == b.view() == {b"p.txt": (15, blob(b"b's other file\n"))}
+
+
+def test_a_copy_whose_version_wins_its_path_back_while_its_user_writes_there_keeps_its_file(
+    sides: tuple[Side, Side],
+) -> None:
+    """Seed 19158 of the long randomized run: b's version loses to a's and moves aside,
+    Real, under its copy's name; b's user writes a new file at the path; then a's delete,
+    made before a heard of b's version, gives the path back to b's version. The new file
+    stands in the way of the move back, and the copy's file holds the only bytes of that
+    version: it stays, and is a file of its own once b's new file is published."""
+    a, b = sides
+    a.write("c.txt", b"a's\n", mtime_s=6_000_100)  # a's wins: the later mtime
+    b.write("c.txt", b"b's\n", mtime_s=6_000_000)
+    a.publish()
+    b.publish()
+    b.pull(a)  # a's version: b's moves aside
+    (name,) = copies(b.view())
+    assert b.layer(name) == Layer.REAL
+    (a.dir / "c.txt").unlink()
+    a.publish()  # a's delete, of a's version alone: a never heard of b's
+    b.write("c.txt", b"b's user writes a new one\n")  # not hashed yet
+    b.pull(a)  # a's delete: b's version wins the path back
+    assert (b.dir / os.fsdecode(name)).read_bytes() == b"b's\n"
+    assert (b.dir / "c.txt").read_bytes() == b"b's user writes a new one\n"
+    b.publish()
+    converge(a, b)
+    assert a.view() == b.view()
+    assert a.view()[b"c.txt"] == (26, blob(b"b's user writes a new one\n"))
+    held = {e.blob for side in (a, b) for _, e in side.tree.index.walk(side.area)
+            if e.layer == Layer.REAL}  # fmt: skip
+    assert {content for _size, content in a.view().values()} <= held  # every file has a holder

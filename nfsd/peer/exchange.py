@@ -1458,9 +1458,19 @@ class Exchange:
                 and winner is not None
                 and winner.identity == copy.version.identity
                 and self.landing is not None
-                and self._move_real(batch, area, copy.name, path, landed)
             ):
-                continue  # the copy's version won the path back: its bytes go back there
+                if self._move_real(batch, area, copy.name, path, landed):
+                    continue  # the copy's version won the path back: its bytes go back there
+                at_path = None if path in landed.deleted else self.index.get(area, path)
+                holds_it = at_path is not None and (at_path.layer, at_path.blob) == (
+                    Layer.REAL, there.blob,
+                )  # fmt: skip
+                if not holds_it and self.landing.inspect(area, copy.name, there) is not None:
+                    # The path cannot take them (its user is writing a file there, not
+                    # published yet): this file keeps the only bytes of the version that won.
+                    # The change of the path, published on its base, makes it a file of its
+                    # own under this name.
+                    continue
             if there.layer == Layer.UNREAL:
                 self.index.delete(batch, area, copy.name)
                 landed.gone(copy.name)

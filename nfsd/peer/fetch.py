@@ -1,7 +1,9 @@
 """Serving content by blob id to the peers (FETCH and CHUNKS, xdr/peer.py): one whole chunk
 of a blob at a time, from this peer's blob cache or from a Real file whose content has that
 id, a blob's chunk list and its content-defined cuts (CUTS, nfsd/store/cuts.py); and
-HOLDS, which of some blobs this peer keeps whole.
+HOLDS, which of some blobs this peer keeps whole. The same reads serve this peer's own
+Unreal entries whose content a Real file here holds under another name (`OwnFiles`, a blob
+source of the Unreal layer).
 
 Only areas shared with the calling peer are looked in (the roster's `areas` for that peer,
 or every area here): a blob is served from the cache when its manifest is charged to such an

@@ -1453,30 +1453,28 @@ class Exchange:
             if there is None or _identity(there) != copy.version.identity:
                 continue
             winner = after.shown
+            won_back = winner is not None and winner.identity == copy.version.identity
             if (
                 there.layer == Layer.REAL
-                and winner is not None
-                and winner.identity == copy.version.identity
+                and won_back
                 and self.landing is not None
+                and self._move_real(batch, area, copy.name, path, landed)
             ):
-                if self._move_real(batch, area, copy.name, path, landed):
-                    continue  # the copy's version won the path back: its bytes go back there
-                at_path = None if path in landed.deleted else self.index.get(area, path)
-                holds_it = at_path is not None and (at_path.layer, at_path.blob) == (
-                    Layer.REAL, there.blob,
-                )  # fmt: skip
-                if not holds_it and self.landing.inspect(area, copy.name, there) is not None:
-                    # The path cannot take them (its user is writing a file there, not
-                    # published yet): this file keeps the only bytes of the version that won.
-                    # The change of the path, published on its base, makes it a file of its
-                    # own under this name.
-                    continue
+                continue  # the copy's version won the path back: its bytes go back there
             if there.layer == Layer.UNREAL:
                 self.index.delete(batch, area, copy.name)
                 landed.gone(copy.name)
             elif self.landing is not None:
                 real = self.landing.inspect(area, copy.name, there)
                 if real is not None and real.clean:
+                    at_path = None if path in landed.deleted else self.index.get(area, path)
+                    if won_back and (at_path is None or at_path.layer != Layer.REAL
+                                     or at_path.blob != there.blob):  # fmt: skip
+                        # The path cannot take them (its user is writing a file there, not
+                        # published yet): this file keeps the only bytes of the version that
+                        # won. The change of the path, published on its base, makes it a file
+                        # of its own under this name.
+                        continue
                     act = Act(What.REMOVE, area, copy.name, real.st.st_dev, real.st.st_ino)
                     self.index.delete(batch, area, copy.name)
                     landed.gone(copy.name)

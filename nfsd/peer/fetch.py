@@ -445,6 +445,8 @@ class OwnFiles:
         if within or length > FETCH_CHUNK_SIZE:
             return None  # not a chunk as FETCH cuts them
         walks = self._walks(blob_id)
+        if not walks and self.chunks.real_file(None, blob_id, walk=False) is None:
+            return None  # found nowhere before: every cold read passes here, cheaply
         res = self.chunks.fetch(None, blob_id, index, walk=walks)
         if walks and res is not None and res.status == fetch_status.NO_BLOB:
             self._found_nothing(blob_id)

@@ -690,3 +690,29 @@ def test_a_copy_whose_version_wins_its_path_back_while_its_user_writes_there_kee
     held = {e.blob for side in (a, b) for _, e in side.tree.index.walk(side.area)
             if e.layer == Layer.REAL}  # fmt: skip
     assert {content for _size, content in a.view().values()} <= held  # every file has a holder
+
+
+def test_an_edit_stamped_after_its_file_went_is_superseded_by_the_delete_that_follows(
+    sides: tuple[Side, Side],
+) -> None:
+    """Seed 32824 of the long randomized run: a path with a conflict copy beside it; a's
+    user edits the file and deletes it at once. The edit is stamped while its file is gone
+    and the journal not told yet, so the path is held on what it showed before the edit;
+    the delete, stamped on that base within the same second, must still supersede the edit,
+    or the edit stays the path's version with its bytes held nowhere."""
+    a, b = sides
+    a.write("d/g0", b"a's first\n", mtime_s=1_000_000)
+    b.write("d/g0", b"b's first\n", mtime_s=999_000)  # loses: a conflict copy
+    b.publish()
+    a.publish()
+    converge(a, b)
+    (name,) = copies(a.view())
+    a.write("d/g0", b"a's edit\n", mtime_s=1_000_200)
+    a.publish()  # the edit is recorded, not stamped
+    (a.dir / "d/g0").unlink()
+    a.exchange.stamp_pending(a.area)  # the edit alone: its file is gone, the journal not told
+    trio.run(a.tree.journal.scan, a.area, a.tree.hidden)  # now the delete
+    converge(a, b)
+    assert a.view() == b.view()
+    assert b"d/g0" not in a.view()
+    assert a.view()[name] == (10, blob(b"b's first\n"))

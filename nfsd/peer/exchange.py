@@ -640,8 +640,16 @@ class Exchange:
             of = state(path) if of is None else of
             return {c.name: state(c.name) for c in resolve(path, of).copies}
 
-        clock = change.time_ns // 1_000_000_000
         path, op = change.path, change.op
+        # Past every counter this peer gave the paths it touches: a change stamped on a kept
+        # base (older than what it made there since) must still supersede those versions,
+        # and two changes of one second are never one vector.
+        touched = [path, change.new_path] if change.new_path else [path]
+        clock = max(
+            change.time_ns // 1_000_000_000,
+            1 + max((v.vector.counter(self.me) for p in touched for v in state(p).versions),
+                    default=0),
+        )  # fmt: skip
         mode = change.mode & 0o7777
         entry = self.index.get(area, change.new_path if op is Op.LINK else path)
         mtime = entry.mtime_ns if entry is not None else change.time_ns

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -218,12 +218,19 @@ class ControlService:
         source = await _open_source(source_dir)
         if isinstance(source, ctlres):
             return failed(source.status, source.message.decode())
+        exchange = self.peers.exchange if self.peers is not None else None
+
+        def place(put: Callable[[], bool], path: bytes) -> bool:
+            if exchange is not None:  # a delete of the path waiting its grace goes first
+                exchange.stamp_before_entry(area.id, path)
+            return put()
+
         try:
             # Read and hashed in a thread; each entry written on the event loop, where the
             # NFS calls that could take its name meanwhile run.
             report = await trio.to_thread.run_sync(
                 import_area, self.tree.store, self.blobs, area.id, area.path, source, name,
-                trio.from_thread.run_sync,
+                lambda put, path: trio.from_thread.run_sync(place, put, path),
             )  # fmt: skip
         except KeyError as e:
             return failed(ctlstat.NOENT, str(e.args[0]))

@@ -5,6 +5,7 @@ peers, changes made through the tree as NFS makes them."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from nfsd.store.index import Layer
 from nfsd.store.source import StateDirSource, import_area
 from nfsd.vfs.tree import Owner
 from tests.test_exchange_real import AREA, Side, blob, converge, copies
+from xdr.control import ctlstat, importargs
 from xdr.nfs3 import stable_how
 
 pytestmark = pytest.mark.inproc
@@ -233,3 +235,31 @@ def test_a_file_imported_again_in_its_deletes_grace_stays(
     assert a.view() == {b"s.bin": (13, blob(b"the source's\n"))}
     assert a.layer(b"s.bin") == Layer.UNREAL
     a.tree.lookup(a.tree.area_root(a.area), b"s.bin")  # there: neither gone nor STALE
+
+
+def test_a_file_imported_again_with_the_content_its_delete_removed_stays(
+    sides: tuple[Side, Side], tmp_path: Path
+) -> None:
+    """As above, with the very content the delete removed, through the running server's
+    `realize import` (the SIGKILL rounds of test_crash.py: a file renamed onto a source's
+    name, removed, and imported again read STALE, and the next import brought it once more).
+    Stamped after the entry, the delete took the entry for the version it supersedes."""
+    a, b = sides
+    a.write("s.bin", b"the source's\n")
+    a.publish()
+    b.pull(a)
+    source = Side(tmp_path / "source")
+    source.write("s.bin", b"the source's\n")
+    source.publish()
+    source.close()
+    remove(a, b"s.bin")
+    control = a.inproc.server.control
+    args = importargs(AREA.encode(), os.fsencode(tmp_path / "source" / "state"))
+    report = trio.run(control.import_, None, args)
+    assert (report.status, report.files) == (ctlstat.OK, 1)
+    after_the_grace()
+    b.pull(a)
+    assert b.view() == {}
+    assert a.view() == {b"s.bin": (13, blob(b"the source's\n"))}
+    assert a.layer(b"s.bin") == Layer.UNREAL
+    a.tree.lookup(a.tree.area_root(a.area), b"s.bin")

@@ -33,7 +33,7 @@ def import_into(side: Side, source_state: Path, client: Callable[[], None]) -> I
     written, as a running server's event loop may between the read and the write."""
     pending = [client]
 
-    def place(put: Callable[[], bool]) -> bool:
+    def place(put: Callable[[], bool], path: bytes) -> bool:
         while pending:
             pending.pop()()
         return put()

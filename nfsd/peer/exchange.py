@@ -475,6 +475,18 @@ class Exchange:
         with self.lock:
             return self._stamp_some(area)
 
+    def stamp_before_entry(self, area: int, path: bytes) -> None:
+        """Before an entry the history never made is put at `path` (`realize import`):
+        stamp the changes still waiting (a delete in its grace) when one is of that path.
+        Stamped after it, the delete would take an entry of the content it removed for what
+        it supersedes, and take it away."""
+        with self.lock:
+            if any(
+                path in (change.path, change.new_path)
+                for _, change in self.history.since(area, self.stamped(area))
+            ):
+                self.stamp_pending(area, everything=True)
+
     def all_stamped(self, area: int) -> bool:
         """Whether every change of the area's log is stamped (none waits in its grace)."""
         return self.stamped(area) == self.history.high(area)

@@ -239,13 +239,13 @@ def import_area(
     area_root: bytes,
     source: StateDirSource,
     source_area: str,
-    place: Callable[[Callable[[], bool]], bool] = lambda put: put(),
+    place: Callable[[Callable[[], bool], bytes], bool] = lambda put, path: put(),
 ) -> ImportReport:
     """Add the source's entries of `source_area` to our area as Unreal entries.
 
     Paths that exist here (in the Real directory or the index) are left alone; entries the
     check refuses are counted and named in the report, and the others imported. A file is
-    read and hashed first, then `place(put)` runs `put` where the tree's changes are
+    read and hashed first, then `place(put, path)` runs `put` where the tree's changes are
     serialized (a running server's event loop): it looks again whether the path is free,
     and only then registers the blob and writes the entry, so a client's CREATE or RENAME
     of that name meanwhile is never written over."""
@@ -310,7 +310,7 @@ def import_area(
             batch.commit()
             return True
 
-        if not place(put):
+        if not place(put, path):
             report.skipped += 1
         elif unreal.kind == Kind.FILE:
             report.files += 1

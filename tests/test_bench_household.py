@@ -36,6 +36,7 @@ def test_bench_household_quick_measures_everything(tmp_path: Path) -> None:
     # less came over the link than the 8 MiB file.
     assert 0 < results["edit_moved"] < 8 << 20 and results["edit_read"] > 0
     assert results["cut_listing"] > 0 and results["fixed_listing"] > 0
+    assert results["fixed_ingest"] > 0 and results["cut_ingest"] > 0  # each checked its blob id
     table = (out / "household.md").read_text()
     assert "cold READ of a peer's file" in table and "catch-up of 200 changes" in table
     from tests.support.bench.household import readme_section

@@ -261,11 +261,15 @@ class Server:
         assert tree.unreal is not None
         # Missing chunks from a Real file here of the same content where one was found
         # before, else by FETCH (background transfers paced to --peer-rate), else from one
-        # found by a scan of the index (a copy whose version only this peer holds).
+        # found by a scan of the index (a copy whose version only this peer holds); that
+        # scan first while no peer is connected, as the FETCHes would wait for a link.
+        links = self.peers.links
+        scan = OwnFiles(chunks, walk=True)
         tree.unreal.sources += [
             OwnFiles(chunks, walk=False),
+            scan.only_while(lambda: not links.live),
             PeerSource(self.peers, self.blobs, config.peer_rate),
-            OwnFiles(chunks, walk=True),
+            scan,
         ]
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

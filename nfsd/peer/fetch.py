@@ -432,18 +432,29 @@ class OwnFiles:
     Not `walk`: only where a blob was found before, at the cost of a lookup, so it can come
     before the peers. `walk`: a scan of every area's index, for after the peers had none; a
     scan that found nothing is not made again for that blob for `_WALK_AGAIN` seconds (the
-    readers of a blob nobody has would scan once per chunk)."""
+    readers of a blob nobody has would scan once per chunk). `only_while` gives the same
+    scan, asked only while a condition holds (no peer connected: then it comes before the
+    peers' source, which would make the reader wait for a link first)."""
 
     def __init__(self, chunks: ChunkServer, *, walk: bool) -> None:
         self.chunks = chunks
         self.walk = walk
         self.name = "this peer's Real files" + ("" if walk else " (found before)")
         self._not_found: dict[bytes, float] = {}  # blob id -> when (worker threads share it)
+        self._asked_while: Callable[[], bool] | None = None
+
+    def only_while(self, condition: Callable[[], bool]) -> OwnFiles:
+        """This source, asked only while `condition()` holds; the scans' memory shared."""
+        twin = OwnFiles(self.chunks, walk=self.walk)
+        twin._not_found = self._not_found
+        twin._asked_while = condition
+        twin.name = f"{self.name} (first while no peer is connected)"
+        return twin
 
     def read_chunk(self, blob_id: bytes, offset: int, length: int) -> bytes | None:
         index, within = divmod(offset, FETCH_CHUNK_SIZE)
-        if within or length > FETCH_CHUNK_SIZE:
-            return None  # not a chunk as FETCH cuts them
+        if within or length > FETCH_CHUNK_SIZE or not self._asked():
+            return None  # not a chunk as FETCH cuts them, or not asked now
         walks = self._walks(blob_id)
         if not walks and self.chunks.real_file(None, blob_id, walk=False) is None:
             return None  # found nowhere before: every cold read passes here, cheaply
@@ -455,6 +466,8 @@ class OwnFiles:
         return bytes(res.data)
 
     def chunk_hashes(self, blob_id: bytes, size: int) -> list[bytes] | None:
+        if not self._asked():
+            return None
         walks = self._walks(blob_id)
         status, found_size, hashes = self.chunks.hashes_of(None, blob_id, walk=walks)
         if walks and status == fetch_status.NO_BLOB:
@@ -462,6 +475,9 @@ class OwnFiles:
         if status != fetch_status.OK or found_size != size:
             return None
         return hashes
+
+    def _asked(self) -> bool:
+        return self._asked_while is None or self._asked_while()
 
     def _walks(self, blob_id: bytes) -> bool:
         if not self.walk:

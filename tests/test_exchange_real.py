@@ -716,3 +716,33 @@ def test_an_edit_stamped_after_its_file_went_is_superseded_by_the_delete_that_fo
     assert a.view() == b.view()
     assert b"d/g0" not in a.view()
     assert a.view()[name] == (10, blob(b"b's first\n"))
+
+
+def test_a_delete_stamped_on_a_base_still_supersedes_what_this_peer_made_at_the_path_since(
+    sides: tuple[Side, Side],
+) -> None:
+    """Seed 15956 of the long randomized run: b dismisses the copy of its losing version,
+    edits the path, and deletes it at once. The dismissal and the edit are stamped while the
+    file is gone and the journal not told yet, so the path is held on what it showed before
+    both; the delete, stamped on that base, must still supersede them, or the edit stays a
+    copy whose bytes no peer holds (and the dismissed copy comes back)."""
+    a, b = sides
+    a.write("d/g1", b"a's, the winner\n", mtime_s=1_000_100)
+    b.write("d/g1", b"b's first\n", mtime_s=1_000_000)
+    a.publish()
+    b.publish()
+    converge(a, b)
+    (name,) = copies(b.view())
+    (b.dir / os.fsdecode(name)).unlink()  # b's user dismisses the copy of its version
+    b.publish()
+    b.write("d/g1", b"b's edit\n")  # over the winner, Unreal on b
+    b.publish()  # the edit is recorded, not stamped
+    (b.dir / "d/g1").unlink()
+    b.exchange.stamp_pending(b.area)  # both, the file gone and the journal not told
+    trio.run(b.tree.journal.scan, b.area, b.tree.hidden)  # now the delete
+    converge(a, b)
+    assert a.view() == b.view()
+    assert not copies(a.view()), "a copy b dismissed or deleted shows"
+    held = {e.blob for side in (a, b) for _, e in side.tree.index.walk(side.area)
+            if e.layer == Layer.REAL}  # fmt: skip
+    assert {content for _size, content in a.view().values() if content} <= held

@@ -645,7 +645,10 @@ class Exchange:
             raw = self.meta.get(_BASE + _AREA.pack(area) + path)
             if raw is None:
                 return state(path)
-            bases[path] = PathState.decode(bytes(raw))
+            # What this peer made at the path since it was held (an edit, a copy dismissed)
+            # its user saw there: the change supersedes those too, not the base alone.
+            own = [v for v in state(path).versions if v.author == self.me]
+            bases[path] = PathState.of([*PathState.decode(bytes(raw)).versions, *own])
             return bases[path]
 
         def copies(path: bytes, of: PathState | None = None) -> dict[bytes, PathState]:

@@ -31,7 +31,7 @@ from nfsd.rpc.dispatch import CallContext, Procedure, Program
 from nfsd.store.blobs import BlobStore
 from nfsd.store.check import check_store
 from nfsd.store.index import Kind, Mark
-from nfsd.store.source import StateDirSource, import_area, is_state_dir
+from nfsd.store.source import REFUSALS_SHOWN, StateDirSource, import_area, is_state_dir
 from nfsd.vfs.marks import Job, JobState, Marks, PathError, PathView
 from nfsd.vfs.merged import MergedTree
 from xdr.control import (
@@ -219,10 +219,16 @@ class ControlService:
         if isinstance(source, ctlres):
             return failed(source.status, source.message.decode())
         exchange = self.peers.exchange if self.peers is not None else None
+        waiting: list[bytes] = []
 
         def place(put: Callable[[], bool], path: bytes) -> bool:
             if exchange is not None:  # a delete of the path waiting its grace goes first
                 exchange.stamp_before_entry(area.id, path)
+            elif self.exchange.waits_to_stamp(area.id, path):
+                # No server to stamp it now: stamped at its start, after this entry, the
+                # delete would take the entry away. Left for an import beside the server.
+                waiting.append(path)
+                return False
             return put()
 
         try:
@@ -238,6 +244,13 @@ class ControlService:
             source.close()
         self.tree.index_changed()  # directory listings now include the new entries
         log.info("imported %d files into %s from %s", report.files, name, source_dir)
+        report.skipped -= len(waiting)  # refused for now, and said why
+        report.refused += len(waiting)
+        for path in waiting[: max(0, REFUSALS_SHOWN - len(report.refusals))]:
+            report.refusals.append(
+                f"{os.fsdecode(path)}: a change of it waits for the server to publish it; "
+                "import again while the server runs"
+            )
         return importres(
             ctlstat.OK,
             b"",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from nfsd.control import ControlService
 from nfsd.store.index import Layer
 from nfsd.store.source import StateDirSource, import_area
 from nfsd.vfs.tree import Owner
@@ -263,3 +264,32 @@ def test_a_file_imported_again_with_the_content_its_delete_removed_stays(
     assert a.view() == {b"s.bin": (13, blob(b"the source's\n"))}
     assert a.layer(b"s.bin") == Layer.UNREAL
     a.tree.lookup(a.tree.area_root(a.area), b"s.bin")
+
+
+def test_an_import_with_no_server_leaves_a_path_whose_delete_waits_and_says_so(
+    sides: tuple[Side, Side], tmp_path: Path
+) -> None:
+    """`realize import` while the server is stopped (the control program on the store, no
+    peer service) right after a delete it had no time to stamp: there is nobody to stamp the
+    delete first, and stamped at the next start it would take the entry away. The path is
+    refused with the reason, and an import beside the running server brings it."""
+    a, b = sides
+    a.write("s.bin", b"the source's\n")
+    a.publish()
+    b.pull(a)
+    source = Side(tmp_path / "source")
+    source.write("s.bin", b"the source's\n")
+    source.publish()
+    source.close()
+    remove(a, b"s.bin")
+    args = importargs(AREA.encode(), os.fsencode(tmp_path / "source" / "state"))
+    offline = ControlService(a.tree, a.tree.blobs)  # as `realize import` with no server
+    report = trio.run(offline.import_, None, args)
+    assert (report.status, report.files, report.refused) == (ctlstat.OK, 0, 1)
+    assert b"waits for the server to publish it" in report.refusals[0]
+    assert a.view() == {}
+    report = trio.run(a.inproc.server.control.import_, None, args)
+    assert (report.status, report.files) == (ctlstat.OK, 1)
+    after_the_grace()
+    b.pull(a)
+    assert b.view() == {} and a.view() == {b"s.bin": (13, blob(b"the source's\n"))}

@@ -475,16 +475,21 @@ class Exchange:
         with self.lock:
             return self._stamp_some(area)
 
+    def waits_to_stamp(self, area: int, path: bytes) -> bool:
+        """Whether a change of `path` is recorded and not stamped yet (a delete in its grace,
+        or one the server was stopped before it stamped)."""
+        return any(
+            path in (change.path, change.new_path)
+            for _, change in self.history.since(area, self.stamped(area))
+        )
+
     def stamp_before_entry(self, area: int, path: bytes) -> None:
         """Before an entry the history never made is put at `path` (`realize import`):
         stamp the changes still waiting (a delete in its grace) when one is of that path.
         Stamped after it, the delete would take an entry of the content it removed for what
         it supersedes, and take it away."""
         with self.lock:
-            if any(
-                path in (change.path, change.new_path)
-                for _, change in self.history.since(area, self.stamped(area))
-            ):
+            if self.waits_to_stamp(area, path):
                 self.stamp_pending(area, everything=True)
 
     def all_stamped(self, area: int) -> bool:

@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from nfsd.peer import source as peer_source
+from nfsd.peer.fetch import ChunkServer, OwnFiles
 from nfsd.store.index import Layer
 from nfsd.vfs.errors import FsError
 from tests.test_exchange_real import Side, blob, sides  # noqa: F401 (sides is a fixture)
@@ -92,3 +93,29 @@ def test_a_peer_with_no_link_reads_its_own_copy_without_waiting_for_one(
     b.publish()
     a.pull(b)
     assert read_whole(a, b"copy.bin", len(data)) == data
+
+
+def test_own_files_say_cheaply_where_asking_would_find_nothing(
+    sides: tuple[Side, Side],  # noqa: F811
+) -> None:
+    """Every cold read asks these sources before the peers' FETCH: `might_have`, on the
+    event loop, spares the worker-thread hop where nothing can be found."""
+    a, _ = sides
+    data = os.urandom(FETCH_CHUNK_SIZE + 5)
+    a.write("orig.bin", data)
+    a.publish()
+    assert a.tree.blobs is not None
+    chunks = ChunkServer(a.tree, a.tree.blobs)
+    found_before, scan = OwnFiles(chunks, walk=False), OwnFiles(chunks, walk=True)
+    alone = [False]
+    first = scan.only_while(lambda: alone[0])
+    unknown = blob(b"content nobody here has")
+    assert not found_before.might_have(blob(data))  # never found yet: no scan from this one
+    assert scan.might_have(blob(data)) and scan.might_have(unknown)  # a scan may find it
+    assert scan.chunk_hashes(unknown, 10) is None  # scanned, found nothing ...
+    assert not scan.might_have(unknown) and not first.might_have(unknown)  # ... remembered
+    assert not first.might_have(blob(data))  # a peer is connected: not asked first
+    alone[0] = True
+    assert first.might_have(blob(data))
+    assert scan.chunk_hashes(blob(data), len(data)) is not None  # found: remembered where
+    assert found_before.might_have(blob(data))

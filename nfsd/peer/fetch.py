@@ -476,6 +476,13 @@ class OwnFiles:
             return None
         return hashes
 
+    def might_have(self, blob_id: bytes) -> bool:
+        """Cheap enough for the event loop: False where `read_chunk` or `chunk_hashes`, in a
+        worker thread, would surely find nothing (every cold read asks, the peers' included)."""
+        if not self._asked():
+            return False
+        return self._walks(blob_id) or self.chunks.real_file(None, blob_id, walk=False) is not None
+
     def _asked(self) -> bool:
         return self._asked_while is None or self._asked_while()
 

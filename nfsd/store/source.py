@@ -62,7 +62,9 @@ class BlobSource(Protocol):
         ...
 
     # Optional: `chunk_hashes(blob_id, size) -> list[bytes] | None`, the blob's chunk hashes
-    # when the cache has no manifest for it (nfsd/vfs/unreal.py `describe`).
+    # when the cache has no manifest for it (nfsd/vfs/unreal.py `describe`); and
+    # `might_have(blob_id) -> bool`, cheap on the event loop, False where asking the two
+    # above (in a worker thread) would surely find nothing.
 
 
 def file_chunks(fd: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[bytes, int, list[bytes]]:

@@ -170,6 +170,8 @@ class UnrealLayer:
                     if await fetch_into(blob, index, length, store, paced):
                         return
                     continue
+                if not _might_have(source, blob):
+                    continue
                 data = await trio.to_thread.run_sync(source.read_chunk, blob, offset, length)
                 if data is None:
                     continue
@@ -318,7 +320,7 @@ class UnrealLayer:
         try:
             for source in self.sources:
                 chunk_hashes = getattr(source, "chunk_hashes", None)
-                if chunk_hashes is None:
+                if chunk_hashes is None or not _might_have(source, entry.blob):
                     continue
                 try:
                     hashes = await trio.to_thread.run_sync(chunk_hashes, entry.blob, entry.size)
@@ -508,3 +510,10 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _might_have(source: BlobSource, blob: bytes) -> bool:
+    """A source's cheap answer, on the loop, before it is asked in a worker thread (one
+    without `might_have` is always asked)."""
+    might_have = getattr(source, "might_have", None)
+    return might_have is None or bool(might_have(blob))

@@ -206,6 +206,20 @@ def test_a_copy_deleted_as_an_edit_of_its_path_makes_it_a_file_goes_everywhere(
     assert a.view() == b.view()
 
 
+def deleted_where_a_source_has_it(a: Side, b: Side, tmp_path: Path, own: bytes) -> Path:
+    """a's s.bin (`own`), published to b, then removed through the tree (its delete in its
+    grace); a source state directory holds an s.bin of its own: its path is returned."""
+    a.write("s.bin", own)
+    a.publish()
+    b.pull(a)
+    source = Side(tmp_path / "source")
+    source.write("s.bin", b"the source's\n")
+    source.publish()
+    source.close()
+    remove(a, b"s.bin")
+    return tmp_path / "source" / "state"
+
+
 def test_a_file_imported_again_in_its_deletes_grace_stays(
     sides: tuple[Side, Side], tmp_path: Path
 ) -> None:
@@ -214,15 +228,8 @@ def test_a_file_imported_again_in_its_deletes_grace_stays(
     a's imported file alone: the history never showed it (found by the SIGKILL rounds of
     test_crash.py, where a READ of such a file answered STALE)."""
     a, b = sides
-    a.write("s.bin", b"a's own\n")
-    a.publish()
-    b.pull(a)
-    source = Side(tmp_path / "source")
-    source.write("s.bin", b"the source's\n")
-    source.publish()
-    source.close()
-    remove(a, b"s.bin")
-    opened = StateDirSource(tmp_path / "source" / "state")
+    source_state = deleted_where_a_source_has_it(a, b, tmp_path, b"a's own\n")
+    opened = StateDirSource(source_state)
     try:
         root = a.tree.areas[a.area].path
         report = import_area(a.tree.store, a.tree.blobs, a.area, root, opened, AREA)
@@ -246,16 +253,9 @@ def test_a_file_imported_again_with_the_content_its_delete_removed_stays(
     name, removed, and imported again read STALE, and the next import brought it once more).
     Stamped after the entry, the delete took the entry for the version it supersedes."""
     a, b = sides
-    a.write("s.bin", b"the source's\n")
-    a.publish()
-    b.pull(a)
-    source = Side(tmp_path / "source")
-    source.write("s.bin", b"the source's\n")
-    source.publish()
-    source.close()
-    remove(a, b"s.bin")
+    source_state = deleted_where_a_source_has_it(a, b, tmp_path, b"the source's\n")
     control = a.inproc.server.control
-    args = importargs(AREA.encode(), os.fsencode(tmp_path / "source" / "state"))
+    args = importargs(AREA.encode(), os.fsencode(source_state))
     report = trio.run(control.import_, None, args)
     assert (report.status, report.files) == (ctlstat.OK, 1)
     after_the_grace()
@@ -274,15 +274,8 @@ def test_an_import_with_no_server_leaves_a_path_whose_delete_waits_and_says_so(
     delete first, and stamped at the next start it would take the entry away. The path is
     refused with the reason, and an import beside the running server brings it."""
     a, b = sides
-    a.write("s.bin", b"the source's\n")
-    a.publish()
-    b.pull(a)
-    source = Side(tmp_path / "source")
-    source.write("s.bin", b"the source's\n")
-    source.publish()
-    source.close()
-    remove(a, b"s.bin")
-    args = importargs(AREA.encode(), os.fsencode(tmp_path / "source" / "state"))
+    source_state = deleted_where_a_source_has_it(a, b, tmp_path, b"the source's\n")
+    args = importargs(AREA.encode(), os.fsencode(source_state))
     offline = ControlService(a.tree, a.tree.blobs)  # as `realize import` with no server
     report = trio.run(offline.import_, None, args)
     assert (report.status, report.files, report.refused) == (ctlstat.OK, 0, 1)

@@ -692,6 +692,14 @@ def test_a_copy_whose_version_wins_its_path_back_while_its_user_writes_there_kee
     assert {content for _size, content in a.view().values()} <= held  # every file has a holder
 
 
+def deleted_as_its_changes_are_stamped(side: Side, path: bytes) -> None:
+    """The user deletes the file; the changes recorded before are stamped while it is gone
+    and the journal not told yet; then the journal records the delete."""
+    (side.dir / os.fsdecode(path)).unlink()
+    side.exchange.stamp_pending(side.area)
+    trio.run(side.tree.journal.scan, side.area, side.tree.hidden)
+
+
 def test_an_edit_stamped_after_its_file_went_is_superseded_by_the_delete_that_follows(
     sides: tuple[Side, Side],
 ) -> None:
@@ -709,9 +717,7 @@ def test_an_edit_stamped_after_its_file_went_is_superseded_by_the_delete_that_fo
     (name,) = copies(a.view())
     a.write("d/g0", b"a's edit\n", mtime_s=1_000_200)
     a.publish()  # the edit is recorded, not stamped
-    (a.dir / "d/g0").unlink()
-    a.exchange.stamp_pending(a.area)  # the edit alone: its file is gone, the journal not told
-    trio.run(a.tree.journal.scan, a.area, a.tree.hidden)  # now the delete
+    deleted_as_its_changes_are_stamped(a, b"d/g0")
     converge(a, b)
     assert a.view() == b.view()
     assert b"d/g0" not in a.view()
@@ -737,9 +743,7 @@ def test_a_delete_stamped_on_a_base_still_supersedes_what_this_peer_made_at_the_
     b.publish()
     b.write("d/g1", b"b's edit\n")  # over the winner, Unreal on b
     b.publish()  # the edit is recorded, not stamped
-    (b.dir / "d/g1").unlink()
-    b.exchange.stamp_pending(b.area)  # both, the file gone and the journal not told
-    trio.run(b.tree.journal.scan, b.area, b.tree.hidden)  # now the delete
+    deleted_as_its_changes_are_stamped(b, b"d/g1")
     converge(a, b)
     assert a.view() == b.view()
     assert not copies(a.view()), "a copy b dismissed or deleted shows"

@@ -326,9 +326,24 @@ class Server:
                         break
                 if registered:
                     await sysrpcbind.unregister(self._system_registrations(nfs_port, mount_port))
+                self.stamp_before_stopping()  # nothing awaited after it: no change comes later
                 nursery.cancel_scope.cancel()
         finally:
             self.close()
+
+    def stamp_before_stopping(self) -> None:
+        """Stamp what was published and waits (a delete in its grace, a start's leftovers the
+        announcer had no time to look at): with the server stopped nobody would, and
+        `realize import` would leave those paths alone. An editor's unlink and re-create
+        that a stop cuts in two is published as two changes."""
+        exchange = self.peers.exchange if self.peers is not None else None
+        if exchange is None or self.tree is None:
+            return
+        for area in self.tree.areas:
+            try:
+                exchange.stamp_pending(area, everything=True)
+            except Exception as e:  # stopping goes on: the next start stamps them
+                log.warning("cannot stamp the changes of area %d before stopping: %s", area, e)
 
     async def _retry_arrivals_on_links(self) -> None:
         """A link that comes up may bring the content an arrival waited for."""

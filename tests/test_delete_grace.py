@@ -286,3 +286,19 @@ def test_an_import_with_no_server_leaves_a_path_whose_delete_waits_and_says_so(
     after_the_grace()
     b.pull(a)
     assert b.view() == {} and a.view() == {b"s.bin": (13, blob(b"the source's\n"))}
+
+
+def test_a_clean_stop_stamps_a_delete_still_in_its_grace(sides: tuple[Side, Side]) -> None:
+    """With the server stopped nobody stamps: a delete left waiting would make `realize
+    import` refuse its path (the SIGKILL rounds of test_crash.py stop a server a moment after
+    its start, before its announcer looked at what the last run left)."""
+    a, b = sides
+    a.write("f.txt", b"soon gone\n")
+    a.publish()
+    b.pull(a)
+    remove(a, b"f.txt")
+    assert not a.exchange.all_stamped(a.area)  # in its grace
+    a.inproc.server.stamp_before_stopping()  # what SIGTERM runs before the server ends
+    assert a.exchange.all_stamped(a.area)
+    b.pull(a)
+    assert b.view() == {}

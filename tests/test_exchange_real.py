@@ -750,3 +750,17 @@ def test_a_delete_stamped_on_a_base_still_supersedes_what_this_peer_made_at_the_
     held = {e.blob for side in (a, b) for _, e in side.tree.index.walk(side.area)
             if e.layer == Layer.REAL}  # fmt: skip
     assert {content for _size, content in a.view().values() if content} <= held
+
+
+def test_a_losing_file_its_user_deleted_takes_its_copy_made_a_file_with_it(
+    sides: tuple[Side, Side],
+) -> None:
+    """As the two above, but b's user deletes the held file (seed 2374 of the long
+    randomized run): its bytes were the only ones of the version the copy shows, and the
+    delete is of that version too."""
+    a, b = sides
+    held_loser_made_a_copy(a, b)
+    (b.dir / "p.txt").unlink()
+    b.publish()
+    converge(a, b)
+    assert a.view() == b.view() == {}

@@ -696,6 +696,8 @@ class Exchange:
                 path, base(path), self.me, VKind.DELETED,
                 mtime_ns=change.time_ns, clock=clock, copy_states=copies(path),
             )  # fmt: skip
+            if path in bases:  # the deleted file held the bytes of a version it kept
+                made += self._overwritten_copies(path, bases[path], b"", state, clock)
         elif op is Op.MKDIR:
             made = local_change(path, base(path), self.me, VKind.DIRECTORY, clock=clock)
         elif op is Op.SYMLINK:
@@ -728,7 +730,8 @@ class Exchange:
         file was being changed as it lost, so it was never moved aside) that the file's new
         `content` overwrote: where the cache does not keep that version either, the file held
         its only bytes here, and the copy, untouched since it was made a file, goes with
-        them, as when a move aside is undone (`_unmoved`). A file renamed over it, too."""
+        them, as when a move aside is undone (`_unmoved`). A file renamed over it, too, and
+        its delete (`content` empty)."""
         blobs = self.landing.tree.blobs if self.landing is not None else None
         made: list[tuple[bytes, Version]] = []
         for v in held.versions:

@@ -453,11 +453,9 @@ class OwnFiles:
 
     def read_chunk(self, blob_id: bytes, offset: int, length: int) -> bytes | None:
         index, within = divmod(offset, FETCH_CHUNK_SIZE)
-        if within or length > FETCH_CHUNK_SIZE or not self._asked():
-            return None  # not a chunk as FETCH cuts them, or not asked now
+        if within or length > FETCH_CHUNK_SIZE or not self.might_have(blob_id):
+            return None  # not a chunk as FETCH cuts them, or surely not here
         walks = self._walks(blob_id)
-        if not walks and self.chunks.real_file(None, blob_id, walk=False) is None:
-            return None  # found nowhere before: every cold read passes here, cheaply
         res = self.chunks.fetch(None, blob_id, index, walk=walks)
         if walks and res is not None and res.status == fetch_status.NO_BLOB:
             self._found_nothing(blob_id)
@@ -466,7 +464,7 @@ class OwnFiles:
         return bytes(res.data)
 
     def chunk_hashes(self, blob_id: bytes, size: int) -> list[bytes] | None:
-        if not self._asked():
+        if not self.might_have(blob_id):
             return None
         walks = self._walks(blob_id)
         status, found_size, hashes = self.chunks.hashes_of(None, blob_id, walk=walks)
@@ -478,13 +476,11 @@ class OwnFiles:
 
     def might_have(self, blob_id: bytes) -> bool:
         """Cheap enough for the event loop: False where `read_chunk` or `chunk_hashes`, in a
-        worker thread, would surely find nothing (every cold read asks, the peers' included)."""
-        if not self._asked():
+        worker thread, would surely find nothing (not asked now, or neither a scan due nor a
+        Real file found with the blob before): every cold read asks, the peers' included."""
+        if self._asked_while is not None and not self._asked_while():
             return False
         return self._walks(blob_id) or self.chunks.real_file(None, blob_id, walk=False) is not None
-
-    def _asked(self) -> bool:
-        return self._asked_while is None or self._asked_while()
 
     def _walks(self, blob_id: bytes) -> bool:
         if not self.walk:

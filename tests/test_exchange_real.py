@@ -764,3 +764,30 @@ def test_a_losing_file_its_user_deleted_takes_its_copy_made_a_file_with_it(
     b.publish()
     converge(a, b)
     assert a.view() == b.view() == {}
+
+
+def test_a_copy_its_holder_wrote_over_and_deleted_never_comes_back_without_its_bytes(
+    sides: tuple[Side, Side],
+) -> None:
+    """Seed 29025 of the long randomized run: b's version loses to a's and moves aside,
+    Real, under its copy's name; b's user writes over that file, then deletes it. Writing
+    over the copy's file is an end of the copy, as a delete of it is: its version goes from
+    the path it lost at, or a's next edit there makes it a file under a longer copy name,
+    its bytes held by no peer (the short name is taken by the file b's user wrote)."""
+    a, b = sides
+    a.write("f0", b"a's\n", mtime_s=7_000_100)  # a's wins: the later mtime
+    b.write("f0", b"b's\n", mtime_s=7_000_000)
+    a.publish()
+    b.publish()
+    converge(a, b)
+    (name,) = copies(b.view())
+    assert b.layer(name) == Layer.REAL
+    b.write(os.fsdecode(name), b"b's user writes over the copy\n")
+    b.publish()
+    converge(a, b)
+    (b.dir / os.fsdecode(name)).unlink()
+    b.publish()  # a hears of the delete only after its own edit
+    a.write("f0", b"a's edit\n", mtime_s=7_000_300)
+    a.publish()
+    converge(a, b)
+    assert a.view() == b.view() == {b"f0": (9, blob(b"a's edit\n"))}

@@ -680,6 +680,14 @@ class Exchange:
                 return []
             target = change.new_path if op is Op.LINK else path
             size = entry.size if entry is not None else change.size
+            if not state(target) and self.copy_of(area, target) is not None:
+                # Written over, a conflict copy ends as a delete of it would end it: its
+                # version goes from the path it lost at, or a peer's next change there
+                # makes it a file under a longer name, its bytes held by no one.
+                return self._made_over_copy(
+                    area, target, target, change.new_blob, size, mtime, mode, clock,
+                    state, base, copies, copies(target),
+                )  # fmt: skip
             made = local_change(
                 target, base(target), self.me, VKind.FILE, change.new_blob,
                 size=size, mtime_ns=mtime, clock=clock, copy_states=copies(target),
@@ -794,6 +802,36 @@ class Exchange:
         made.append(dismissal_tombstone(name, copy.version, state(name), self.me, clock=clock))
         return [(p, mode, v) for p, v in made]
 
+    def _made_over_copy(
+        self,
+        area: int,
+        name: bytes,
+        target: bytes,
+        content: bytes,
+        size: int,
+        mtime_ns: int,
+        mode: int,
+        clock: int,
+        state: Callable[[bytes], PathState],
+        base: Callable[[bytes], PathState],
+        copies: Callable[..., dict[bytes, PathState]],
+        copy_states: dict[bytes, PathState] | None = None,
+    ) -> list[tuple[bytes, int, Version]]:
+        """A file of `content` made at `target` as the conflict copy `name` ends (the copy
+        renamed there, or written over): the copy's dismissal, then a create superseding
+        what the dismissal made at the target (the copy's own tombstone, or a sibling copy
+        it turned into a file)."""
+        dismissed = self._dismissal(area, name, state, base, copies, clock)
+        target_state = state(target)
+        for path, _, version in dismissed:
+            if path == target:
+                target_state = decide(target_state, version).state
+        made = local_change(
+            target, target_state, self.me, VKind.FILE, content,
+            size=size, mtime_ns=mtime_ns, clock=clock, copy_states=copy_states,
+        )  # fmt: skip
+        return [*dismissed, *((p, mode, v) for p, v in made)]
+
     def _rename_versions(
         self,
         area: int,
@@ -819,20 +857,12 @@ class Exchange:
         except VersionError:
             # The source was never announced (or is a conflict copy, dismissed by moving it
             # away): the target is a plain create.
-            dismissed = self._dismissal(area, source, state, base, copies, clock)
             if entry is None or entry.kind != Kind.FILE or not entry.blob:
-                return dismissed
-            # The create supersedes what the dismissal made at the target (a copy renamed
-            # onto its own path, or onto a sibling copy the dismissal turned into a file).
-            target_state = state(target)
-            for path, _, version in dismissed:
-                if path == target:
-                    target_state = decide(target_state, version).state
-            made = local_change(
-                target, target_state, self.me, VKind.FILE, entry.blob,
-                size=entry.size, mtime_ns=entry.mtime_ns, clock=clock,
+                return self._dismissal(area, source, state, base, copies, clock)
+            return self._made_over_copy(
+                area, source, target, entry.blob, entry.size, entry.mtime_ns, mode, clock,
+                state, base, copies,
             )  # fmt: skip
-            return [*dismissed, *((p, mode, v) for p, v in made)]
         pairs = [(source, rename.removed), (target, rename.created), *made]
         return [(p, mode, v) for p, v in pairs]
 

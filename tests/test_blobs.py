@@ -946,3 +946,27 @@ def test_ingest_memory_stays_bounded(tmp_path: Path) -> None:
     for i in range(size >> 20):
         whole.update(blake3(i.to_bytes(8, "big")).digest(length=1 << 20))
     assert figures["id"] == whole.hexdigest()
+
+
+def test_chunks_fetched_for_reads_in_flight_are_served_from_memory_within_its_bound(
+    store: Store,
+) -> None:
+    """A client keeps many READs in flight (the kernel client 16 of 1 MiB), so the chunks
+    fetched for them arrive in any order before they are read: each is read from memory, not
+    read back from RocksDB and hashed again, as long as the window fits `memory_bytes`; past
+    it the oldest go, and memory stays bounded."""
+    window = 32
+    blobs = blobs_of(store, memory_bytes=window * CS)
+    data = content("in flight", window * CS)
+    blob_id = blake3(data).digest()
+    blobs.begin_blob(blob_id, len(data), chunk_hashes(data), chunk_size=CS)
+    for index in reversed(range(window)):  # the fetches ahead finish first
+        blobs.put_chunk(blob_id, index, data[index * CS : (index + 1) * CS])
+    assert read_all(blobs, blob_id) == data
+    assert blobs.stats.loaded_chunks == 0
+    other = content("later", 2 * window * CS)
+    other_id = blobs.ingest(other)
+    assert read_all(blobs, other_id) == other
+    loaded = blobs.stats.loaded_chunks
+    assert read_all(blobs, blob_id) == data  # pushed out of memory by the later blob
+    assert blobs.stats.loaded_chunks - loaded == window

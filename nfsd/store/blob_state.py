@@ -63,6 +63,7 @@ class Stats:
     corrupt_chunks: int = 0  # chunks that failed verification on read and were dropped
     stored_chunks: int = 0
     deduped_chunks: int = 0
+    loaded_chunks: int = 0  # read back from RocksDB (not found among the recent ones)
 
 
 class Txn:
@@ -140,9 +141,9 @@ class Txn:
 
 class BlobState:
     """The state of one blob store in `store`. Changes happen under `lock`, in a `Txn`;
-    `memory_chunks` verified chunks stay in memory for small sequential reads."""
+    up to `memory_bytes` of verified chunks stay in memory for the reads that follow."""
 
-    def __init__(self, store: Store, memory_chunks: int) -> None:
+    def __init__(self, store: Store, memory_bytes: int) -> None:
         self.store = store
         self.stats = Stats()
         self.blobs = store.family("blobs")  # manifest headers and their slots
@@ -157,7 +158,8 @@ class BlobState:
         self.chunk_reads.set_verify_checksums(False)
         self.lock = threading.RLock()
         self._recent: OrderedDict[ChunkHash, bytes] = OrderedDict()
-        self._recent_max = memory_chunks
+        self._recent_max = memory_bytes
+        self._recent_bytes = 0
         self._recent_lock = threading.Lock()
         self.inflight: dict[int, int] = {}  # ingest token -> stamp at its start
         # Chunks whose bytes a running ingest wrote without the WAL and has not recorded yet
@@ -218,6 +220,7 @@ class BlobState:
                 self._recent.move_to_end(chunk)
                 return data
         data = self.chunks.get(chunk, None, self.chunk_reads)
+        self.stats.loaded_chunks += 1
         if data is None or len(data) != length or blake3(data).digest() != chunk:
             return None
         self.remember(chunk, data)
@@ -226,22 +229,28 @@ class BlobState:
     def remember(self, chunk: ChunkHash, data: bytes) -> None:
         """Keep a verified chunk's bytes among the recent ones (a read soon after the chunk
         was stored, or read, takes them from memory)."""
-        if self._recent_max:
-            with self._recent_lock:
-                self._recent[chunk] = data
-                self._recent.move_to_end(chunk)
-                while len(self._recent) > self._recent_max:
-                    self._recent.popitem(last=False)
+        if len(data) > self._recent_max:
+            return
+        with self._recent_lock:
+            old = self._recent.pop(chunk, None)
+            if old is not None:
+                self._recent_bytes -= len(old)
+            self._recent[chunk] = data
+            self._recent_bytes += len(data)
+            while self._recent_bytes > self._recent_max:
+                _, dropped = self._recent.popitem(last=False)
+                self._recent_bytes -= len(dropped)
 
     def forget(self, chunks: Iterable[ChunkHash]) -> None:
         """Drop chunks from the memory of recent reads."""
         with self._recent_lock:
             for chunk in chunks:
-                self._recent.pop(chunk, None)
+                self._recent_bytes -= len(self._recent.pop(chunk, b""))
 
     def forget_all(self) -> None:
         with self._recent_lock:
             self._recent.clear()
+            self._recent_bytes = 0
 
     # -- changes (under self.lock, inside a Txn) ------------------------------------------
 

@@ -50,9 +50,10 @@ Model
 - **Memory**: content streams chunk by chunk; an ingest holds up to 1 MiB of chunks (one
   batch) plus the chunk hash list (32 bytes per chunk, 1/8192 of the size) and writes the
   manifest in one batch; RocksDB holds at most three 8 MiB memtables of chunk bytes. Measured:
-  peak RSS grows about 30 MiB during a 256 MiB or a 1 GiB ingest. Reads keep a few verified
-  chunks in memory (`memory_chunks`), and so does `put_chunk` (a reader waiting for a chunk
-  being fetched takes it from there).
+  peak RSS grows about 30 MiB during a 256 MiB or a 1 GiB ingest. Reads keep the verified
+  chunks they loaded in memory, up to `MEMORY_BYTES`, and so does `put_chunk`: the READs a
+  client keeps in flight (16 of 1 MiB from the kernel client) take the chunks fetched for
+  them from there, not read back from RocksDB and hashed again.
 - **Verification of fills**: a blob whose chunks `put_chunk` receives in order is hashed
   whole as they arrive (`nfsd.store.blob_fill`), so its last chunk completes the check of
   its id without a second read of the whole content.
@@ -144,6 +145,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
+MEMORY_BYTES = 32 * 1024 * 1024  # a sequential reader's window of READs in flight, and then some
 _ACCESS_GRANULARITY = 60  # seconds between updates of a manifest's last access
 _MULTIGET = 1024  # keys per multi-get when walking long chunk lists
 
@@ -161,7 +163,7 @@ class BlobStore:
     reading, hashing and verifying chunk bytes happen outside it.
 
     `chunk_size` applies to blobs made by `ingest` (a manifest from elsewhere brings its own);
-    `memory_chunks` verified chunks stay in memory for small sequential reads; a chunk's LRU
+    up to `memory_bytes` of verified chunks stay in memory for the reads that follow; a chunk's LRU
     stamp is refreshed on access once it is more than `touch_window` stamps old; an ingest
     records the chunk bytes it wrote without the WAL every `checkpoint_bytes`.
     """
@@ -172,7 +174,7 @@ class BlobStore:
         limits: CacheLimits | None = None,
         *,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
-        memory_chunks: int = 8,
+        memory_bytes: int = MEMORY_BYTES,
         touch_window: int = 64,
         checkpoint_bytes: int = CHECKPOINT_BYTES,
     ) -> None:
@@ -181,7 +183,7 @@ class BlobStore:
         self.store = store
         self.chunk_size = chunk_size
         self.touch_window = touch_window
-        self._state = state = BlobState(store, memory_chunks)
+        self._state = state = BlobState(store, memory_bytes)
         self.stats: Stats = state.stats
         self._blobs = state.blobs  # the families read on every lookup, without a detour
         self._info = state.info

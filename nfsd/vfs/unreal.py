@@ -41,6 +41,7 @@ from nfsd.store.blobs import (
 )
 from nfsd.store.index import Entry, Kind
 from nfsd.store.source import BlobSource
+from nfsd.threads import run_blocking
 from nfsd.vfs.bases import Bases
 from nfsd.vfs.errors import FsError
 from nfsd.vfs.names import TEMP_PREFIX
@@ -165,7 +166,7 @@ class UnrealLayer:
                 if fetch_into is not None:  # on the loop, storing through `store`
 
                     async def store(data: bytes) -> None:
-                        await trio.to_thread.run_sync(self.blobs.put_chunk, blob, index, data)
+                        await run_blocking(self.blobs.put_chunk, blob, index, data)
 
                     if await fetch_into(blob, index, length, store, paced):
                         return
@@ -177,7 +178,7 @@ class UnrealLayer:
                     continue
                 try:
                     # In a thread: completing a blob re-hashes all of it against its id.
-                    await trio.to_thread.run_sync(self.blobs.put_chunk, blob, index, data)
+                    await run_blocking(self.blobs.put_chunk, blob, index, data)
                     return
                 except ChunkHashMismatch:
                     log.warning(

@@ -29,6 +29,8 @@ def test_bench_household_quick_measures_everything(tmp_path: Path) -> None:
     results = json.loads((out / "household.json").read_text())
     for key in ("tls_ceiling", "blocking_tls_ceiling", "cache_write_ceiling", "cold_read"):
         assert results[key] > 0, key
+    cpu = results["cold_read_cpu"]  # what the read cost each process, per GB
+    assert cpu["reading_peer"] > 0 and cpu["client"] > 0
     assert 0 < results["rename_seconds"] < 60 and 0 < results["delete_seconds"] < 60
     assert results["settings"]["changes"] == 200 and results["catchup_seconds"] > 0
     assert results["full_catchup_seconds"] > 0 and results["full_catchup_peak_rss"] > 0
@@ -38,6 +40,7 @@ def test_bench_household_quick_measures_everything(tmp_path: Path) -> None:
     assert results["cut_listing"] > 0 and results["fixed_listing"] > 0
     assert results["fixed_ingest"] > 0 and results["cut_ingest"] > 0  # each checked its blob id
     table = (out / "household.md").read_text()
+    assert "CPU per GB of that read" in table
     assert "cold READ of a peer's file" in table and "catch-up of 200 changes" in table
     from tests.support.bench.household import readme_section
 

@@ -35,6 +35,7 @@ import contextlib
 import inspect
 import json
 import os
+import resource
 import shlex
 import shutil
 import subprocess
@@ -57,7 +58,7 @@ from nfsd.store.db import Store
 from nfsd.store.index import AreaIndex
 from nfsd.store.source import file_chunks
 from tests.support.bench import report
-from tests.support.bench.run import MiB, Target, client_env, run_clients
+from tests.support.bench.run import MiB, Target, client_env, cpu_seconds, run_clients
 from tests.support.bench.unreal import GiB, choose_workdir, write_distinct
 from tests.support.server import REPO, ServerProcess, start_server
 
@@ -247,6 +248,12 @@ CHILD_JOBS = {
     "cache_write": _cache_write,
     "ingest": _ingest,
 }
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the child processes waited for so far (the bench's NFS clients)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _child(job: dict[str, Any]) -> list[str]:
@@ -465,9 +472,23 @@ class HouseholdBench:
             "outstanding": self.settings.depth, "size": size, "chunk": self.settings.chunk,
             "time_cap": 600.0, "digest": True,
         }  # fmt: skip
+        a = self.servers["a"]
+        servers_before = [cpu_seconds(p.process.pid) for p in (a, b)]
+        client_before = _children_cpu()
         [result] = run_clients([job], timeout=JOB_TIMEOUT)
         if not result["complete"] or result.get("blake3") != blob.hex():
             raise RuntimeError(f"the cold read of big.bin got wrong content: {result}")
+        # What each process spent per GB: on two cores 250 MB/s leaves 8 CPU-seconds per GB
+        # for all three together.
+        gb = size / 1e9
+        serving, reading = (
+            (cpu_seconds(p.process.pid) - before) / gb
+            for p, before in zip((a, b), servers_before, strict=True)
+        )
+        self.results["cold_read_cpu"] = {
+            "serving_peer": serving, "reading_peer": reading,
+            "client": (_children_cpu() - client_before) / gb, "cores": os.cpu_count() or 1,
+        }  # fmt: skip
         self.results["cold_read"] = result["rate"]
         self.results["cold_read_jukebox"] = result["jukebox"]
         self.log(f"cold READ from a peer: {result['rate']:.0f} MB/s")
@@ -610,10 +631,16 @@ def run_household_bench(
 def markdown(results: dict[str, Any], command: str) -> str:
     s = results["settings"]
     ratio = results["cold_read"] / results["tls_ceiling"]
+    cpu = results["cold_read_cpu"]
+    cores = cpu["cores"]
     scale = s["changes"] / 100_000
     rows = [
         ("cold READ of a peer's file, MB/s", f"{results['cold_read']:.0f}",
          f"≥ {READ_TARGET:.0f}", f"{ratio:.2f} of the TLS ceiling"),
+        ("CPU per GB of that read: serving peer, reading peer, NFS client, s",
+         "{serving_peer:.1f}, {reading_peer:.1f}, {client:.1f}".format(**cpu), "",
+         f"{cores} cores: {READ_TARGET:.0f} MB/s leaves {cores * 1000 / READ_TARGET:.0f} "
+         "CPU-seconds per GB for the three"),
         ("ceiling: one TLS stream as the links make it, MB/s",
          f"{results['tls_ceiling']:.0f}", "", "two Python processes, loopback"),
         ("ceiling: one TLS stream over blocking ssl sockets, MB/s",

@@ -112,6 +112,19 @@ def copies(view: dict[bytes, tuple[int, bytes]]) -> dict[bytes, tuple[int, bytes
     return {p: v for p, v in view.items() if CONFLICT_TAG in p}
 
 
+def b_loses(a: Side, b: Side, name: str, at_s: int) -> bytes:
+    """Both peers write `name`, a's later (so a's wins), and converge: the name of the
+    conflict copy of b's version, Unreal on a, Real on b (moved aside)."""
+    a.write(name, b"a's\n", mtime_s=at_s + 100)
+    b.write(name, b"b's\n", mtime_s=at_s)
+    a.publish()
+    b.publish()
+    converge(a, b)
+    (copy,) = copies(a.view())
+    assert a.layer(copy) == Layer.UNREAL and b.layer(copy) == Layer.REAL
+    return copy
+
+
 def test_a_remote_edit_of_a_clean_real_file_makes_it_unreal_with_the_new_version(
     sides: tuple[Side, Side],
 ) -> None:
@@ -230,13 +243,7 @@ def test_conflict_copies_are_pinned_and_a_delete_resolves_them_everywhere(
     sides: tuple[Side, Side],
 ) -> None:
     a, b = sides
-    a.write("c.txt", b"a's\n", mtime_s=3_000_100)  # a's wins: the later mtime
-    b.write("c.txt", b"b's\n", mtime_s=3_000_000)
-    a.publish()
-    b.publish()
-    converge(a, b)
-    (name,) = copies(a.view())
-    assert a.layer(name) == Layer.UNREAL and b.layer(name) == Layer.REAL
+    name = b_loses(a, b, "c.txt", 3_000_000)
     blobs = a.tree.blobs
     assert blobs is not None
     loser = blob(b"b's\n")
@@ -775,13 +782,7 @@ def test_a_copy_its_holder_wrote_over_and_deleted_never_comes_back_without_its_b
     the path it lost at, or a's next edit there makes it a file under a longer copy name,
     its bytes held by no peer (the short name is taken by the file b's user wrote)."""
     a, b = sides
-    a.write("f0", b"a's\n", mtime_s=7_000_100)  # a's wins: the later mtime
-    b.write("f0", b"b's\n", mtime_s=7_000_000)
-    a.publish()
-    b.publish()
-    converge(a, b)
-    (name,) = copies(b.view())
-    assert b.layer(name) == Layer.REAL
+    name = b_loses(a, b, "f0", 7_000_000)
     b.write(os.fsdecode(name), b"b's user writes over the copy\n")
     b.publish()
     converge(a, b)

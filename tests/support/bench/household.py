@@ -478,8 +478,8 @@ class HouseholdBench:
         [result] = run_clients([job], timeout=JOB_TIMEOUT)
         if not result["complete"] or result.get("blake3") != blob.hex():
             raise RuntimeError(f"the cold read of big.bin got wrong content: {result}")
-        # What each process spent per GB: on two cores 250 MB/s leaves 8 CPU-seconds per GB
-        # for all three together.
+        # What each process spent per GB: the target rate leaves cores * 1000 / READ_TARGET
+        # CPU-seconds per GB for all three together (8 on two cores).
         gb = size / 1e9
         serving, reading = (
             (cpu_seconds(p.process.pid) - before) / gb

@@ -67,6 +67,11 @@ def _context(identity: Identity, roster: Roster, server_side: bool) -> ssl.SSLCo
     if server_side:
         context.num_tickets = 0
     context.options |= ssl.OP_NO_TICKET
+    # A TCP end without close_notify is a truncation, never the stream's end (a cut link, or
+    # someone between the peers ending it early). Python sets this option by default with
+    # OpenSSL 3; with it, Debian 12's OpenSSL (3.0.19) reads a bare TCP end as close_notify.
+    # Cleared, OpenSSL reports an unexpected EOF, and the stream reports the link broken.
+    context.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
     # load_cert_chain reads only files: the certificate and key go through a private
     # temporary one, removed at once.
     cert_pem = x509.load_der_x509_certificate(identity.certificate).public_bytes(

@@ -148,7 +148,7 @@ def run_seed(home: Household, seed: int, steps: int = STEPS) -> None:
 # 2374 (a losing file held while its user wrote it, its version made a file under its copy's
 # name elsewhere, then deleted by its user: the copy stayed with its bytes held nowhere;
 # fixed as for an overwrite, tests/test_exchange_real.py).
-# 13665, 19166, 24589, 29616, 45471 and 57898 failed once each in a long run. 29616 (c's
+# 13665 (twice), 19166, 24589, 29616, 45471 and 57898 (once each) failed in long runs. 29616 (c's
 # d/g0 loses while c's user writes it; another peer's rename makes c's version a file under
 # its copy's name, and c's edit left that copy with no holder) and 57898 (a copy of a
 # version its author holds Real under another name read as an I/O error there) were traced
@@ -159,7 +159,7 @@ def run_seed(home: Household, seed: int, steps: int = STEPS) -> None:
 # renames its f1 away while the others make its version a file under its copy's name) and
 # 24589 (a, cut off, renames its own losing file, kept under its copy's name, onto the path,
 # then another file over it). After the fixes of the later seeds all six passed every run
-# here (a dozen runs of the six, each its own harness), and they are plain regression cases
+# here (eleven runs of the six, each its own harness), and they are plain regression cases
 # like the rest: one that fails again fails CI, and is traced.
 
 
